@@ -1,0 +1,7 @@
+# Copyright (c) AXUNet bundle developers. Licensed under the Apache License, Version 2.0.
+"""AXUNet (Attention Xception UNet) brain-tumour segmentation, packaged for a MONAI bundle."""
+
+from .networks import AXUNet
+
+__version__ = "0.1.0"
+__all__ = ["AXUNet", "__version__"]

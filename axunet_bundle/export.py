@@ -1,0 +1,73 @@
+# Copyright (c) AXUNet bundle developers. Licensed under the Apache License, Version 2.0.
+"""Export a network to TorchScript (by tracing) and ONNX, and measure how far each is from the eager network.
+
+timm's ``features_only`` encoders cannot be compiled by ``torch.jit.script``, so TorchScript export traces the
+network at a fixed spatial size (the bundle's ROI); ONNX export keeps the batch dimension dynamic.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["export_torchscript", "export_onnx", "max_abs_diff_torchscript", "max_abs_diff_onnx", "ONNX_OPSET"]
+
+#: An opset that onnxruntime and the legacy TorchScript-based exporter both support well.
+ONNX_OPSET = 17
+
+
+def export_torchscript(net: nn.Module, example: torch.Tensor, path: str | os.PathLike) -> Path:
+    """Trace ``net`` (in eval mode) on ``example`` and save it as TorchScript at ``path``."""
+    net.eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # trace's deprecation and constant-shape warnings: the ROI is fixed
+        traced = torch.jit.trace(net, example)
+        torch.jit.save(traced, os.fspath(path))
+    return Path(path)
+
+
+def export_onnx(net: nn.Module, example: torch.Tensor, path: str | os.PathLike) -> Path:
+    """Export ``net`` to ONNX at ``path`` with input ``image`` and output ``pred`` (dynamic batch)."""
+    net.eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            net,
+            (example,),
+            os.fspath(path),
+            input_names=["image"],
+            output_names=["pred"],
+            dynamic_axes={"image": {0: "batch"}, "pred": {0: "batch"}},
+            opset_version=ONNX_OPSET,
+            dynamo=False,  # the TorchScript-based exporter handles timm's feature hooks
+        )
+    return Path(path)
+
+
+def _eager(net: nn.Module, x: torch.Tensor) -> np.ndarray:
+    net.eval()
+    with torch.no_grad():
+        return net(x).numpy()
+
+
+def max_abs_diff_torchscript(net: nn.Module, path: str | os.PathLike, x: torch.Tensor) -> float:
+    """Largest absolute difference between the eager ``net`` and the TorchScript file at ``path`` on ``x``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.load(os.fspath(path))
+    with torch.no_grad():
+        return float(np.abs(scripted(x).numpy() - _eager(net, x)).max())
+
+
+def max_abs_diff_onnx(net: nn.Module, path: str | os.PathLike, x: torch.Tensor) -> float:
+    """Largest absolute difference between the eager ``net`` and the ONNX file at ``path`` (onnxruntime, CPU)."""
+    import onnxruntime  # optional dependency (extra "export")
+
+    session = onnxruntime.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    return float(np.abs(out - _eager(net, x)).max())

@@ -1,0 +1,83 @@
+# Copyright (c) AXUNet bundle developers. Licensed under the Apache License, Version 2.0.
+"""Decoder blocks of AXUNet (MANet's DeBlock, from LinkNet) and its segmentation head."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from monai.networks.blocks import Convolution
+from torch import nn
+
+__all__ = ["DeBlock", "SegmentationHead", "resize_to"]
+
+SPATIAL_DIMS = 2
+#: DeBlock squeezes its input to ``in_channels // 4`` before upsampling (LinkNet/MANet).
+DEBLOCK_REDUCTION = 4
+#: Width of MANet's head.
+HEAD_CHANNELS = 32
+
+
+class DeBlock(nn.Sequential):
+    """Upsampling block: 1x1 conv to ``C/4`` + BN + ReLU, 3x3 transposed conv (stride 2, doubles H and W) + BN +
+    ReLU, 1x1 conv to ``out_channels`` + BN + ReLU.
+
+    Args:
+        in_channels: input channels ``C``.
+        out_channels: output channels.
+        reduction: the bottleneck has ``max(1, C // reduction)`` channels.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, reduction: int = DEBLOCK_REDUCTION) -> None:
+        mid = max(1, in_channels // reduction)
+        conv = dict(spatial_dims=SPATIAL_DIMS, norm="batch", act="relu")
+        super().__init__(
+            Convolution(in_channels=in_channels, out_channels=mid, kernel_size=1, **conv),
+            Convolution(
+                in_channels=mid,
+                out_channels=mid,
+                kernel_size=3,
+                strides=2,
+                padding=1,
+                output_padding=1,
+                is_transposed=True,
+                **conv,
+            ),
+            Convolution(in_channels=mid, out_channels=out_channels, kernel_size=1, **conv),
+        )
+
+
+class SegmentationHead(nn.Sequential):
+    """MANet's head: 4x4 transposed conv (stride 2) + ReLU, 3x3 conv + ReLU, 3x3 conv to the logits.
+
+    Args:
+        in_channels: channels of the last decoder map.
+        out_channels: number of logits.
+        channels: width of the head.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, channels: int = HEAD_CHANNELS) -> None:
+        conv = dict(spatial_dims=SPATIAL_DIMS, norm=None, act="relu")
+        super().__init__(
+            Convolution(
+                in_channels=in_channels,
+                out_channels=channels,
+                kernel_size=4,
+                strides=2,
+                padding=1,
+                output_padding=0,
+                is_transposed=True,
+                **conv,
+            ),
+            Convolution(in_channels=channels, out_channels=channels, kernel_size=3, **conv),
+            Convolution(SPATIAL_DIMS, channels, out_channels, kernel_size=3, conv_only=True),
+        )
+
+
+def resize_to(x: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch.Tensor:
+    """Bilinearly resize ``x`` to the spatial ``size`` (no-op when it already has it).
+
+    Needed because valid-padded encoders (Xception's stem) give maps that are not exact halves of each other.
+    """
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)

@@ -1,0 +1,127 @@
+# Copyright (c) AXUNet bundle developers. Licensed under the Apache License, Version 2.0.
+"""A timm backbone as a multi-scale feature encoder, with ImageNet or local weights."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import timm
+import torch
+from torch import nn
+
+__all__ = ["TimmEncoder", "PretrainedWeightsError", "DEFAULT_BACKBONE"]
+
+#: Chollet's Keras Xception (the Xception of the AXUNet paper); timm ships its ImageNet weights.
+DEFAULT_BACKBONE = "legacy_xception"
+#: The four maps AXUNet uses: strides 4, 8, 16 and 32 (index 0, stride 2, is computed but not returned).
+DEFAULT_OUT_INDICES = (1, 2, 3, 4)
+#: timm adapts a 3-channel ImageNet stem to other input channel counts.
+IMAGENET_CHANNELS = 3
+
+
+class PretrainedWeightsError(RuntimeError):
+    """Pretrained weights could not be obtained or do not fit the backbone."""
+
+
+class TimmEncoder(nn.Module):
+    """timm ``features_only`` backbone returning feature maps from fine to coarse.
+
+    ``legacy_xception`` returns (channels @ stride) 64@2, 128@4, 256@8, 728@16, 2048@32. Its stem convolutions are
+    unpadded, so maps are not exact fractions of the input (224 -> 109, 55, 28, 14, 7); decoders must resize.
+
+    Args:
+        backbone: timm model name.
+        in_channels: input channels; timm adapts the 3-channel ImageNet stem when weights are loaded.
+        out_indices: which of the backbone's feature maps to return.
+        pretrained: load timm's ImageNet weights through timm's hub path (needs network access or timm's cache).
+        pretrained_path: a local timm-format weights file (state dict of the timm classification model, ``.pth``
+            or ``.safetensors``; the classifier may be present or not). Takes precedence over ``pretrained``.
+
+    Raises:
+        PretrainedWeightsError: the weights cannot be downloaded, or the file does not fit the backbone.
+    """
+
+    def __init__(
+        self,
+        backbone: str = DEFAULT_BACKBONE,
+        in_channels: int = IMAGENET_CHANNELS,
+        out_indices: Sequence[int] = DEFAULT_OUT_INDICES,
+        pretrained: bool = False,
+        pretrained_path: str | os.PathLike | None = None,
+    ) -> None:
+        super().__init__()
+        kwargs = dict(features_only=True, out_indices=tuple(out_indices), in_chans=in_channels)
+        self.backbone = backbone
+        if pretrained_path is not None:
+            pretrained_path = os.fspath(pretrained_path)
+            check_weights_file(backbone, pretrained_path)
+            kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=pretrained_path))
+        elif pretrained:
+            kwargs.update(pretrained=True)
+        try:
+            self.body = timm.create_model(backbone, **kwargs)
+        except OSError as err:  # URLError, socket and HTTP errors are all OSErrors
+            raise PretrainedWeightsError(
+                f"could not download the ImageNet weights of timm '{backbone}' ({err}); "
+                "give a local timm weights file with pretrained_path=..., or set pretrained=False"
+            ) from err
+        self.feature_info = self.body.feature_info
+
+    @property
+    def channels(self) -> list[int]:
+        """Channels of the returned maps, fine to coarse."""
+        return list(self.feature_info.channels())
+
+    @property
+    def reductions(self) -> list[int]:
+        """Nominal strides of the returned maps, fine to coarse."""
+        return list(self.feature_info.reduction())
+
+    def timm_state_dict(self) -> dict[str, torch.Tensor]:
+        """The encoder's weights with timm's classification-model key names (what ``pretrained_path`` reads)."""
+        reference = set(timm.create_model(self.backbone, pretrained=False, num_classes=0).state_dict())
+        out = {}
+        for key, value in self.body.state_dict().items():
+            name = key[len("body.") :] if key.startswith("body.") and key[len("body.") :] in reference else key
+            out[name] = value
+        return out
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.body(x)
+
+
+def check_weights_file(backbone: str, path: str) -> None:
+    """Check that ``path`` holds timm weights of ``backbone``, with a clear error naming what does not fit.
+
+    Loads with ``weights_only=True`` (through timm), so a file carrying pickled code is refused.
+    """
+    if not os.path.isfile(path):
+        raise PretrainedWeightsError(f"pretrained weights file not found: {path}")
+    try:
+        state = timm.models.load_state_dict(path, weights_only=True)
+    except Exception as err:  # torch/safetensors raise many types for a corrupt or unsafe file
+        raise PretrainedWeightsError(f"cannot read pretrained weights file {path}: {err}") from err
+    reference = timm.create_model(backbone, pretrained=False, num_classes=0)
+    expected = reference.state_dict()
+    classifier = reference.pretrained_cfg.get("classifier", "")
+    first_conv = reference.pretrained_cfg.get("first_conv", "")
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(k for k in set(state) - set(expected) if not k.startswith(f"{classifier}."))
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape and k != f"{first_conv}.weight"
+    ]
+    stem = state.get(f"{first_conv}.weight")
+    if stem is not None and stem.ndim == 4 and stem.shape[1] != IMAGENET_CHANNELS:
+        mismatched.append(f"{first_conv}.weight has {stem.shape[1]} input channels, expected ImageNet's 3")
+    if missing or unexpected or mismatched:
+        details = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
+            if keys:
+                shown = ", ".join(keys[:5]) + (f" ... ({len(keys)} in all)" if len(keys) > 5 else "")
+                details.append(f"{label}: {shown}")
+        raise PretrainedWeightsError(
+            f"{path} does not hold timm '{backbone}' weights ({'; '.join(details)})"
+        )
