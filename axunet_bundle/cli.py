@@ -32,7 +32,9 @@ def demo(batch: int = 2, size: int = DEMO_SLICE_SIZE) -> None:
         out = net(x)
         seconds = time.perf_counter() - start
     print(f"AXUNet: {params:.2f} M parameters; input {tuple(x.shape)} (T1CE, T2, FLAIR) -> logits {tuple(out.shape)}")
-    print(f"output channels: WT, TC, ET; {seconds / batch * 1e3:.0f} ms per {size}x{size} slice on {torch.get_num_threads()} threads")
+    print(
+        f"output channels: WT, TC, ET; {seconds / batch * 1e3:.0f} ms per {size}x{size} slice on {torch.get_num_threads()} threads"
+    )
 
 
 COMMANDS = {"demo": demo}

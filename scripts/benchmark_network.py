@@ -68,7 +68,10 @@ def pam_worker(kernel: str, size: int) -> dict:
 
 
 def pam_rows() -> list[str]:
-    rows = ["| PAM kernel | map | pixels N | ms | peak extra memory (MiB) | time vs previous size |", "|---|---|---:|---:|---:|---:|"]
+    rows = [
+        "| PAM kernel | map | pixels N | ms | peak extra memory (MiB) | time vs previous size |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for kernel in ("softplus", "softmax"):
         previous = None
         for size in PAM_SIZES:
@@ -78,7 +81,10 @@ def pam_rows() -> list[str]:
                 rows.append(f"| {kernel} | {size}² | {pixels} | not run | ≈{need:.0f} GiB needed | |")
                 continue
             out = subprocess.run(
-                [sys.executable, __file__, "--pam-worker", kernel, str(size)], capture_output=True, text=True, check=True
+                [sys.executable, __file__, "--pam-worker", kernel, str(size)],
+                capture_output=True,
+                text=True,
+                check=True,
             )
             result = json.loads(out.stdout.strip().splitlines()[-1])
             growth = f"{result['ms'] / previous:.1f}×" if previous else ""
@@ -97,7 +103,9 @@ def main() -> None:
     if args.pam_worker:
         print(json.dumps(pam_worker(args.pam_worker[0], int(args.pam_worker[1]))))
         return
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {args.threads} threads, batch {args.batch}")
+    print(
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {args.threads} threads, batch {args.batch}"
+    )
     print("\n".join(network_rows(args.batch)))
     print()
     print("\n".join(pam_rows()))

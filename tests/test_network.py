@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from axunet_bundle import AXUNet
+from axunet_bundle.export import export_onnx, export_torchscript, max_abs_diff_onnx, max_abs_diff_torchscript
 from axunet_bundle.networks import (
     NETWORKS,
     ChannelAttention,
@@ -18,7 +19,6 @@ from axunet_bundle.networks import (
     PretrainedWeightsError,
     build_network,
 )
-from axunet_bundle.export import export_onnx, export_torchscript, max_abs_diff_onnx, max_abs_diff_torchscript
 
 SIZES = (224, 240, 256, 160, 96)
 EXPORT_TOLERANCE = 1e-4
@@ -77,7 +77,12 @@ def test_gammas_start_at_zero_and_attention_blocks_are_identity():
     assert len(gammas) == 8  # PAM + CAM on four levels
     assert all(g.item() == 0.0 for g in gammas)
     x = torch.randn(2, 32, 9, 11)
-    for block in (PositionAttention(32), PositionAttention(32, kernel="softmax"), ChannelAttention(), DualAttention(32)):
+    for block in (
+        PositionAttention(32),
+        PositionAttention(32, kernel="softmax"),
+        ChannelAttention(),
+        DualAttention(32),
+    ):
         with torch.no_grad():
             assert torch.equal(block(x), x)
 
@@ -206,7 +211,9 @@ def test_pretrained_path_adapts_the_stem_to_four_channels(tmp_path, net):
 
 def test_wrong_weights_file_gives_a_clear_error(tmp_path):
     resnet_like = tmp_path / "resnet.pth"
-    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "layer1.0.conv1.weight": torch.zeros(64, 64, 1, 1)}, resnet_like)
+    torch.save(
+        {"conv1.weight": torch.zeros(64, 3, 7, 7), "layer1.0.conv1.weight": torch.zeros(64, 64, 1, 1)}, resnet_like
+    )
     with pytest.raises(PretrainedWeightsError, match=r"does not hold timm 'legacy_xception' weights \(missing: "):
         AXUNet(pretrained_path=resnet_like)
     with pytest.raises(PretrainedWeightsError, match="not found"):

@@ -51,6 +51,7 @@ class TimmEncoder(nn.Module):
         pretrained_path: str | os.PathLike | None = None,
     ) -> None:
         super().__init__()
+        pretrained = as_bool(pretrained, "pretrained")
         kwargs = dict(features_only=True, out_indices=tuple(out_indices), in_chans=in_channels)
         self.backbone = backbone
         if pretrained_path is not None:
@@ -91,6 +92,15 @@ class TimmEncoder(nn.Module):
         return self.body(x)
 
 
+def as_bool(value: bool | str, name: str) -> bool:
+    """``value`` as a bool; also accepts the strings a command line gives (``--pretrained false``)."""
+    if isinstance(value, str):
+        if value.strip().lower() not in ("true", "false"):
+            raise ValueError(f"{name} must be true or false, got {value!r}")
+        return value.strip().lower() == "true"
+    return bool(value)
+
+
 def check_weights_file(backbone: str, path: str) -> None:
     """Check that ``path`` holds timm weights of ``backbone``, with a clear error naming what does not fit.
 
@@ -122,6 +132,4 @@ def check_weights_file(backbone: str, path: str) -> None:
             if keys:
                 shown = ", ".join(keys[:5]) + (f" ... ({len(keys)} in all)" if len(keys) > 5 else "")
                 details.append(f"{label}: {shown}")
-        raise PretrainedWeightsError(
-            f"{path} does not hold timm '{backbone}' weights ({'; '.join(details)})"
-        )
+        raise PretrainedWeightsError(f"{path} does not hold timm '{backbone}' weights ({'; '.join(details)})")

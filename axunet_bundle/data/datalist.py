@@ -1,0 +1,236 @@
+# Copyright (c) AXUNet bundle developers.
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""
+MONAI decathlon-style datalists for a BraTS dataset directory, split by patient.
+
+The result can be read back with :func:`monai.data.load_decathlon_datalist`; every path is absolute.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from axunet_bundle.data.cases import DEFAULT_MODALITIES, Case, find_cases, validate_modalities
+from axunet_bundle.data.integrity import check_case
+
+__all__ = ["TRAINING", "VALIDATION", "TESTING", "make_datalist", "write_datalist", "load_datalist", "inference_items"]
+
+TRAINING = "training"
+VALIDATION = "validation"
+TESTING = "testing"
+
+MIN_FOLDS = 2
+JSON_INDENT = 4
+DEFAULT_MODE = 0o644
+PERMISSION_BITS = 0o777
+
+logger = logging.getLogger(__name__)
+
+
+def _check_fraction(name: str, value: float) -> float:
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value}")
+    return float(value)
+
+
+def _n_of(fraction: float, n: int) -> int:
+    # a non-zero fraction always takes at least one patient, so that asking for a split never yields an empty one
+    return max(1, round(fraction * n)) if fraction > 0 else 0
+
+
+def _item(case: Case, modalities: tuple[str, ...]) -> dict[str, Any]:
+    item: dict[str, Any] = {"image": case.image_files(modalities)}
+    if case.label is not None:
+        item["label"] = str(case.label)
+    item["case_id"] = case.case_id
+    return item
+
+
+def make_datalist(
+    dataset_dir: str | os.PathLike,
+    modalities: Sequence[str] = DEFAULT_MODALITIES,
+    folds: int = 5,
+    fold: int = 0,
+    val_fraction: float | None = None,
+    test_fraction: float = 0.0,
+    seed: int = 0,
+) -> dict[str, list[dict[str, Any]]]:
+    """
+    Build a decathlon-style datalist ``{"training": [...], "validation": [...], "testing": [...]}``.
+
+    Labelled items are ``{"image": [paths in modalities order], "label": path, "case_id": id}``; unlabelled
+    (inference) cases go to ``"testing"`` as ``{"image": [...], "case_id": id}``. The split is by patient, so the
+    timepoints of one BraTS 2023+ patient (``BraTS-GLI-00000-000``, ``BraTS-GLI-00000-001``) always stay together.
+    Patients are shuffled once by `seed`; the optional test hold-out is taken first, so it is the same for every
+    fold, then the rest is split k-fold (or at random by `val_fraction`). Cases failing the cheap header check
+    (:func:`check_case` with ``read_voxels=False``) are left out with one logged warning line per problem.
+
+    Args:
+        dataset_dir: BraTS dataset directory.
+        modalities: canonical modalities, in the model's channel order.
+        folds: number of cross-validation folds (at least 2); ignored when `val_fraction` is given.
+        fold: which fold is the validation set, ``0 <= fold < folds``.
+        val_fraction: if given, replaces k-fold with a random split keeping this fraction of the patients (after
+            the test hold-out) for validation.
+        test_fraction: fraction of the labelled patients held out into ``"testing"`` (with their labels).
+        seed: seed of the patient shuffle; the same seed gives the same split.
+
+    Returns:
+        the datalist; each list is sorted by case id.
+
+    Raises:
+        FileNotFoundError: when `dataset_dir` does not exist.
+        ValueError: for arguments out of range, no BraTS case, or too few labelled patients for the split.
+    """
+    mods = validate_modalities(modalities)
+    test_fraction = _check_fraction("test_fraction", test_fraction)
+    if val_fraction is None:
+        if isinstance(folds, bool) or not isinstance(folds, int) or folds < MIN_FOLDS:
+            raise ValueError(f"folds must be an integer >= {MIN_FOLDS}, got {folds!r}")
+        if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < folds:
+            raise ValueError(f"fold must be an integer in [0, {folds - 1}] for {folds} folds, got {fold!r}")
+    else:
+        val_fraction = _check_fraction("val_fraction", val_fraction)
+        if val_fraction + test_fraction >= 1.0:
+            raise ValueError(
+                f"val_fraction + test_fraction must leave patients for training, got {val_fraction} + {test_fraction}"
+            )
+
+    usable: list[Case] = []
+    for case in find_cases(dataset_dir, mods):
+        problems = check_case(case, mods, read_voxels=False)
+        for problem in problems:
+            logger.warning("leaving out case %s", problem)
+        if not problems:
+            usable.append(case)
+
+    patients: dict[str, list[Case]] = {}
+    for case in usable:
+        if case.label is not None:
+            patients.setdefault(case.patient_id, []).append(case)
+    order = sorted(patients)
+    np.random.default_rng(seed).shuffle(order)
+
+    n_test = _n_of(test_fraction, len(order))
+    test_ids, rest = order[:n_test], order[n_test:]
+    if val_fraction is None:
+        if len(rest) < folds:
+            raise ValueError(
+                f"too few labelled patients for {folds}-fold cross-validation: {len(rest)} left after the test hold-out"
+            )
+        val_ids = rest[fold::folds]  # folds partition the shuffled patients, sizes differ by at most one
+    else:
+        val_ids = rest[: _n_of(val_fraction, len(rest))]
+    held_out = set(val_ids)
+    train_ids = [p for p in rest if p not in held_out]
+    if not train_ids:
+        raise ValueError(f"too few labelled patients ({len(order)}) to leave any for training")
+
+    def items(patient_ids: Sequence[str]) -> list[dict[str, Any]]:
+        cases = [c for p in patient_ids for c in patients[p]]
+        return [_item(c, mods) for c in sorted(cases, key=lambda c: c.case_id)]
+
+    unlabelled = [c for c in usable if c.label is None]
+    testing = sorted(items(test_ids) + [_item(c, mods) for c in unlabelled], key=lambda i: i["case_id"])
+    return {TRAINING: items(train_ids), VALIDATION: items(val_ids), TESTING: testing}
+
+
+def write_datalist(dataset_dir: str | os.PathLike, output: str | os.PathLike, **kwargs: Any) -> dict:
+    """
+    Build a datalist with :func:`make_datalist` and write it as JSON (indent 4), atomically: a reader never sees a
+    half-written file, and an existing file is kept if writing fails.
+
+    Args:
+        dataset_dir: BraTS dataset directory.
+        output: path of the JSON file; its directory is created if needed.
+        kwargs: passed to :func:`make_datalist`.
+
+    Returns:
+        the datalist written.
+
+    Raises:
+        the exceptions of :func:`make_datalist`, and ``OSError`` when the file cannot be written.
+    """
+    datalist = make_datalist(dataset_dir, **kwargs)
+    output_path = Path(output).expanduser()
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    # the temporary file is in the target's directory so that os.replace is an atomic rename on one filesystem
+    fd, tmp_name = tempfile.mkstemp(dir=output_path.parent, prefix=f".{output_path.name}.", suffix=".tmp")
+    try:
+        # mkstemp makes the file private (0600); keep the mode of the file being replaced, else a normal 0644
+        os.chmod(tmp_name, output_path.stat().st_mode & PERMISSION_BITS if output_path.exists() else DEFAULT_MODE)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(datalist, f, indent=JSON_INDENT)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, output_path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return datalist
+
+
+def load_datalist(
+    dataset_dir: str | os.PathLike | None,
+    datalist: str | os.PathLike | None = None,
+    **kwargs: Any,
+) -> dict[str, list[dict[str, Any]]]:
+    """
+    The datalist the bundle's workflows use: read from the ``datalist`` JSON file when one is given (relative
+    paths in it are resolved against ``dataset_dir``, as MONAI's ``load_decathlon_datalist`` does), otherwise built
+    from the BraTS folder ``dataset_dir`` with :func:`make_datalist`.
+
+    Args:
+        dataset_dir: BraTS dataset directory (base directory for a datalist file's relative paths).
+        datalist: optional decathlon-style JSON file.
+        kwargs: passed to :func:`make_datalist` (modalities, folds, fold, seed, ...).
+    """
+    if datalist is None:
+        if dataset_dir is None:
+            raise ValueError("give dataset_dir (a BraTS folder) or datalist (a datalist JSON file)")
+        return make_datalist(dataset_dir, **kwargs)
+    from monai.data import load_decathlon_datalist
+
+    path = Path(datalist).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"datalist file not found: {path}")
+    base = os.fspath(dataset_dir) if dataset_dir is not None else None
+    sections = json.loads(path.read_text())
+    return {
+        key: load_decathlon_datalist(path, data_list_key=key, base_dir=base) if sections.get(key) else []
+        for key in (TRAINING, VALIDATION, TESTING)
+    }
+
+
+def inference_items(dataset_dir: str | os.PathLike, modalities: Sequence[str] = DEFAULT_MODALITIES) -> list[dict]:
+    """
+    Every case of a BraTS folder as an inference item ``{"image": [files], "case_id": id}`` (labels not needed).
+    Cases that fail the cheap header check are left out with one warning line each.
+    """
+    mods = validate_modalities(modalities)
+    items = []
+    for case in find_cases(dataset_dir, modalities=mods):
+        problems = check_case(case, modalities=mods, read_voxels=False)
+        if problems:
+            for problem in problems:
+                logger.warning("leaving out case %s", problem)
+            continue
+        items.append({"image": case.image_files(mods), "case_id": case.case_id})
+    return items

@@ -1,0 +1,270 @@
+# Copyright (c) AXUNet bundle developers. Licensed under the Apache License, Version 2.0.
+"""Slice cache: preprocess each case once into memory-mappable arrays, then serve random 2D slices fast.
+
+Decoding gzipped NIfTI for every training slice would starve the network, so ``prepare_slice_cache`` runs the
+bundle's volume preprocessing (the ``volume_transforms`` of ``configs/train.json``) once per case and stores::
+
+    CACHE_DIR/manifest.json          preprocessing parameters and their fingerprint
+    CACHE_DIR/<case_id>/image.npy    float16 (C, H, W, D), channels in the configured modality order
+    CACHE_DIR/<case_id>/label.npy    uint8 (3, H, W, D), regions WT, TC, ET
+    CACHE_DIR/<case_id>/slices.json  which axial slices hold brain and which hold tumour
+
+A case directory appears only by an atomic rename once all its files are written, so an interrupted run never
+leaves a half-written case that looks complete, and re-running continues with the cases still missing. A changed
+parameter changes the fingerprint and invalidates every cached case.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .cases import CaseError
+
+__all__ = ["prepare_slice_cache", "SliceCacheDataset", "CacheReport", "fingerprint", "MANIFEST"]
+
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+MANIFEST = "manifest.json"
+IMAGE_FILE = "image.npy"
+LABEL_FILE = "label.npy"
+SLICES_FILE = "slices.json"
+PARTIAL_PREFIX = ".partial-"
+JSON_INDENT = 4
+
+
+def fingerprint(params: Mapping[str, Any]) -> str:
+    """A stable hash of the preprocessing parameters (any JSON-serialisable mapping)."""
+    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _write_json_atomic(path: Path, content: Any) -> None:
+    tmp = path.with_name(f"{PARTIAL_PREFIX}{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(content, indent=JSON_INDENT) + "\n")
+    os.replace(tmp, path)
+
+
+def _slice_flags(image: np.ndarray, label: np.ndarray | None) -> dict[str, list[int]]:
+    """Axial slices (last axis) that contain brain (any non-zero channel) and tumour (any region)."""
+    brain = np.flatnonzero(np.any(image != 0, axis=(0, 1, 2)))
+    tumour = np.flatnonzero(np.any(label > 0, axis=(0, 1, 2))) if label is not None else np.array([], dtype=int)
+    return {"brain": brain.tolist(), "tumour": tumour.tolist()}
+
+
+def _prepare_case(args: tuple[Mapping[str, Any], str, Callable]) -> tuple[str, str | None]:
+    """Preprocess one case into ``output_dir/<case_id>``; returns ``(case_id, problem or None)``."""
+    item, output_dir, transform = args
+    case_id = str(item["case_id"])
+    final = Path(output_dir) / case_id
+    partial = Path(output_dir) / f"{PARTIAL_PREFIX}{case_id}.{os.getpid()}"
+    try:
+        data = transform(dict(item))
+        image = np.asarray(data["image"], dtype=np.float16)
+        label = np.asarray(data["label"], dtype=np.uint8) if "label" in data else None
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        np.save(partial / IMAGE_FILE, image)
+        if label is not None:
+            np.save(partial / LABEL_FILE, label)
+        _write_json_atomic(partial / SLICES_FILE, _slice_flags(image, label))
+        os.replace(partial, final)  # the case becomes visible only when complete
+    except CaseError as err:
+        shutil.rmtree(partial, ignore_errors=True)
+        return case_id, str(err)
+    except Exception as err:  # one bad case must not stop the others; report it precisely
+        shutil.rmtree(partial, ignore_errors=True)
+        return case_id, f"{case_id}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    return case_id, None
+
+
+@dataclass
+class CacheReport:
+    """What ``prepare_slice_cache`` did."""
+
+    prepared: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    invalidated: bool = False
+
+
+def _progress(iterable, total: int, enabled: bool, desc: str):
+    if enabled and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        return tqdm(iterable, total=total, desc=desc, unit="case")
+    return iterable
+
+
+def prepare_slice_cache(
+    items: Sequence[Mapping[str, Any]],
+    output_dir: str | os.PathLike,
+    transform: Callable,
+    params: Mapping[str, Any],
+    workers: int = 2,
+    progress: bool = True,
+) -> CacheReport:
+    """Preprocess every case of ``items`` once into ``output_dir`` (resumable; see the module docstring).
+
+    Args:
+        items: datalist items with ``case_id``, ``image`` (modality files) and optionally ``label``.
+        output_dir: the cache directory (created if missing).
+        transform: the volume preprocessing: item dict -> dict with ``image`` (C, H, W, D) and ``label``
+            (3, H, W, D) region masks.
+        params: preprocessing parameters recorded in the manifest; when they differ from the cached ones, the
+            cache is invalidated and rebuilt.
+        workers: processes preprocessing cases in parallel (1 runs in this process).
+        progress: show a progress bar when stderr is a terminal, log lines otherwise.
+
+    Returns:
+        a :class:`CacheReport`; cases whose preprocessing fails are listed in ``problems``, the others are still
+        prepared.
+    """
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest_path = out / MANIFEST
+    params = json.loads(json.dumps(dict(params), default=str))
+    wanted = fingerprint(params)
+    report = CacheReport()
+    if manifest_path.exists():
+        previous = json.loads(manifest_path.read_text())
+        if previous.get("fingerprint") != wanted or previous.get("format") != CACHE_FORMAT:
+            changed = sorted(
+                k
+                for k in set(params) | set(previous.get("params", {}))
+                if params.get(k) != previous.get("params", {}).get(k)
+            )
+            logger.warning(
+                "slice cache %s was prepared with other parameters (%s): rebuilding it", out, ", ".join(changed)
+            )
+            for child in out.iterdir():
+                if child.is_dir():
+                    shutil.rmtree(child)
+            report.invalidated = True
+    for stale in out.glob(f"{PARTIAL_PREFIX}*"):  # left by an interrupted run
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink()
+    _write_json_atomic(manifest_path, {"format": CACHE_FORMAT, "fingerprint": wanted, "params": params})
+
+    todo = []
+    for item in items:
+        if (out / str(item["case_id"]) / SLICES_FILE).exists():
+            report.skipped.append(str(item["case_id"]))
+        else:
+            todo.append((item, str(out), transform))
+    if workers > 1 and len(todo) > 1:
+        pool = get_context("spawn").Pool(min(workers, len(todo)))
+        results = pool.imap_unordered(_prepare_case, todo)
+    else:
+        pool, results = None, map(_prepare_case, todo)
+    try:
+        for done, (case_id, problem) in enumerate(_progress(results, len(todo), progress, "prepare"), start=1):
+            if problem is None:
+                report.prepared.append(case_id)
+            else:
+                report.problems.append(problem)
+                logger.error(problem)
+            if progress and not sys.stderr.isatty():
+                logger.info("prepared %d/%d cases", done, len(todo))
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+    return report
+
+
+class SliceCacheDataset(Dataset):
+    """Random-access 2D axial slices from a slice cache, as dicts with ``image`` (C, H, W) and ``label`` (3, H, W).
+
+    Args:
+        cache_dir: a directory written by :func:`prepare_slice_cache`.
+        case_ids: the cases to serve (e.g. the datalist's training cases); all cached cases when None.
+        tumour_slice_ratio: None serves every brain slice; a value r in (0, 1] serves every tumour slice plus
+            randomly chosen tumour-free brain slices so that tumour slices make up a fraction r.
+        transform: applied to each slice dict (the 2D augmentations).
+        params: when given, the cache's recorded parameters must equal these (a stale cache is an error).
+        seed: chooses the tumour-free slices.
+    """
+
+    def __init__(
+        self,
+        cache_dir: str | os.PathLike,
+        case_ids: Sequence[str] | None = None,
+        tumour_slice_ratio: float | None = None,
+        transform: Callable | None = None,
+        params: Mapping[str, Any] | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.cache_dir = Path(cache_dir)
+        manifest_path = self.cache_dir / MANIFEST
+        if not manifest_path.exists():
+            raise FileNotFoundError(f"no slice cache at {self.cache_dir}: run `python -m axunet_bundle prepare` first")
+        manifest = json.loads(manifest_path.read_text())
+        if params is not None and manifest.get("fingerprint") != fingerprint(
+            json.loads(json.dumps(dict(params), default=str))
+        ):
+            raise ValueError(
+                f"slice cache {self.cache_dir} was prepared with other preprocessing parameters: re-run prepare"
+            )
+        if tumour_slice_ratio is not None and not 0 < tumour_slice_ratio <= 1:
+            raise ValueError(f"tumour_slice_ratio must be in (0, 1] or None, got {tumour_slice_ratio}")
+        available = sorted(p.name for p in self.cache_dir.iterdir() if (p / SLICES_FILE).exists())
+        if case_ids is not None:
+            missing = sorted(set(map(str, case_ids)) - set(available))
+            if missing:
+                raise ValueError(
+                    f"slice cache {self.cache_dir} lacks {len(missing)} case(s), e.g. {missing[:3]}: re-run prepare"
+                )
+            available = [c for c in available if c in set(map(str, case_ids))]
+        rng = np.random.default_rng(seed)
+        self.index: list[tuple[str, int]] = []
+        for case_id in available:
+            flags = json.loads((self.cache_dir / case_id / SLICES_FILE).read_text())
+            if tumour_slice_ratio is None:
+                chosen = flags["brain"]
+            else:
+                tumour = set(flags["tumour"])
+                healthy = [z for z in flags["brain"] if z not in tumour]
+                n_healthy = min(len(healthy), round(len(tumour) * (1 - tumour_slice_ratio) / tumour_slice_ratio))
+                chosen = sorted(
+                    tumour | set(rng.choice(healthy, n_healthy, replace=False).tolist() if n_healthy else [])
+                )
+            self.index.extend((case_id, int(z)) for z in chosen)
+        self.transform = transform
+        self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _case_arrays(self, case_id: str) -> tuple[np.ndarray, np.ndarray]:
+        # memory-mapped and opened lazily, so each DataLoader worker maps the files itself
+        if case_id not in self._arrays:
+            folder = self.cache_dir / case_id
+            self._arrays[case_id] = (
+                np.load(folder / IMAGE_FILE, mmap_mode="r"),
+                np.load(folder / LABEL_FILE, mmap_mode="r"),
+            )
+        return self._arrays[case_id]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        case_id, z = self.index[index]
+        image, label = self._case_arrays(case_id)
+        item = {
+            "image": torch.from_numpy(np.ascontiguousarray(image[..., z], dtype=np.float32)),
+            "label": torch.from_numpy(np.ascontiguousarray(label[..., z], dtype=np.float32)),
+            "case_id": case_id,
+            "slice": z,
+        }
+        return self.transform(item) if self.transform is not None else item

@@ -1,0 +1,289 @@
+# Copyright (c) AXUNet bundle developers
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""
+BraTS region metrics (Dice and HD95) with the legacy BraTS (<= 2021) conventions for empty regions.
+
+Inputs are binarised region masks ``(B, 3, *spatial)`` with channels (WT, TC, ET), 2D or 3D. Per case and region:
+
+- prediction and ground truth both empty: Dice 1, HD95 0;
+- exactly one of them empty: Dice 0, HD95 :py:data:`HD95_EMPTY_PENALTY`;
+- otherwise: Dice ``2|A & B| / (|A| + |B|)``, HD95 the 95th-percentile symmetric surface distance in mm.
+
+Unlike MONAI's defaults (NaN for an empty ground truth, which ``reduction`` then skips), every case gets a finite
+score, so a model is rewarded for predicting no enhancing tumour where there is none and penalised for missing it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.handlers import IgniteMetricHandler
+from monai.metrics import CumulativeIterationMetric, compute_dice, compute_hausdorff_distance
+from monai.metrics.utils import do_metric_reduction, prepare_spacing
+from monai.utils import MetricReduction
+
+__all__ = [
+    "HD95_EMPTY_PENALTY",
+    "HD95_PERCENTILE",
+    "compute_brats_dice",
+    "compute_brats_hd95",
+    "BratsDiceMetric",
+    "BratsHD95Metric",
+    "BratsDice",
+    "BratsHD95",
+]
+
+HD95_EMPTY_PENALTY = 373.12866
+"""HD95 (mm) when exactly one of prediction and ground truth is empty: the diagonal of the 240x240x155 mm BraTS
+volume, ``sqrt(240**2 + 240**2 + 155**2)``, as in the BraTS <= 2021 evaluation (CaPTk). It does not depend on
+the image size or spacing, so scores stay comparable with published BraTS results."""
+HD95_PERCENTILE = 95.0
+
+SpacingType = float | Sequence[float] | Sequence[Sequence[float]] | np.ndarray | torch.Tensor | None
+
+
+def _check_inputs(y_pred: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate ``(B, C, *spatial)`` shapes (2D or 3D) and return boolean tensors."""
+    y_pred, y = torch.as_tensor(y_pred), torch.as_tensor(y)
+    if y_pred.shape != y.shape:
+        raise ValueError(f"y_pred and y should have the same shape, got {tuple(y_pred.shape)} and {tuple(y.shape)}.")
+    if y_pred.ndim not in (4, 5):
+        raise ValueError(f"expected (B, C, H, W) or (B, C, H, W, D) inputs, got shape {tuple(y_pred.shape)}.")
+    return y_pred.bool(), y.bool()
+
+
+def _float_spacing(spacing: SpacingType) -> float | list | None:
+    """Spacing as python floats: MONAI's ``prepare_spacing`` rejects mixed types such as ``(1, 0.5, 1)``."""
+    if spacing is None:
+        return None
+    if isinstance(spacing, torch.Tensor):
+        spacing = spacing.detach().cpu().numpy()
+    values = np.asarray(spacing, dtype=float)
+    return float(values) if values.ndim == 0 else values.tolist()
+
+
+def compute_brats_dice(y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """
+    Dice per case and region, with the BraTS convention for empty masks.
+
+    Args:
+        y_pred: binarised prediction ``(B, C, *spatial)``, usually C = 3 regions (WT, TC, ET).
+        y: binarised ground truth, same shape.
+
+    Returns:
+        float tensor ``(B, C)``: 1 where both are empty, 0 where exactly one is empty, the Dice coefficient otherwise.
+
+    Raises:
+        ValueError: when the shapes differ or are not 2D/3D batch-first.
+    """
+    y_pred, y = _check_inputs(y_pred, y)
+    # ignore_empty=False is exactly the BraTS convention: 1 if both masks are empty, 0 if only y is empty
+    return compute_dice(y_pred, y, include_background=True, ignore_empty=False).float()
+
+
+def compute_brats_hd95(y_pred: torch.Tensor, y: torch.Tensor, spacing: SpacingType = None) -> torch.Tensor:
+    """
+    95th-percentile Hausdorff distance (mm) per case and region, with the BraTS convention for empty masks.
+
+    For non-empty pairs this is MONAI's :py:func:`monai.metrics.compute_hausdorff_distance` with ``percentile=95``
+    (Euclidean distances between mask edges, the larger of the two directed 95th percentiles).
+
+    Args:
+        y_pred: binarised prediction ``(B, C, *spatial)``, usually C = 3 regions (WT, TC, ET).
+        y: binarised ground truth, same shape.
+        spacing: voxel spacing in mm: ``None`` (1 mm isotropic), a number, one value per spatial axis,
+            or one such sequence per case, e.g. a ``(B, 3)`` tensor of ``pixdim``
+            (see :py:func:`monai.metrics.utils.prepare_spacing`).
+
+    Returns:
+        float tensor ``(B, C)``: 0 where both are empty, ``HD95_EMPTY_PENALTY`` where exactly one is empty,
+        the HD95 in mm otherwise.
+
+    Raises:
+        ValueError: when the shapes differ or are not 2D/3D batch-first, or ``spacing`` does not fit them.
+    """
+    y_pred, y = _check_inputs(y_pred, y)
+    batch, channels = y_pred.shape[:2]
+    spacings = prepare_spacing(spacing=_float_spacing(spacing), batch_size=batch, img_dim=y_pred.ndim - 2)
+    pred_any = y_pred.flatten(2).any(-1)
+    true_any = y.flatten(2).any(-1)
+    hd = torch.where(pred_any == true_any, 0.0, HD95_EMPTY_PENALTY).to(device=y_pred.device, dtype=torch.float)
+    with warnings.catch_warnings():
+        # MONAI (1.5 - 1.6) passes its own deprecated `always_return_as_numpy` internally; nothing to act on here
+        warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*")
+        for b, c in zip(*torch.nonzero(pred_any & true_any, as_tuple=True)):
+            # only non-empty pairs reach MONAI, which would otherwise warn and return inf/nan for empty masks
+            hd[b, c] = compute_hausdorff_distance(
+                y_pred[b, c][None, None],
+                y[b, c][None, None],
+                include_background=True,
+                percentile=HD95_PERCENTILE,
+                spacing=spacings[int(b)],
+            )[0, 0]
+    return hd
+
+
+class _BratsCumulativeMetric(CumulativeIterationMetric):
+    """Shared buffer reduction of the BraTS metrics; subclasses implement ``_compute_tensor``."""
+
+    def __init__(self, reduction: MetricReduction | str = MetricReduction.MEAN, get_not_nans: bool = False) -> None:
+        super().__init__()
+        self.reduction = reduction
+        self.get_not_nans = get_not_nans
+
+    def aggregate(
+        self, reduction: MetricReduction | str | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """
+        Reduce the accumulated per-case ``(N, C)`` scores.
+
+        Args:
+            reduction: overrides ``self.reduction`` when given.
+
+        Returns:
+            the reduced scores, and the not-NaN counts when ``get_not_nans``.
+
+        Raises:
+            ValueError: when the buffer is not a tensor (nothing was accumulated).
+        """
+        data = self.get_buffer()
+        if not isinstance(data, torch.Tensor):
+            raise ValueError("the data to aggregate must be PyTorch Tensor.")
+        f, not_nans = do_metric_reduction(data, reduction or self.reduction)
+        return (f, not_nans) if self.get_not_nans else f
+
+
+class BratsDiceMetric(_BratsCumulativeMetric):
+    """
+    Cumulative BraTS Dice (see :py:func:`compute_brats_dice`), used like :py:class:`monai.metrics.DiceMetric`.
+
+    Every case has a finite score, so ``aggregate()`` averages over all cases (no NaN skipping is involved).
+
+    Args:
+        reduction: reduction of the ``(N, C)`` buffer in ``aggregate()``, as in MONAI: ``"mean"`` (default, one
+            number), ``"mean_batch"`` (per region), ``"none"``, ``"sum"``, ``"mean_channel"``, ...
+        get_not_nans: whether ``aggregate()`` also returns the count of not-NaN values.
+
+    Example:
+        .. code-block:: python
+
+            metric = BratsDiceMetric(reduction="mean_batch")
+            for batch in loader:
+                metric(y_pred=post(model(batch["image"])), y=batch["label"])
+            wt, tc, et = metric.aggregate()
+    """
+
+    def _compute_tensor(  # type: ignore[override]
+        self, y_pred: torch.Tensor, y: torch.Tensor, **kwargs: Any
+    ) -> torch.Tensor:
+        """
+        Args:
+            y_pred: binarised prediction ``(B, C, *spatial)``.
+            y: binarised ground truth, same shape.
+            kwargs: unused.
+
+        Returns:
+            ``(B, C)`` Dice scores.
+        """
+        return compute_brats_dice(y_pred, y)
+
+
+class BratsHD95Metric(_BratsCumulativeMetric):
+    """
+    Cumulative BraTS HD95 in mm (see :py:func:`compute_brats_hd95`), used like
+    :py:class:`monai.metrics.HausdorffDistanceMetric`.
+
+    Args:
+        spacing: default voxel spacing in mm (``None``: 1 mm isotropic); a ``spacing=`` keyword passed to the call
+            overrides it for that batch, e.g. ``metric(y_pred, y, spacing=batch["image"].pixdim)``.
+        reduction: reduction of the ``(N, C)`` buffer in ``aggregate()``, as in MONAI (default ``"mean"``).
+        get_not_nans: whether ``aggregate()`` also returns the count of not-NaN values.
+    """
+
+    def __init__(
+        self,
+        spacing: SpacingType = None,
+        reduction: MetricReduction | str = MetricReduction.MEAN,
+        get_not_nans: bool = False,
+    ) -> None:
+        super().__init__(reduction=reduction, get_not_nans=get_not_nans)
+        self.spacing = spacing
+
+    def _compute_tensor(  # type: ignore[override]
+        self, y_pred: torch.Tensor, y: torch.Tensor, **kwargs: Any
+    ) -> torch.Tensor:
+        """
+        Args:
+            y_pred: binarised prediction ``(B, C, *spatial)``.
+            y: binarised ground truth, same shape.
+            kwargs: optional ``spacing`` overriding the default of this metric.
+
+        Returns:
+            ``(B, C)`` HD95 in mm.
+        """
+        spacing = kwargs.get("spacing")
+        return compute_brats_hd95(y_pred, y, spacing=self.spacing if spacing is None else spacing)
+
+
+class BratsDice(IgniteMetricHandler):
+    """
+    Ignite handler of :py:class:`BratsDiceMetric`, the BraTS counterpart of :py:class:`monai.handlers.MeanDice`.
+
+    Args:
+        reduction: reduction of the per-case scores (default ``"mean"``; ``"mean_batch"`` gives one value per region).
+        output_transform: extracts ``(y_pred, y)`` from ``engine.state.output``, e.g.
+            ``monai.handlers.from_engine(["pred", "label"])``.
+        save_details: store the per-case ``(N, C)`` scores in ``engine.state.metric_details`` under the metric name,
+            which :py:class:`monai.handlers.MetricsSaver` writes as a per-case CSV and summary statistics.
+    """
+
+    def __init__(
+        self,
+        reduction: MetricReduction | str = MetricReduction.MEAN,
+        output_transform: Callable = lambda x: x,
+        save_details: bool = True,
+    ) -> None:
+        super().__init__(
+            metric_fn=BratsDiceMetric(reduction=reduction), output_transform=output_transform, save_details=save_details
+        )
+
+
+class BratsHD95(IgniteMetricHandler):
+    """
+    Ignite handler of :py:class:`BratsHD95Metric`, the BraTS counterpart of
+    :py:class:`monai.handlers.HausdorffDistance`.
+
+    Args:
+        spacing: voxel spacing in mm used for every case (``None``: 1 mm isotropic). Ignite passes only
+            ``(y_pred, y)`` to metrics, so the spacing is fixed here rather than read from the image metadata.
+        reduction: reduction of the per-case scores (default ``"mean"``; ``"mean_batch"`` gives one value per region).
+        output_transform: extracts ``(y_pred, y)`` from ``engine.state.output``, e.g.
+            ``monai.handlers.from_engine(["pred", "label"])``.
+        save_details: store the per-case ``(N, C)`` scores in ``engine.state.metric_details`` under the metric name,
+            which :py:class:`monai.handlers.MetricsSaver` writes as a per-case CSV and summary statistics.
+    """
+
+    def __init__(
+        self,
+        spacing: SpacingType = None,
+        reduction: MetricReduction | str = MetricReduction.MEAN,
+        output_transform: Callable = lambda x: x,
+        save_details: bool = True,
+    ) -> None:
+        super().__init__(
+            metric_fn=BratsHD95Metric(spacing=spacing, reduction=reduction),
+            output_transform=output_transform,
+            save_details=save_details,
+        )
