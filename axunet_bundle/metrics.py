@@ -115,7 +115,7 @@ def compute_brats_hd95(y_pred: torch.Tensor, y: torch.Tensor, spacing: SpacingTy
         ValueError: when the shapes differ or are not 2D/3D batch-first, or ``spacing`` does not fit them.
     """
     y_pred, y = _check_inputs(y_pred, y)
-    batch, channels = y_pred.shape[:2]
+    batch = y_pred.shape[0]
     spacings = prepare_spacing(spacing=_float_spacing(spacing), batch_size=batch, img_dim=y_pred.ndim - 2)
     pred_any = y_pred.flatten(2).any(-1)
     true_any = y.flatten(2).any(-1)

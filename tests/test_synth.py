@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import nibabel as nib
@@ -149,13 +150,16 @@ def test_modality_contrasts(small_cases):
 
 
 def test_enhancing_distractors_outside_tumour():
-    case = synth_case(1, (120, 120, 78), with_tissue=True)
-    seg, healthy_brain = case["seg"], (case["seg"] == 0) & (case["t1"] > 0)
-    assert (seg == 4).any()
-    wm = healthy_brain & (case["tissue"] == TISSUE_WM)
-    ratio = case["t1ce"] / case["t1ce"][wm].mean()
-    # vessels / choroid plexus enhance as much as tumour: brightness in T1CE alone does not define ET
-    assert (ratio[healthy_brain] > np.median(ratio[seg == 4])).sum() > 50
+    shape = (120, 120, 78)
+    cases = (synth_case(seed, shape, with_tissue=True) for seed in range(20))
+    with_et = list(itertools.islice((c for c in cases if (c["seg"] == 4).any()), 3))
+    assert len(with_et) == 3
+    for case in with_et:
+        seg, healthy_brain = case["seg"], (case["seg"] == 0) & (case["t1"] > 0)
+        wm = healthy_brain & (case["tissue"] == TISSUE_WM)
+        ratio = case["t1ce"] / case["t1ce"][wm].mean()
+        # vessels / choroid plexus enhance like tumour: brightness in T1CE alone does not define ET
+        assert (ratio[healthy_brain] > np.percentile(ratio[seg == 4], 25)).sum() > 50
 
 
 @pytest.mark.parametrize("layout", ["2021", "2023"])
