@@ -103,9 +103,8 @@ def main() -> None:
     if args.pam_worker:
         print(json.dumps(pam_worker(args.pam_worker[0], int(args.pam_worker[1]))))
         return
-    print(
-        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {args.threads} threads, batch {args.batch}"
-    )
+    cpu = platform.processor() or platform.machine()
+    print(f"torch {torch.__version__}, {cpu}, {args.threads} threads, batch {args.batch}")
     print("\n".join(network_rows(args.batch)))
     print()
     print("\n".join(pam_rows()))
