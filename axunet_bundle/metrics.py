@@ -237,7 +237,35 @@ class BratsHD95Metric(_BratsCumulativeMetric):
         return compute_brats_hd95(y_pred, y, spacing=self.spacing if spacing is None else spacing)
 
 
-class BratsDice(IgniteMetricHandler):
+class _BratsMetricHandler(IgniteMetricHandler):
+    """
+    Base of the BraTS ignite handlers: wraps a :attr:`metric_class` instance, as :py:class:`BratsDice` and
+    :py:class:`BratsHD95` document.
+
+    Args:
+        reduction: reduction of the per-case scores, passed to :attr:`metric_class`.
+        output_transform: extracts ``(y_pred, y)`` from ``engine.state.output``.
+        save_details: store the per-case scores in ``engine.state.metric_details``.
+        metric_kwargs: further arguments of :attr:`metric_class`.
+    """
+
+    metric_class: type[_BratsCumulativeMetric]
+
+    def __init__(
+        self,
+        reduction: MetricReduction | str = MetricReduction.MEAN,
+        output_transform: Callable = lambda x: x,
+        save_details: bool = True,
+        **metric_kwargs: Any,
+    ) -> None:
+        super().__init__(
+            metric_fn=self.metric_class(reduction=reduction, **metric_kwargs),
+            output_transform=output_transform,
+            save_details=save_details,
+        )
+
+
+class BratsDice(_BratsMetricHandler):
     """
     Ignite handler of :py:class:`BratsDiceMetric`, the BraTS counterpart of :py:class:`monai.handlers.MeanDice`.
 
@@ -249,18 +277,10 @@ class BratsDice(IgniteMetricHandler):
             which :py:class:`monai.handlers.MetricsSaver` writes as a per-case CSV and summary statistics.
     """
 
-    def __init__(
-        self,
-        reduction: MetricReduction | str = MetricReduction.MEAN,
-        output_transform: Callable = lambda x: x,
-        save_details: bool = True,
-    ) -> None:
-        super().__init__(
-            metric_fn=BratsDiceMetric(reduction=reduction), output_transform=output_transform, save_details=save_details
-        )
+    metric_class = BratsDiceMetric
 
 
-class BratsHD95(IgniteMetricHandler):
+class BratsHD95(_BratsMetricHandler):
     """
     Ignite handler of :py:class:`BratsHD95Metric`, the BraTS counterpart of
     :py:class:`monai.handlers.HausdorffDistance`.
@@ -275,6 +295,8 @@ class BratsHD95(IgniteMetricHandler):
             which :py:class:`monai.handlers.MetricsSaver` writes as a per-case CSV and summary statistics.
     """
 
+    metric_class = BratsHD95Metric
+
     def __init__(
         self,
         spacing: SpacingType = None,
@@ -283,7 +305,5 @@ class BratsHD95(IgniteMetricHandler):
         save_details: bool = True,
     ) -> None:
         super().__init__(
-            metric_fn=BratsHD95Metric(spacing=spacing, reduction=reduction),
-            output_transform=output_transform,
-            save_details=save_details,
+            reduction=reduction, output_transform=output_transform, save_details=save_details, spacing=spacing
         )

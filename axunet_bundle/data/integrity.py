@@ -165,13 +165,22 @@ def _spatial_shape(shape: tuple[int, ...]) -> tuple[tuple[int, ...] | None, str 
     return tuple(dims), None
 
 
+def _non_finite_reasons(data: np.ndarray, voxels: str) -> list[str]:
+    """The reason ``"<count> non-finite <voxels>"`` when `data` has NaN/inf voxels, else nothing.
+
+    Args:
+        data: loaded voxels; only floating-point data can hold NaN/inf.
+        voxels: what the counted voxels are, e.g. ``"label voxels (NaN/inf)"``.
+    """
+    if not np.issubdtype(data.dtype, np.floating):
+        return []
+    n_bad = int(np.count_nonzero(~np.isfinite(data)))
+    return [f"{n_bad} non-finite {voxels}"] if n_bad else []
+
+
 def _label_problems(data: np.ndarray, convention: str) -> list[str]:
     """Reasons why a loaded label map is unusable in `convention` (empty list when it is fine)."""
-    reasons = []
-    if np.issubdtype(data.dtype, np.floating):
-        n_bad = int(np.count_nonzero(~np.isfinite(data)))
-        if n_bad:
-            reasons.append(f"{n_bad} non-finite label voxels (NaN/inf)")
+    reasons = _non_finite_reasons(data, "label voxels (NaN/inf)")
     invalid = [v for v in invalid_label_values(data, convention) if math.isfinite(v)]
     non_integral = [v for v in invalid if isinstance(v, float)]
     outside = [v for v in invalid if isinstance(v, int)]
@@ -185,11 +194,7 @@ def _label_problems(data: np.ndarray, convention: str) -> list[str]:
 
 def _image_problems(data: np.ndarray, modality: str) -> list[str]:
     """Reasons why a loaded image volume is unusable (empty list when it is fine)."""
-    reasons = []
-    if np.issubdtype(data.dtype, np.floating):
-        n_bad = int(np.count_nonzero(~np.isfinite(data)))
-        if n_bad:
-            reasons.append(f"{n_bad} non-finite voxels (NaN/inf) in {modality}")
+    reasons = _non_finite_reasons(data, f"voxels (NaN/inf) in {modality}")
     if not np.any(data):
         reasons.append(f"{modality} image is all zero")
     return reasons

@@ -211,7 +211,21 @@ def invalid_label_values(label: NdarrayOrTensor, convention: str = DEFAULT_CONVE
     return [int(v) if np.isfinite(v) and float(v).is_integer() else float(v) for v in bad.tolist()]
 
 
-class LabelsToRegions(Transform):
+class _ConventionTransform(Transform):
+    """
+    Base of the array label/region converters: holds a validated label convention.
+
+    Args:
+        convention: label convention, a key of :data:`LABEL_CONVENTIONS`.
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(self, convention: str = DEFAULT_CONVENTION) -> None:
+        self.convention = validate_convention(convention)
+
+
+class LabelsToRegions(_ConventionTransform):
     """
     Array transform version of :func:`labels_to_regions`.
 
@@ -219,16 +233,11 @@ class LabelsToRegions(Transform):
         convention: label convention of the input, a key of :data:`LABEL_CONVENTIONS`.
     """
 
-    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
-
-    def __init__(self, convention: str = DEFAULT_CONVENTION) -> None:
-        self.convention = validate_convention(convention)
-
     def __call__(self, label: NdarrayOrTensor) -> NdarrayOrTensor:
         return labels_to_regions(label, self.convention)
 
 
-class RegionsToLabels(Transform):
+class RegionsToLabels(_ConventionTransform):
     """
     Array transform version of :func:`regions_to_labels`.
 
@@ -236,16 +245,41 @@ class RegionsToLabels(Transform):
         convention: label convention of the output, a key of :data:`LABEL_CONVENTIONS`.
     """
 
-    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
-
-    def __init__(self, convention: str = DEFAULT_CONVENTION) -> None:
-        self.convention = validate_convention(convention)
-
     def __call__(self, regions: NdarrayOrTensor) -> NdarrayOrTensor:
         return regions_to_labels(regions, self.convention)
 
 
-class LabelsToRegionsd(MapTransform):
+class _ConventionMapd(MapTransform):
+    """
+    Base of the dictionary-based label/region converters: applies :attr:`converter_class`, built with `convention`,
+    to every key.
+
+    Args:
+        keys: keys of the data to convert.
+        convention: label convention, a key of :data:`LABEL_CONVENTIONS`.
+        allow_missing_keys: don't raise if a key is missing.
+
+    Raises:
+        ValueError: for an unknown convention.
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+    converter_class: type[_ConventionTransform]
+
+    def __init__(
+        self, keys: KeysCollection, convention: str = DEFAULT_CONVENTION, allow_missing_keys: bool = False
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.converter = self.converter_class(convention)
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.converter(d[key])
+        return d
+
+
+class LabelsToRegionsd(_ConventionMapd):
     """
     Dictionary-based :class:`LabelsToRegions`: ``(1, *spatial)`` label maps -> ``(3, *spatial)`` WT/TC/ET masks.
 
@@ -258,22 +292,10 @@ class LabelsToRegionsd(MapTransform):
         ValueError: for an unknown convention.
     """
 
-    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
-
-    def __init__(
-        self, keys: KeysCollection, convention: str = DEFAULT_CONVENTION, allow_missing_keys: bool = False
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.converter = LabelsToRegions(convention)
-
-    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.converter(d[key])
-        return d
+    converter_class = LabelsToRegions
 
 
-class RegionsToLabelsd(MapTransform):
+class RegionsToLabelsd(_ConventionMapd):
     """
     Dictionary-based :class:`RegionsToLabels`: ``(3, *spatial)`` binary WT/TC/ET masks -> ``(1, *spatial)`` labels.
 
@@ -286,16 +308,4 @@ class RegionsToLabelsd(MapTransform):
         ValueError: for an unknown convention.
     """
 
-    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
-
-    def __init__(
-        self, keys: KeysCollection, convention: str = DEFAULT_CONVENTION, allow_missing_keys: bool = False
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.converter = RegionsToLabels(convention)
-
-    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.converter(d[key])
-        return d
+    converter_class = RegionsToLabels

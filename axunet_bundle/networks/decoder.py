@@ -17,6 +17,29 @@ DEBLOCK_REDUCTION = 4
 HEAD_CHANNELS = 32
 
 
+def _upsample_conv(in_channels: int, out_channels: int, kernel_size: int, norm: str | None) -> Convolution:
+    """Transposed conv (stride 2, padding 1) + optional norm + ReLU that exactly doubles H and W.
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        kernel_size: 3 (DeBlock) or 4 (the head); ``output_padding = 4 - kernel_size`` makes the output ``2H x 2W``.
+        norm: MONAI norm name, e.g. ``"batch"``, or ``None`` for none.
+    """
+    return Convolution(
+        spatial_dims=SPATIAL_DIMS,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        kernel_size=kernel_size,
+        strides=2,
+        padding=1,
+        output_padding=4 - kernel_size,
+        is_transposed=True,
+        norm=norm,
+        act="relu",
+    )
+
+
 class DeBlock(nn.Sequential):
     """Upsampling block: 1x1 conv to ``C/4`` + BN + ReLU, 3x3 transposed conv (stride 2, doubles H and W) + BN +
     ReLU, 1x1 conv to ``out_channels`` + BN + ReLU.
@@ -32,16 +55,7 @@ class DeBlock(nn.Sequential):
         conv = dict(spatial_dims=SPATIAL_DIMS, norm="batch", act="relu")
         super().__init__(
             Convolution(in_channels=in_channels, out_channels=mid, kernel_size=1, **conv),
-            Convolution(
-                in_channels=mid,
-                out_channels=mid,
-                kernel_size=3,
-                strides=2,
-                padding=1,
-                output_padding=1,
-                is_transposed=True,
-                **conv,
-            ),
+            _upsample_conv(mid, mid, kernel_size=3, norm="batch"),
             Convolution(in_channels=mid, out_channels=out_channels, kernel_size=1, **conv),
         )
 
@@ -58,16 +72,7 @@ class SegmentationHead(nn.Sequential):
     def __init__(self, in_channels: int, out_channels: int, channels: int = HEAD_CHANNELS) -> None:
         conv = dict(spatial_dims=SPATIAL_DIMS, norm=None, act="relu")
         super().__init__(
-            Convolution(
-                in_channels=in_channels,
-                out_channels=channels,
-                kernel_size=4,
-                strides=2,
-                padding=1,
-                output_padding=0,
-                is_transposed=True,
-                **conv,
-            ),
+            _upsample_conv(in_channels, channels, kernel_size=4, norm=None),
             Convolution(in_channels=channels, out_channels=channels, kernel_size=3, **conv),
             Convolution(SPATIAL_DIMS, channels, out_channels, kernel_size=3, conv_only=True),
         )
