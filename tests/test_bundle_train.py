@@ -13,6 +13,9 @@ from monai.bundle import ConfigWorkflow, verify_metadata
 from axunet_bundle import AXUNet
 
 SCHEMA = CONFIGS.parents[1] / "shared" / "monai" / "meta_schema_20240725.json"
+#: a short run on the tiny generated cases: measured 0.00 -> 0.46 best mean Dice at 25 epochs (2 CPU cores)
+LEARNING_EPOCHS = 25
+LEARNING_MARGIN = 0.2
 
 
 def train_workflow(dataset_dir, bundle_root, **overrides) -> ConfigWorkflow:
@@ -68,3 +71,40 @@ def test_training_runs_saves_plain_weights_and_resumes(tiny_dataset, tmp_path):
     assert started == [2]  # continues at the next epoch, does not redo epoch 1
     assert trainer.state.epoch == 2
     resumed.finalize()
+
+
+def test_training_really_learns(tiny_dataset, tmp_path):
+    """A short CPU run of the bundle's own recipe (faster learning rate) lifts whole-volume validation Dice well
+    above what the untrained network scores."""
+    workflow = train_workflow(
+        tiny_dataset,
+        tmp_path,
+        epochs=LEARNING_EPOCHS,
+        batch_size=16,
+        slices_per_volume=16,
+        learning_rate=1e-3,
+        val_interval=5,
+    )
+    workflow.initialize()
+    evaluator = workflow.parser.get_parsed_content("validate#evaluator")
+    evaluator.run()
+    untrained = evaluator.state.metrics["val_mean_dice"]
+    workflow.run()
+    assert evaluator.state.best_metric >= untrained + LEARNING_MARGIN, (untrained, evaluator.state.best_metric)
+    workflow.finalize()
+
+
+def test_training_loss_is_sigmoid_dice_plus_binary_cross_entropy():
+    """The paper's loss: batch Dice on sigmoid probabilities + BCE per channel (regions overlap: no softmax)."""
+    from monai.bundle import ConfigParser
+    from monai.losses import DiceLoss
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    loss = parser.get_parsed_content("loss")
+    torch.manual_seed(0)
+    logits = torch.randn(4, 3, 16, 16)
+    target = (torch.rand(4, 3, 16, 16) > 0.8).float()
+    expected = DiceLoss(sigmoid=True, batch=True)(logits, target)
+    expected = expected + torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+    assert float(loss(logits, target)) == pytest.approx(float(expected), rel=1e-6)

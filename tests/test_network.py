@@ -258,3 +258,14 @@ def test_onnx_export_matches_eager(tmp_path, net):
     path = export_onnx(net, x, tmp_path / "model.onnx")
     assert max_abs_diff_onnx(net, path, x) <= EXPORT_TOLERANCE
     assert max_abs_diff_onnx(net, path, torch.randn(1, 3, 96, 96)) <= EXPORT_TOLERANCE  # dynamic batch
+
+
+def test_untrained_network_starts_from_the_tumour_prior():
+    """The logits' bias starts at logit(PRIOR_PROBABILITY), so an untrained AXUNet predicts almost no tumour."""
+    from axunet_bundle.networks.decoder import PRIOR_PROBABILITY
+
+    torch.manual_seed(0)
+    net = AXUNet().eval()
+    with torch.no_grad():
+        probabilities = torch.sigmoid(net(torch.zeros(1, 3, 64, 64)))
+    assert float(probabilities.mean()) == pytest.approx(PRIOR_PROBABILITY, rel=0.5)
