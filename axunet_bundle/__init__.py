@@ -4,8 +4,8 @@
 Region channels are always in the order WT (whole tumour), TC (tumour core), ET (enhancing tumour).
 """
 
-from . import data, handlers, metrics, networks, transforms
+from . import data, handlers, inferers, metrics, networks, transforms
 from .networks import AXUNet
 
 __version__ = "0.1.0"
-__all__ = ["AXUNet", "__version__", "data", "handlers", "metrics", "networks", "transforms"]
+__all__ = ["AXUNet", "__version__", "data", "handlers", "inferers", "metrics", "networks", "transforms"]

@@ -1,18 +1,41 @@
 # Copyright (c) AXUNet bundle developers. Licensed under the Apache License, Version 2.0.
-"""Helpers for the bundle's ignite engines: per-region metric inputs and checkpoint discovery."""
+"""Helpers for the bundle's ignite engines: per-region metric inputs, checkpoint discovery, evaluation report."""
 
 from __future__ import annotations
 
+import csv
 import glob
+import io
+import json
 import os
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
+import numpy as np
+from ignite.engine import Engine, Events
 from monai.handlers import from_engine
 
-__all__ = ["region_output", "latest_checkpoint", "CHECKPOINT_PREFIX"]
+from .data.labels import REGIONS
+from .transforms import new_file_mode
+
+__all__ = [
+    "region_output",
+    "latest_checkpoint",
+    "CHECKPOINT_PREFIX",
+    "BratsReportWriter",
+    "METRICS_CSV",
+    "SUMMARY_JSON",
+    "write_atomic",
+]
 
 #: ``CheckpointSaver(file_prefix=...)`` of the resumable training checkpoint in ``configs/train.json``.
 CHECKPOINT_PREFIX = "checkpoint"
+#: files of the evaluation report
+METRICS_CSV = "metrics.csv"
+SUMMARY_JSON = "summary.json"
+#: the BraTS metrics of ``configs/evaluate.json``
+REPORT_METRICS = ("dice", "hd95")
 
 
 def region_output(index: int) -> Callable:
@@ -32,3 +55,99 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike) -> str:
     if not found:
         raise FileNotFoundError(f"resume requested but no {CHECKPOINT_PREFIX}_*.pt in {ckpt_dir}")
     return max(found, key=os.path.getmtime)
+
+
+class BratsReportWriter:
+    """
+    Writes the evaluation report when an evaluator's epoch completes: ``metrics.csv`` with one row per case
+    (``case_id, dice_wt, dice_tc, dice_et, hd95_wt, hd95_tc, hd95_et``) and ``summary.json`` with the mean, median
+    and standard deviation per metric and region. Both files are written atomically.
+
+    Reads the per-case scores that :class:`axunet_bundle.metrics.BratsDice` / ``BratsHD95`` store in
+    ``engine.state.metric_details`` (``save_details=True``) and the case ids from each batch.
+
+    Args:
+        output_dir: folder of the two files.
+        metric_names: names of the metrics in the evaluator (and the CSV column prefixes).
+        case_id_key: batch key holding the case ids.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        metric_names: Sequence[str] = REPORT_METRICS,
+        case_id_key: str = "case_id",
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.metric_names = tuple(metric_names)
+        self.case_id_key = case_id_key
+        self._case_ids: list[str] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def _reset(self, engine: Engine) -> None:
+        self._case_ids = []
+
+    def _collect(self, engine: Engine) -> None:
+        # MONAI's engines decollate the batch into a list of per-case dicts after each iteration
+        batch = engine.state.batch
+        items = batch if isinstance(batch, Sequence) and not isinstance(batch, Mapping) else [batch]
+        for item in items:
+            case_id = item.get(self.case_id_key) if isinstance(item, Mapping) else None
+            self._case_ids.append(str(case_id) if case_id is not None else f"case_{len(self._case_ids)}")
+
+    def __call__(self, engine: Engine) -> None:
+        details = {name: engine.state.metric_details.get(name) for name in self.metric_names}
+        missing = [name for name, value in details.items() if value is None]
+        if missing:
+            raise RuntimeError(f"no per-case scores for {missing}: give the metrics save_details=True")
+        scores = {
+            name: np.asarray(value.detach().cpu() if hasattr(value, "detach") else value, dtype=float)
+            for name, value in details.items()
+        }
+        rows = []
+        for index, case_id in enumerate(self._case_ids):
+            row = {"case_id": case_id}
+            for name, values in scores.items():
+                row.update({f"{name}_{r.lower()}": float(values[index, c]) for c, r in enumerate(REGIONS)})
+            rows.append(row)
+        summary = {"n_cases": len(rows)}
+        for name, values in scores.items():
+            summary[name] = {
+                r: {
+                    "mean": float(np.mean(values[:, c])),
+                    "median": float(np.median(values[:, c])),
+                    "std": float(np.std(values[:, c])),
+                }
+                for c, r in enumerate(REGIONS)
+            }
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        header = list(rows[0]) if rows else ["case_id"]
+        write_atomic(self.output_dir / METRICS_CSV, _csv_text(header, rows))
+        write_atomic(self.output_dir / SUMMARY_JSON, json.dumps(summary, indent=4) + "\n")
+        engine.logger.info("evaluation of %d cases written to %s", len(rows), self.output_dir / METRICS_CSV)
+
+
+def _csv_text(header: list[str], rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=header)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+        os.chmod(tmp_name, new_file_mode())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise

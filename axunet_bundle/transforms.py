@@ -1,11 +1,40 @@
 # Copyright (c) AXUNet bundle developers. Licensed under the Apache License, Version 2.0.
-"""Small functions the bundle's transform chains need and MONAI does not provide."""
+"""Transforms and output helpers the bundle's chains need and MONAI does not provide."""
 
 from __future__ import annotations
 
-from monai.config.type_definitions import NdarrayOrTensor
+import os
+import tempfile
+from collections.abc import Hashable, Mapping
+from pathlib import Path
 
-__all__ = ["is_nonzero"]
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.config.type_definitions import NdarrayOrTensor
+from monai.data import NibabelWriter
+from monai.transforms import MapTransform
+from monai.utils import convert_to_dst_type
+from scipy import ndimage
+
+from .data.cases import parse_file_name
+from .data.labels import REGIONS
+
+__all__ = [
+    "is_nonzero",
+    "ET_CHANNEL",
+    "RemoveSmallEnhancingd",
+    "case_id_from_path",
+    "case_name_formatter",
+    "AtomicNibabelWriter",
+]
+
+#: index of the enhancing-tumour channel in (WT, TC, ET) region masks
+ET_CHANNEL = REGIONS.index("ET")
+#: ``ndimage.label`` structure connecting a voxel to all 26 neighbours (as BraTS post-processing usually does)
+FULL_CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
+NIFTI_EXTENSIONS = (".nii.gz", ".nii")
+DEFAULT_FILE_MODE = 0o666
 
 
 def is_nonzero(image: NdarrayOrTensor) -> NdarrayOrTensor:
@@ -14,3 +43,87 @@ def is_nonzero(image: NdarrayOrTensor) -> NdarrayOrTensor:
     MONAI's default (``x > 0``) would drop brain voxels of scans stored with negative intensities.
     """
     return image != 0
+
+
+class RemoveSmallEnhancingd(MapTransform):
+    """
+    Relabel enhancing-tumour components smaller than ``min_voxels`` as necrosis, a common BraTS post-processing:
+    small ET blobs are mostly false positives, and an ET prediction where the reference has none costs a whole
+    case's ET Dice. Works on binary ``(WT, TC, ET, *spatial)`` region masks: the ET channel is cleared in the
+    small components while TC stays set, so the label map written afterwards shows necrosis there.
+
+    Args:
+        keys: keys of the region masks.
+        min_voxels: components with fewer voxels are relabelled; 0 turns the transform off.
+        allow_missing_keys: don't raise if a key is missing.
+    """
+
+    def __init__(self, keys: KeysCollection, min_voxels: int = 0, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if min_voxels < 0:
+            raise ValueError(f"min_voxels must be >= 0, got {min_voxels}")
+        self.min_voxels = int(min_voxels)
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        if self.min_voxels == 0:
+            return d
+        for key in self.key_iterator(d):
+            regions = d[key]
+            enhancing = np.asarray(regions[ET_CHANNEL].detach().cpu() if isinstance(regions, torch.Tensor) else regions)
+            structure = FULL_CONNECTIVITY[(slice(None),) * enhancing.ndim]
+            components, count = ndimage.label(enhancing > 0, structure=structure)
+            if count == 0:
+                continue
+            sizes = np.bincount(components.ravel())
+            small = np.isin(components, np.flatnonzero(sizes < self.min_voxels)) & (components > 0)
+            kept = enhancing * ~small
+            out = regions.clone() if isinstance(regions, torch.Tensor) else regions.copy()
+            out[ET_CHANNEL] = convert_to_dst_type(kept, out[ET_CHANNEL])[0]
+            d[key] = out
+        return d
+
+
+def case_id_from_path(path: str | os.PathLike) -> str:
+    """The case id of an image file: the BraTS prefix (``BraTS2021_00000_t1ce.nii.gz`` -> ``BraTS2021_00000``),
+    else the file name without its NIfTI extension. Only the file name is used, so a case id never holds a path."""
+    name = Path(os.fspath(path)).name
+    parsed = parse_file_name(name)
+    if parsed is not None:
+        return parsed[0]
+    for extension in NIFTI_EXTENSIONS:
+        if name.lower().endswith(extension):
+            return name[: -len(extension)]
+    return name
+
+
+def case_name_formatter(metadict: dict, saver: object) -> dict:
+    """``SaveImaged(output_name_formatter=...)``: name outputs after the case (``<case_id>_seg.nii.gz``) rather than
+    after the first image file (``<case_id>_t1ce_seg.nii.gz``)."""
+    return {"subject": case_id_from_path(metadict.get("filename_or_obj", "case")), "idx": None}
+
+
+def new_file_mode() -> int:
+    """The permission bits ``open()`` would give a new file under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return DEFAULT_FILE_MODE & ~umask
+
+
+class AtomicNibabelWriter(NibabelWriter):
+    """``NibabelWriter`` that writes to a temporary file beside the target and renames it into place, so an
+    interrupted run never leaves a truncated NIfTI that looks like a finished segmentation."""
+
+    def write(self, filename: str | os.PathLike, verbose: bool = False, **obj_kwargs) -> None:
+        target = Path(filename)
+        extension = next((e for e in NIFTI_EXTENSIONS if target.name.lower().endswith(e)), target.suffix)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=extension, dir=target.parent)
+        os.close(fd)
+        try:
+            super().write(tmp_name, verbose=verbose, **obj_kwargs)
+            os.chmod(tmp_name, new_file_mode())  # mkstemp creates 0600; give the usual permissions
+            os.replace(tmp_name, target)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise

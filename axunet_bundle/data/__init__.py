@@ -3,7 +3,7 @@
 
 from . import cases, datalist, integrity, labels, slices, synth
 from .cases import DEFAULT_MODALITIES, MODALITIES, Case, CaseError, find_cases
-from .datalist import inference_items, load_datalist, make_datalist, write_datalist
+from .datalist import CaseSelection, evaluation_cases, inference_cases, load_datalist, make_datalist, write_datalist
 from .integrity import ValidateCased, check_case, check_dataset
 from .labels import REGIONS, LabelsToRegionsd, RegionsToLabelsd, labels_to_regions, regions_to_labels
 from .slices import SliceCacheDataset, prepare_slice_cache
@@ -24,7 +24,9 @@ __all__ = [
     "check_dataset",
     "datalist",
     "find_cases",
-    "inference_items",
+    "CaseSelection",
+    "inference_cases",
+    "evaluation_cases",
     "integrity",
     "labels",
     "labels_to_regions",

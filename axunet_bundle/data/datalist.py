@@ -21,19 +21,34 @@ import logging
 import os
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from axunet_bundle.data.cases import DEFAULT_MODALITIES, Case, find_cases, validate_modalities
-from axunet_bundle.data.integrity import check_case
+from axunet_bundle.data.integrity import Problem, check_case
 
-__all__ = ["TRAINING", "VALIDATION", "TESTING", "make_datalist", "write_datalist", "load_datalist", "inference_items"]
+__all__ = [
+    "TRAINING",
+    "VALIDATION",
+    "TESTING",
+    "SEGMENTATION_SUFFIX",
+    "make_datalist",
+    "write_datalist",
+    "load_datalist",
+    "CaseSelection",
+    "inference_cases",
+    "evaluation_cases",
+    "segmentation_path",
+]
 
 TRAINING = "training"
 VALIDATION = "validation"
 TESTING = "testing"
+#: file name ending of a segmentation the inference workflow writes: ``<case_id>_seg.nii.gz``
+SEGMENTATION_SUFFIX = "_seg.nii.gz"
 
 MIN_FOLDS = 2
 JSON_INDENT = 4
@@ -219,18 +234,105 @@ def load_datalist(
     }
 
 
-def inference_items(dataset_dir: str | os.PathLike, modalities: Sequence[str] = DEFAULT_MODALITIES) -> list[dict]:
+@dataclass
+class CaseSelection:
     """
-    Every case of a BraTS folder as an inference item ``{"image": [files], "case_id": id}`` (labels not needed).
-    Cases that fail the cheap header check are left out with one warning line each.
+    The cases a run will process (``items``, MONAI datalist items) and those it leaves out (``left_out``: one
+    :class:`~axunet_bundle.data.integrity.Problem` per problem found), so that a run over many cases processes every
+    good one and still ends by naming the bad ones.
+    """
+
+    items: list[dict[str, Any]] = field(default_factory=list)
+    left_out: list[Problem] = field(default_factory=list)
+
+    def report(self) -> None:
+        """End of a run: list the left-out cases again and exit with status 1 when there are any."""
+        if not self.left_out:
+            return
+        cases = sorted({p.case_id for p in self.left_out})
+        logger.error("%d case(s) were not processed (the other %d were):", len(cases), len(self.items))
+        for problem in self.left_out:
+            logger.error("  %s", problem)
+        raise SystemExit(1)
+
+
+def _select(cases: Sequence[Case], modalities: tuple[str, ...], read_voxels: bool, make_item) -> CaseSelection:
+    """Check each case (logging each problem as one line) and keep the sound ones as items."""
+    selection = CaseSelection()
+    for case in cases:
+        problems = check_case(case, modalities=modalities, read_voxels=read_voxels)
+        for problem in problems:
+            logger.warning("leaving out case %s", problem)
+        if problems:
+            selection.left_out.extend(problems)
+        else:
+            selection.items.append(make_item(case))
+    return selection
+
+
+def segmentation_path(output_dir: str | os.PathLike, case_id: str) -> Path:
+    """Where the inference workflow writes a case's label map (only the case id's last path part is used)."""
+    return Path(output_dir) / f"{Path(case_id).name}{SEGMENTATION_SUFFIX}"
+
+
+def inference_cases(
+    dataset_dir: str | os.PathLike,
+    modalities: Sequence[str] = DEFAULT_MODALITIES,
+    output_dir: str | os.PathLike | None = None,
+    read_voxels: bool = True,
+) -> CaseSelection:
+    """
+    Every case of a BraTS folder as an inference item ``{"image": [files], "case_id": id}`` (labels are neither
+    needed nor checked). Cases with a problem (missing or unreadable file, shapes or affines that differ, NaN/inf or
+    all-zero images, ...) are left out with one line each and listed in ``left_out``.
+
+    Args:
+        dataset_dir: the BraTS folder.
+        modalities: image channels, in order.
+        output_dir: when given, cases whose segmentation already exists there are skipped (a re-run continues
+            where the last one stopped); ``None`` processes every case.
+        read_voxels: check the voxel data too (one extra read of each image), not only the headers.
     """
     mods = validate_modalities(modalities)
-    items = []
-    for case in find_cases(dataset_dir, modalities=mods):
-        problems = check_case(case, modalities=mods, read_voxels=False)
-        if problems:
-            for problem in problems:
-                logger.warning("leaving out case %s", problem)
-            continue
-        items.append({"image": case.image_files(mods), "case_id": case.case_id})
-    return items
+    cases = [replace(case, label=None) for case in find_cases(dataset_dir, modalities=mods)]
+    todo = [c for c in cases if output_dir is None or not segmentation_path(output_dir, c.case_id).is_file()]
+    if len(todo) < len(cases):
+        logger.info(
+            "%d cases already have a segmentation in %s; skipped (set overwrite to redo them)",
+            len(cases) - len(todo),
+            output_dir,
+        )
+    return _select(todo, mods, read_voxels, lambda case: {"image": case.image_files(mods), "case_id": case.case_id})
+
+
+def evaluation_cases(
+    dataset_dir: str | os.PathLike | None,
+    datalist: str | os.PathLike | None = None,
+    split: str = VALIDATION,
+    modalities: Sequence[str] = DEFAULT_MODALITIES,
+    read_voxels: bool = True,
+) -> CaseSelection:
+    """
+    The labelled cases to evaluate: the ``split`` section of a datalist file when one is given (taken as it is),
+    else every labelled case of the BraTS folder ``dataset_dir``, checked as :func:`inference_cases` does, labels
+    included.
+
+    Args:
+        dataset_dir: the BraTS folder (base directory of a datalist's relative paths).
+        datalist: optional decathlon-style JSON file.
+        split: the datalist section to evaluate.
+        modalities: image channels, in order.
+        read_voxels: check the voxel data too, not only the headers.
+    """
+    if datalist is not None:
+        items = load_datalist(dataset_dir, datalist)
+        if split not in items:
+            raise ValueError(f"datalist split must be one of {sorted(items)}, got {split!r}")
+        return CaseSelection(items=items[split])
+    if dataset_dir is None:
+        raise ValueError("give dataset_dir (a BraTS folder) or datalist (a datalist JSON file)")
+    mods = validate_modalities(modalities)
+    labelled = [case for case in find_cases(dataset_dir, modalities=mods) if case.label is not None]
+    if not labelled:
+        raise ValueError(f"no labelled cases found in {dataset_dir}")
+    return _select(labelled, mods, read_voxels, lambda case: _item(case, mods))

@@ -1,0 +1,284 @@
+"""The bundle's inference, evaluation and multi-process training workflows, run through MONAI's bundle runner."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from conftest import BUNDLE_ROOT, CONFIGS, TINY_ROI, TINY_SHAPE
+from monai.bundle import ConfigParser, ConfigWorkflow
+
+from axunet_bundle import AXUNet
+from axunet_bundle.data.cases import find_cases
+from axunet_bundle.data.labels import label_values, labels_to_regions
+from axunet_bundle.data.synth import write_synthetic_dataset
+from axunet_bundle.metrics import HD95_EMPTY_PENALTY, compute_brats_dice, compute_brats_hd95
+
+INFERENCE = [str(CONFIGS / "inference.json")]
+EVALUATION = [str(CONFIGS / "inference.json"), str(CONFIGS / "evaluate.json")]
+#: a 1x1 convolution stands in for AXUNet where the predictions must be known exactly
+CONSTANT_NET = {"_target_": "torch.nn.Conv2d", "in_channels": 3, "out_channels": 3, "kernel_size": 1}
+CONSTANT_LOGIT = 10.0
+
+
+def save_untrained_axunet(path: Path) -> Path:
+    torch.manual_seed(0)
+    torch.save(AXUNet().state_dict(), path)
+    return path
+
+
+def save_constant_net(path: Path, logit: float) -> Path:
+    """Weights of :data:`CONSTANT_NET` that predict ``logit`` everywhere: all regions (> 0) or none (< 0)."""
+    conv = torch.nn.Conv2d(3, 3, kernel_size=1)
+    torch.nn.init.zeros_(conv.weight)
+    torch.nn.init.constant_(conv.bias, logit)
+    torch.save(conv.state_dict(), path)
+    return path
+
+
+def workflow(config_files: list[str], **overrides) -> ConfigWorkflow:
+    settings = dict(roi_size=TINY_ROI, num_workers=0, sw_batch_size=4)
+    settings.update(overrides)
+    wf = ConfigWorkflow(
+        workflow_type="infer",
+        config_file=config_files,
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        **settings,
+    )
+    wf.initialize()
+    assert wf.check_properties() == []
+    return wf
+
+
+def test_inference_writes_one_label_map_per_case_on_the_input_grid(tiny_dataset, tmp_path):
+    out = tmp_path / "pred"
+    ckpt = save_untrained_axunet(tmp_path / "model.pt")
+    wf = workflow(INFERENCE, dataset_dir=str(tiny_dataset), output_dir=str(out), ckpt_path=str(ckpt))
+    wf.run()
+    wf.finalize()
+
+    cases = find_cases(tiny_dataset)
+    written = sorted(p.name for p in out.iterdir())
+    assert written == sorted(f"{case.case_id}_seg.nii.gz" for case in cases)
+    allowed = set(label_values("brats2021")) | {0}
+    for case in cases:
+        reference = nib.load(case.images["t1ce"])
+        seg = nib.load(out / f"{case.case_id}_seg.nii.gz")
+        assert seg.shape == reference.shape
+        np.testing.assert_allclose(seg.affine, reference.affine, atol=1e-5)
+        assert seg.get_data_dtype() == np.uint8
+        assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= allowed
+
+
+def test_inference_skips_finished_cases_unless_asked_to_overwrite(tiny_dataset, tmp_path):
+    out = tmp_path / "pred"
+    ckpt = save_constant_net(tmp_path / "model.pt", CONSTANT_LOGIT)
+    settings = dict(dataset_dir=str(tiny_dataset), output_dir=str(out), ckpt_path=str(ckpt), network_def=CONSTANT_NET)
+    workflow(INFERENCE, **settings).run()
+    first = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    os.remove(out / sorted(first)[0])
+
+    rerun = workflow(INFERENCE, **settings)
+    assert [item["case_id"] for item in rerun.parser.get_parsed_content("cases").items] == [
+        sorted(first)[0][: -len("_seg.nii.gz")]
+    ]
+    rerun.run()
+    again = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert set(again) == set(first)
+    assert all(again[name] == first[name] for name in sorted(first)[1:])  # finished cases untouched
+
+    assert len(workflow(INFERENCE, overwrite=True, **settings).parser.get_parsed_content("cases").items) == len(first)
+
+
+def test_inference_follows_the_2023_convention_by_one_override(tiny_dataset, tmp_path):
+    out = tmp_path / "pred"
+    ckpt = save_constant_net(tmp_path / "model.pt", CONSTANT_LOGIT)  # every brain voxel predicted ET
+    wf = workflow(
+        INFERENCE,
+        dataset_dir=str(tiny_dataset),
+        output_dir=str(out),
+        ckpt_path=str(ckpt),
+        network_def=CONSTANT_NET,
+        label_convention="brats2023",
+    )
+    wf.run()
+    values = np.unique(np.asarray(nib.load(next(out.iterdir())).dataobj))
+    assert values.tolist() == [0, 3]  # ET is 3 in BraTS 2023 (4 in 2021); 0 outside the brain's bounding box
+
+
+def test_inference_chain_mirrors_the_training_volume_chain():
+    """inference.json must stand alone (MONAI Label reads it by itself), so its image chain is a copy: keep it equal."""
+    train = ConfigParser()
+    train.read_config(str(CONFIGS / "train.json"))
+    infer = ConfigParser()
+    infer.read_config(str(CONFIGS / "inference.json"))
+
+    def image_steps(transforms):
+        steps = []
+        for t in transforms:
+            keys = t["keys"] if isinstance(t["keys"], list) else [t["keys"]]
+            if "image" not in keys:
+                continue
+            args = {k: v for k, v in t.items() if k not in ("keys", "allow_missing_keys", "mode", "_target_")}
+            mode = t.get("mode")
+            if isinstance(mode, list):
+                mode = mode[keys.index("image")]
+            steps.append((t["_target_"], mode, json.dumps(args, sort_keys=True)))
+        return steps
+
+    assert image_steps(infer["preprocessing"]["transforms"]) == image_steps(train["volume_transforms"])
+    for key in ("modalities", "label_convention", "roi_size"):
+        assert infer[key] == train[key]
+
+
+def read_report(out: Path) -> tuple[dict[str, dict[str, float]], dict]:
+    with open(out / "metrics.csv", newline="") as f:
+        rows = {row.pop("case_id"): {k: float(v) for k, v in row.items()} for row in csv.DictReader(f)}
+    return rows, json.loads((out / "summary.json").read_text())
+
+
+def test_evaluation_scores_equal_a_direct_computation(tiny_dataset, tmp_path):
+    out = tmp_path / "eval"
+    ckpt = save_untrained_axunet(tmp_path / "model.pt")
+    workflow(EVALUATION, dataset_dir=str(tiny_dataset), output_dir=str(out), ckpt_path=str(ckpt)).run()
+    rows, summary = read_report(out)
+
+    cases = find_cases(tiny_dataset)
+    assert sorted(rows) == sorted(case.case_id for case in cases)
+    for case in cases:
+        label = labels_to_regions(torch.as_tensor(np.asarray(nib.load(case.label).dataobj))[None])[None]
+        seg = np.asarray(nib.load(out / f"{case.case_id}_seg.nii.gz").dataobj)
+        pred = labels_to_regions(torch.as_tensor(seg)[None])[None]
+        dice = compute_brats_dice(pred, label)[0]
+        hd95 = compute_brats_hd95(pred, label)[0]
+        for c, region in enumerate(("wt", "tc", "et")):
+            assert rows[case.case_id][f"dice_{region}"] == pytest.approx(float(dice[c]), abs=1e-5)
+            assert rows[case.case_id][f"hd95_{region}"] == pytest.approx(float(hd95[c]), abs=1e-3)
+    wt = [row["dice_wt"] for row in rows.values()]
+    assert summary["n_cases"] == len(cases)
+    assert summary["dice"]["WT"]["mean"] == pytest.approx(np.mean(wt))
+    assert summary["dice"]["WT"]["median"] == pytest.approx(np.median(wt))
+    assert summary["dice"]["WT"]["std"] == pytest.approx(np.std(wt))
+
+
+def test_evaluation_applies_the_brats_empty_region_conventions(tiny_dataset, tmp_path):
+    """A model that predicts nothing: Dice 0 / HD95 373.13 where the reference has the region, 1 / 0 where not."""
+    data = tmp_path / "data"
+    case = find_cases(tiny_dataset)[0]
+    (data / case.case_id).mkdir(parents=True)
+    for path in [*case.images.values(), case.label]:
+        (data / case.case_id / Path(path).name).symlink_to(path)
+    seg = nib.load(case.label)
+    no_et = np.asarray(seg.dataobj).copy()
+    no_et[no_et == 4] = 1  # enhancing tumour relabelled necrosis: the reference has no ET
+    (data / case.case_id / Path(case.label).name).unlink()
+    nib.save(nib.Nifti1Image(no_et, seg.affine, seg.header), data / case.case_id / Path(case.label).name)
+
+    out = tmp_path / "eval"
+    ckpt = save_constant_net(tmp_path / "model.pt", -CONSTANT_LOGIT)
+    workflow(
+        EVALUATION, dataset_dir=str(data), output_dir=str(out), ckpt_path=str(ckpt), network_def=CONSTANT_NET
+    ).run()
+    rows, _ = read_report(out)
+    scores = rows[case.case_id]
+    assert scores["dice_wt"] == 0.0 and scores["hd95_wt"] == pytest.approx(HD95_EMPTY_PENALTY, abs=1e-3)
+    assert scores["dice_tc"] == 0.0 and scores["hd95_tc"] == pytest.approx(HD95_EMPTY_PENALTY, abs=1e-3)
+    assert scores["dice_et"] == 1.0 and scores["hd95_et"] == 0.0
+
+
+def test_two_process_gloo_training_finishes_on_both_ranks(tiny_dataset, tmp_path):
+    """``torchrun --nproc_per_node=2`` with multi_gpu_train.json on CPU (gloo): both ranks finish, rank 0 saves."""
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--standalone",
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        str([str(CONFIGS / "train.json"), str(CONFIGS / "multi_gpu_train.json")]),
+        "--meta_file",
+        str(CONFIGS / "metadata.json"),
+        "--logging_file",
+        str(CONFIGS / "logging.conf"),
+        "--dataset_dir",
+        str(tiny_dataset),
+        "--bundle_root",
+        str(tmp_path),
+        "--roi_size",
+        str(TINY_ROI),
+        "--folds",
+        "2",
+        "--epochs",
+        "1",
+        "--batch_size",
+        "4",
+        "--slices_per_volume",
+        "2",
+        "--pretrained",
+        "False",
+        "--num_workers",
+        "0",
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(command, cwd=BUNDLE_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-3000:]
+    assert log.count("SupervisedTrainer - INFO - Engine run finished") == 2  # one per rank
+    AXUNet().load_state_dict(torch.load(tmp_path / "models" / "model.pt", weights_only=True))
+    assert len(list((tmp_path / "models").glob("checkpoint_*.pt"))) == 1
+
+
+def _break_cases(root: Path) -> dict[str, str]:
+    """Damage one generated case per kind of problem; return case id -> the words its report line must hold."""
+    cases = {case.case_id: case for case in find_cases(root)}
+    ids = sorted(cases)
+    expected = {}
+
+    def image(case_id: str, modality: str) -> Path:
+        return Path(cases[case_id].images[modality])
+
+    os.remove(image(ids[1], "t2"))
+    expected[ids[1]] = "missing t2"
+    data = image(ids[2], "flair").read_bytes()
+    image(ids[2], "flair").write_bytes(data[: len(data) // 2])
+    expected[ids[2]] = "flair"
+    nifti = nib.load(image(ids[3], "t1ce"))
+    voxels = np.asarray(nifti.dataobj).astype(np.float32)
+    voxels[0, 0, 0] = np.nan
+    nib.save(nib.Nifti1Image(voxels, nifti.affine), image(ids[3], "t1ce"))
+    expected[ids[3]] = "NaN"
+    image(ids[4], "t2").write_text("not a NIfTI file")
+    expected[ids[4]] = "t2"
+    return expected
+
+
+def test_inference_over_many_cases_reports_bad_ones_and_segments_the_good(tmp_path, capsys):
+    data = tmp_path / "data"
+    write_synthetic_dataset(data, n=6, seed=3, shape=TINY_SHAPE, progress=False)
+    expected = _break_cases(data)
+    good = sorted(set(case.case_id for case in find_cases(data)) - set(expected))
+    out = tmp_path / "pred"
+    ckpt = save_constant_net(tmp_path / "model.pt", CONSTANT_LOGIT)
+    wf = workflow(INFERENCE, dataset_dir=str(data), output_dir=str(out), ckpt_path=str(ckpt), network_def=CONSTANT_NET)
+    with pytest.raises(SystemExit) as exit_info:
+        wf.run()
+    assert exit_info.value.code == 1
+    assert sorted(p.name for p in out.iterdir()) == [f"{case_id}_seg.nii.gz" for case_id in good]
+    log = capsys.readouterr().out  # the bundle's logging.conf logs to stdout
+    summary = log[log.index("4 case(s) were not processed") :]
+    for case_id, words in expected.items():
+        lines = [line for line in summary.splitlines() if case_id in line]
+        assert lines and any(words in line for line in lines), (case_id, words, summary)
