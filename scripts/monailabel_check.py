@@ -1,0 +1,723 @@
+# Copyright (c) AXUNet bundle developers
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""
+Check the bundle with the real MONAI Label (the ``monailabel`` package from PyPI), offline and on CPU.
+
+Run it with the interpreter of the MONAI Label environment (``bash scripts/setup_monailabel_env.sh`` makes it)::
+
+    .venv-monailabel/bin/python scripts/monailabel_check.py [--workdir DIR] [--keep] [--skip-server]
+
+What it does, in a temporary folder (nothing in the repository changes):
+
+1. copies MONAI Label's own ``monaibundle`` sample app out of the installed package
+   (``monailabel apps --download --name monaibundle``; it ships in the wheel, no GitHub needed) and places a copy
+   of this bundle at ``<app>/model/<name>`` (configs, docs, LICENSE, models). When the repository has no
+   ``models/model.pt``, an untrained plain state dict is written, its last-layer bias calibrated so that the label
+   maps hold all of 1, 2 and 4;
+2. writes generated BraTS-like cases as MONAI Label's local datastore wants them: one 4D NIfTI per case
+   (the bundle's ``modalities``, T1CE, T2, FLAIR, stacked on the last axis) in the studies folder and the BraTS
+   label map in ``labels/final``;
+3. checks, each printed as PASS or FAIL:
+
+   a. ``BundleInferTask`` infers a case: a 3D label file with the input's shape and affine, values in
+      {0, 1, 2, 4}, identical to what the bundle's own inference workflow writes for the per-modality files, and
+      the task's label names -> values (MONAI Label takes them from ``metadata.json``
+      ``network_data_format#outputs#pred#channel_def``) name exactly the values written;
+   c. ``monailabel start_server`` (the sample app, 127.0.0.1, a free port, auth off) lists the model and its
+      trainer in ``/info/``, and ``POST /infer/<name>?image=<id>&output=image`` returns a NIfTI label map equal
+      to (a)'s;
+   b. ``BundleTrainTask`` runs one epoch on the datastore (2 training cases, 1 validation case; small sizes and
+      ``pretrained: false`` through its ``_update_overrides`` hook, as an app would set them) and
+      ``models/model.pt`` changes, stays a plain state dict, and moved only a little from the previous weights
+      (so MONAI Label's CheckpointLoader did start training from them).
+
+   (c) runs before (b) because training changes ``model.pt``.
+
+Exit status 0 when every check passed, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+BRATS_VALUES = {0, 1, 2, 4}
+DEFAULT_MODALITIES = ("t1ce", "t2", "flair")  # input channels, in order, when inference.json names none
+BUNDLE_ITEMS = ("configs", "docs", "LICENSE", "models")
+SAMPLE_APP = "monaibundle"
+
+# Keeps training on CPU small: 64 x 64 slices, few per volume, no worker processes, no ImageNet download.
+TRAIN_OVERRIDES = {
+    "pretrained": False,
+    "roi_size": [64, 64],
+    "slices_per_volume": 2,
+    "batch_size": 4,
+    "num_workers": 0,
+    "val_interval": 1,
+}
+
+log = logging.getLogger("monailabel_check")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------------------------
+class CheckFailed(AssertionError):
+    pass
+
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise CheckFailed(message)
+
+
+class Problems:
+    """Collects the failures of the independent parts of one check, so that one failure does not hide the next."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    @contextlib.contextmanager
+    def part(self, what: str):
+        try:
+            yield
+        except CheckFailed as err:
+            log.error("%s", err.args[0])
+            self.messages.append(str(err.args[0]))
+        except Exception as err:  # noqa: BLE001 - an error in one part is that part's failure
+            log.error("%s failed:\n%s", what, traceback.format_exc())
+            self.messages.append(f"{what}: {type(err).__name__}: {err}")
+
+    def raise_any(self) -> None:
+        if self.messages:
+            raise CheckFailed(" | ".join(m.splitlines()[0] for m in self.messages))
+
+
+def root_cause(err: BaseException) -> str:
+    """``Type: first line`` of the innermost exception of a chain (a config expression's error, not the wrapper)."""
+    seen = {id(err)}
+    while (err.__cause__ or err.__context__) is not None and id(err.__cause__ or err.__context__) not in seen:
+        err = err.__cause__ or err.__context__
+        seen.add(id(err))
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def label_summary(data: np.ndarray) -> str:
+    values, counts = np.unique(data, return_counts=True)
+    return ", ".join(f"{int(v)}: {int(c)}" for v, c in zip(values, counts))
+
+
+def check_label_file(path: Path, image_path: Path, what: str) -> np.ndarray:
+    """A 3D label map on the input's grid (shape and affine) with BraTS values only; returns its voxels."""
+    require(path.is_file(), f"{what}: no label file at {path}")
+    ref = nib.load(str(image_path))
+    img = nib.load(str(path))
+    data = np.asarray(img.dataobj)
+    require(data.ndim == 3, f"{what}: label map has shape {data.shape}, expected 3D")
+    require(
+        tuple(data.shape) == tuple(ref.shape[:3]), f"{what}: label shape {data.shape} != image shape {ref.shape[:3]}"
+    )
+    require(
+        np.allclose(img.affine, ref.affine, atol=1e-3),
+        f"{what}: label affine differs from the image's:\n{img.affine}\nvs\n{ref.affine}",
+    )
+    require(np.allclose(data, np.round(data)), f"{what}: label map holds non-integer values")
+    values = {int(v) for v in np.unique(data)}
+    require(values <= BRATS_VALUES, f"{what}: label values {sorted(values)} not within {sorted(BRATS_VALUES)}")
+    log.info("%s: %s %s, values {%s}", what, path.name, tuple(data.shape), label_summary(data))
+    return data.astype(np.int64)
+
+
+def compare_labels(a: np.ndarray, b: np.ndarray, what: str, tolerance: float = 1e-3) -> None:
+    """Two label maps of the same case agree (all but a ``tolerance`` fraction of voxels, for float round-off at the
+    threshold; a geometry error - flip, shift, crop - changes far more)."""
+    require(a.shape == b.shape, f"{what}: shapes differ, {a.shape} vs {b.shape}")
+    mismatch = int(np.count_nonzero(a != b))
+    require(mismatch <= tolerance * a.size, f"{what}: label maps differ in {mismatch} of {a.size} voxels")
+    log.info("%s: label maps agree (%d of %d voxels differ)", what, mismatch, a.size)
+
+
+def check_label_names(labels: dict, written: np.ndarray, what: str) -> None:
+    """MONAI Label's label names -> values must be the BraTS values the bundle writes."""
+    require(isinstance(labels, dict) and labels, f"{what}: no label names reported ({labels!r})")
+    named = {int(v) for v in labels.values()}
+    require(
+        0 not in named,
+        f"{what}: label {[k for k, v in labels.items() if int(v) == 0]} has value 0, the background; MONAI Label "
+        f"takes label values from metadata.json network_data_format#outputs#pred#channel_def keys, which must be "
+        f"the values written (1, 2, 4), got {labels}",
+    )
+    require(
+        named <= BRATS_VALUES - {0},
+        f"{what}: reported label values {sorted(named)} are not BraTS values 1/2/4 ({labels})",
+    )
+    present = {int(v) for v in np.unique(written)} - {0}
+    require(present <= named, f"{what}: the label map holds values {sorted(present - named)} with no name ({labels})")
+    log.info("%s: label names %s", what, labels)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# setup: data, bundle, app
+# ---------------------------------------------------------------------------------------------------------------
+def write_studies(
+    root: Path, n: int, shape: tuple[int, int, int], modalities: tuple[str, ...]
+) -> tuple[Path, list[str], Path]:
+    """Generated BraTS cases as 4D NIfTI images in ``studies/`` plus labels in ``studies/labels/final``."""
+    from axunet_bundle.data.synth import write_synthetic_dataset
+
+    brats = root / "brats"
+    case_dirs = write_synthetic_dataset(brats, n=n, seed=0, shape=shape, progress=False)
+    studies = root / "studies"
+    final = studies / "labels" / "final"
+    final.mkdir(parents=True, exist_ok=True)
+    ids = []
+    for case_dir in case_dirs:
+        case_id = case_dir.name
+        channels = [nib.load(str(case_dir / f"{case_id}_{m}.nii.gz")) for m in modalities]
+        stacked = np.stack([np.asarray(c.dataobj) for c in channels], axis=-1)
+        img = nib.Nifti1Image(stacked, channels[0].affine)
+        img.set_qform(channels[0].affine, code=1)
+        img.set_sform(channels[0].affine, code=1)
+        nib.save(img, str(studies / f"{case_id}.nii.gz"))
+        shutil.copyfile(case_dir / f"{case_id}_seg.nii.gz", final / f"{case_id}.nii.gz")
+        ids.append(case_id)
+    log.info("studies: %d cases of shape %s, channels %s, in %s", n, shape, "/".join(modalities), studies)
+    return studies, ids, brats
+
+
+def install_app(root: Path) -> Path:
+    """MONAI Label's ``monaibundle`` sample app, copied out of the installed package (no download)."""
+    out = root / "apps"
+    cmd = [sys.executable, "-m", "monailabel.main", "apps", "--download", "--name", SAMPLE_APP, "--output", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    app = out / SAMPLE_APP
+    require(
+        proc.returncode == 0 and (app / "main.py").is_file(),
+        f"`monailabel apps --download --name {SAMPLE_APP}` failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}",
+    )
+    log.info("app: %s (from the monailabel package)", app)
+    return app
+
+
+# fraction of the brain that each output region (WT, TC, ET) covers with the calibrated untrained weights
+CALIBRATED_COVERAGE = (0.6, 0.35, 0.15)
+
+
+def make_untrained_weights(bundle: Path, case_files: list[Path]) -> None:
+    """
+    An untrained plain state dict of the bundle's ``network_def`` (ImageNet weights off: offline).
+
+    A random network's region logits barely vary over the image, so every voxel would get the same label. To make
+    the label maps worth comparing (all of 1, 2, 4 present), the bias of the last layer is shifted so that each
+    region channel covers a set fraction of the brain of the first case (:data:`CALIBRATED_COVERAGE`).
+    """
+    import torch
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    parser["bundle_root"] = str(bundle)
+    parser["device"] = "$torch.device('cpu')"
+    if "pretrained" in parser.config:
+        parser["pretrained"] = False
+    if isinstance(parser.config.get("network_def"), dict) and "pretrained" in parser["network_def"]:
+        parser["network_def"]["pretrained"] = False
+    with torch.random.fork_rng():
+        torch.manual_seed(20250325)  # not a seed a workflow would use, so a fresh network never equals this one
+        net = parser.get_parsed_content("network_def", instantiate=True).eval()
+    state = net.state_dict()
+    note = "not calibrated"
+    try:
+        image = parser.get_parsed_content("preprocessing", instantiate=True)({"image": [str(f) for f in case_files]})
+        x = torch.as_tensor(image["image"]).float()  # (C, H, W, D)
+        depth = x.shape[-1]
+        x = x[..., max(0, depth // 2 - 2) : depth // 2 + 2].permute(3, 0, 1, 2)  # a few middle slices
+        with torch.no_grad():
+            logits = net(x)
+        brain = x.abs().sum(1) > 0
+        bias_key = [k for k, v in state.items() if k.endswith("bias") and tuple(v.shape) == (logits.shape[1],)][-1]
+        for channel, fraction in enumerate(CALIBRATED_COVERAGE[: logits.shape[1]]):
+            state[bias_key][channel] -= torch.quantile(logits[:, channel][brain], 1.0 - fraction)
+        note = f"last-layer bias {bias_key} calibrated to region coverage {CALIBRATED_COVERAGE}"
+    except Exception as err:  # noqa: BLE001 - calibration is a nicety; the checks work without it
+        log.warning(
+            "could not calibrate the untrained weights (%s: %s); using them as they are", type(err).__name__, err
+        )
+    torch.save(state, bundle / "models" / "model.pt")
+    log.info(
+        "models/model.pt: none in the repository; wrote an untrained plain state dict (%s; %s)",
+        type(net).__name__,
+        note,
+    )
+
+
+def apply_config_edits(bundle: Path, edits: list[str]) -> None:
+    """
+    ``--set FILE:ID=JSON`` edits of the bundle *copy*, e.g. ``inference.json:preprocessing#transforms#0#keys="image"``:
+    a development aid to try a config change under MONAI Label before making it; the repository is not touched.
+    An ID whose last part is missing is added; a JSON value that does not parse is taken as a string.
+    """
+    for edit in edits:
+        target, _, value = edit.partition("=")
+        file_name, _, config_id = target.partition(":")
+        require(bool(file_name and config_id and _), f"--set {edit!r}: expected FILE:ID=JSON")
+        path = bundle / "configs" / file_name
+        config = json.loads(path.read_text())
+        parts = config_id.split("#")
+        node = config
+        for part in parts[:-1]:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        last = parts[-1]
+        if isinstance(node, list):
+            node[int(last)] = parsed
+        else:
+            node[last] = parsed
+        path.write_text(json.dumps(config, indent=4) + "\n")
+        log.info("bundle copy: %s: %s = %s", file_name, config_id, json.dumps(parsed))
+
+
+def install_bundle(app: Path, name: str, case_files: list[Path]) -> Path:
+    bundle = app / "model" / name
+    bundle.mkdir(parents=True)
+    for item in BUNDLE_ITEMS:
+        src = REPO / item
+        if src.is_dir():
+            shutil.copytree(src, bundle / item, ignore=shutil.ignore_patterns("__pycache__", "*.ts", "*.onnx"))
+        elif src.is_file():
+            shutil.copy2(src, bundle / item)
+    (bundle / "models").mkdir(exist_ok=True)
+    if not (bundle / "models" / "model.pt").is_file():
+        make_untrained_weights(bundle, case_files)
+    else:
+        log.info("models/model.pt: copied from the repository")
+    log.info("bundle: %s", bundle)
+    return bundle
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# checks
+# ---------------------------------------------------------------------------------------------------------------
+def check_infer_task(ctx: dict) -> None:
+    from monailabel.tasks.infer.bundle import BundleInferTask
+
+    task = BundleInferTask(str(ctx["bundle"]), {"preload": "false"})
+    require(task.is_valid(), "BundleInferTask is not valid (see the log: missing inference.json or model.pt?)")
+    info = task.info()
+    log.info("BundleInferTask: type=%s dimension=%s labels=%s", info.get("type"), info.get("dimension"), task.labels)
+    image = ctx["studies"] / f"{ctx['ids'][0]}.nii.gz"
+    t0 = time.time()
+    result_file, result_json = task({"image": str(image), "device": "cpu"})
+    log.info("BundleInferTask: inferred %s in %.1f s", image.name, time.time() - t0)
+    require(isinstance(result_file, str), f"BundleInferTask returned no file: {result_file!r}")
+    out = ctx["root"] / "infer_task_label.nii.gz"
+    shutil.move(result_file, out)
+    data = check_label_file(out, image, "BundleInferTask")
+    ctx["infer_task_label"] = data
+    problems = Problems()
+    with problems.part("bundle inference workflow"):
+        native = native_inference(ctx, image)
+        compare_labels(data, native, "BundleInferTask vs the bundle's own inference workflow")
+    with problems.part("label names"):
+        check_label_names(result_json.get("label_names", task.labels), data, "BundleInferTask")
+    problems.raise_any()
+
+
+def native_inference(ctx: dict, image: Path) -> np.ndarray:
+    """
+    The bundle's own inference workflow on the same case, for comparison: ``configs/inference.json`` run as
+    ``monai.bundle run`` would, reading the case as a BraTS folder of per-modality files (not the 4D file).
+    """
+    from monai.bundle import ConfigWorkflow
+
+    from axunet_bundle.data.datalist import segmentation_path
+
+    bundle, case_id = ctx["bundle"], ctx["ids"][0]
+    dataset_dir = ctx["root"] / "native_in"
+    shutil.copytree(ctx["brats"] / case_id, dataset_dir / case_id)
+    output_dir = ctx["root"] / "native_out"
+    workflow = ConfigWorkflow(
+        workflow_type="infer",
+        config_file=str(bundle / "configs" / "inference.json"),
+        meta_file=str(bundle / "configs" / "metadata.json"),
+        bundle_root=str(bundle),
+        dataset_dir=str(dataset_dir),
+        output_dir=str(output_dir),
+        device="$torch.device('cpu')",
+        num_workers=0,
+    )
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    out = segmentation_path(output_dir, case_id)
+    return check_label_file(out, image, "bundle inference workflow")
+
+
+def check_train_task(ctx: dict) -> None:
+    from monailabel.datastore.local import LocalDatastore
+    from monailabel.tasks.train.bundle import BundleTrainTask
+
+    class SmallBundleTrainTask(BundleTrainTask):
+        """The real BundleTrainTask; only its override hook adds the small-size settings for a CPU smoke run."""
+
+        def _update_overrides(self, overrides):
+            overrides.update(TRAIN_OVERRIDES)
+            return overrides
+
+    import torch
+
+    bundle = ctx["bundle"]
+    weights = bundle / "models" / "model.pt"
+    before = sha256(weights)
+    start_state = torch.load(weights, map_location="cpu", weights_only=True)
+    datastore = LocalDatastore(str(ctx["studies"]), extensions=("*.nii.gz", "*.nii"), auto_reload=False)
+    labelled = datastore.datalist()
+    require(len(labelled) == len(ctx["ids"]), f"datastore lists {len(labelled)} labelled cases, not {len(ctx['ids'])}")
+    task = SmallBundleTrainTask(str(bundle), {})
+    require(task.is_valid(), "BundleTrainTask is not valid (configs/train.json missing?)")
+    request = {
+        "model": ctx["name"],
+        "max_epochs": 1,
+        "device": "cpu",
+        "multi_gpu": False,
+        "val_split": 1.0 / len(ctx["ids"]) + 0.01,  # one validation case, the rest train
+        "pretrained": True,  # MONAI Label's: start from models/model.pt (it inserts a CheckpointLoader)
+    }
+    t0 = time.time()
+    task(request, datastore)
+    log.info("BundleTrainTask: one epoch in %.1f s", time.time() - t0)
+    require(weights.is_file(), "BundleTrainTask: models/model.pt is gone")
+    after = sha256(weights)
+    require(after != before, "BundleTrainTask: models/model.pt did not change after one epoch")
+
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    require(
+        isinstance(state, dict) and all(torch.is_tensor(v) for v in state.values()),
+        "BundleTrainTask: models/model.pt is not a plain state dict",
+    )
+    require(set(state) == set(start_state), "BundleTrainTask: model.pt has other keys than before training")
+    # One epoch of fine-tuning moves the weights a little from where they started. A network that did not start
+    # from model.pt (MONAI Label's CheckpointLoader not applied) differs by about its whole size.
+    floats = [k for k, v in start_state.items() if v.is_floating_point() and v.numel() > 1]
+    change = sum(float((state[k] - start_state[k]).abs().sum()) for k in floats)
+    size = sum(float(start_state[k].abs().sum()) for k in floats)
+    relative = change / max(size, 1e-12)
+    require(relative > 0, "BundleTrainTask: no weight changed")
+    require(
+        relative < 0.1,
+        f"BundleTrainTask: weights moved by {relative:.2f} of their size in one epoch; "
+        "training did not start from models/model.pt (CheckpointLoader not applied?)",
+    )
+    log.info(
+        "BundleTrainTask: models/model.pt updated (plain state dict, %d tensors; mean relative change %.2e, "
+        "so training started from the previous model.pt)",
+        len(state),
+        relative,
+    )
+
+
+def start_server(ctx: dict, port: int) -> subprocess.Popen:
+    cmd = [
+        sys.executable,
+        "-m",
+        "monailabel.main",  # what the `monailabel` launcher execs
+        "start_server",
+        "--app",
+        str(ctx["app"]),
+        "--studies",
+        str(ctx["studies"]),
+        "--conf",
+        "models",
+        ctx["name"],
+        "--conf",
+        "preload",
+        "false",
+        "--conf",
+        "sam2",
+        "false",
+        # the default source "monaihosting" lists the online model zoo first, even for a local bundle
+        "--conf",
+        "zoo_source",
+        "ngc",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    env = dict(os.environ)
+    env.update(
+        PYTHONUNBUFFERED="1",  # the log file is read while the server runs
+        MONAI_LABEL_AUTH_ENABLE="false",
+        MONAI_LABEL_DATASTORE_AUTO_RELOAD="false",
+        MONAI_LABEL_TRACKING_ENABLED="false",
+        MONAI_LABEL_SESSIONS="false",
+        MONAI_LABEL_AUTO_UPDATE_SCORING="false",
+    )
+    log_path = ctx["root"] / "server.log"
+    ctx["server_log"] = log_path
+    log.info("server: %s", " ".join(cmd))
+    return subprocess.Popen(
+        cmd,
+        stdout=open(log_path, "wb"),
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=str(ctx["root"]),
+        start_new_session=True,
+    )
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=20)
+
+
+def http(method: str, url: str, timeout: float) -> tuple[int, dict, bytes]:
+    req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
+def server_tail(ctx: dict, lines: int = 60) -> str:
+    path = ctx.get("server_log")
+    if not path or not Path(path).is_file():
+        return ""
+    text = Path(path).read_text(errors="replace").splitlines()
+    return "\n".join(text[-lines:])
+
+
+def server_error(ctx: dict) -> str:
+    """The last exception line in the server log (``KeyError: 'label'``), or ``""``."""
+    path = ctx.get("server_log")
+    if not path or not Path(path).is_file():
+        return ""
+    pattern = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*")
+    for _ in range(10):  # the server logs the traceback after it has sent the 500
+        lines = [ln.strip() for ln in Path(path).read_text(errors="replace").splitlines()]
+        found = [ln for ln in lines if pattern.match(ln)]
+        if found:
+            return found[-1]
+        time.sleep(0.5)
+    return ""
+
+
+def check_server(ctx: dict, startup_timeout: float, infer_timeout: float) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = start_server(ctx, port)
+    try:
+        t0 = time.time()
+        info = None
+        while time.time() - t0 < startup_timeout:
+            if proc.poll() is not None:
+                raise CheckFailed(
+                    f"server exited with {proc.returncode} while starting: {server_error(ctx) or '?'}\n"
+                    f"{server_tail(ctx)}"
+                )
+            try:
+                status, _, body = http("GET", f"{base}/info/", timeout=10)
+                if status == 200:
+                    info = json.loads(body)
+                    break
+            except (urllib.error.URLError, ConnectionError, TimeoutError, socket.timeout):
+                pass
+            time.sleep(2)
+        require(info is not None, f"server not up after {startup_timeout:.0f} s:\n{server_tail(ctx)}")
+        log.info("server: up on %s after %.1f s", base, time.time() - t0)
+        models = info.get("models", {})
+        require(ctx["name"] in models, f"server /info/ lists models {list(models)}, not {ctx['name']!r}")
+        labels = models[ctx["name"]].get("labels")
+        trainers = info.get("trainers", {})
+        require(ctx["name"] in trainers, f"server /info/ lists trainers {list(trainers)}, not {ctx['name']!r}")
+        status = info.get("datastore", {})
+        n = len(ctx["ids"])
+        require(
+            status.get("total") == n and status.get("completed") == n,
+            f"server datastore status {status}, expected {n} images, all labelled",
+        )
+        log.info("server: /info/ lists model and trainer %r; datastore %s", ctx["name"], status)
+
+        image_id = ctx["ids"][0]
+        t0 = time.time()
+        status, headers, body = http("POST", f"{base}/infer/{ctx['name']}?image={image_id}&output=image", infer_timeout)
+        require(
+            status == 200,
+            f"POST /infer/{ctx['name']}?image={image_id} -> {status}: {body[:300]!r}; server error: "
+            f"{server_error(ctx) or '?'}\nserver log:\n{server_tail(ctx)}",
+        )
+        log.info(
+            "server: /infer answered %s (%d bytes) in %.1f s", headers.get("content-type"), len(body), time.time() - t0
+        )
+        out = ctx["root"] / "server_label.nii.gz"
+        out.write_bytes(body)
+        data = check_label_file(out, ctx["studies"] / f"{image_id}.nii.gz", "server /infer")
+        problems = Problems()
+        if ctx.get("infer_task_label") is not None:
+            with problems.part("server vs BundleInferTask"):
+                compare_labels(data, ctx["infer_task_label"], "server vs BundleInferTask")
+        with problems.part("label names"):
+            check_label_names(labels, data, "server /info/")
+        problems.raise_any()
+    finally:
+        stop_server(proc)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--workdir", help="folder for the app, data and outputs (default: a new temporary folder)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    p.add_argument("--name", default="axunet", help="bundle folder name under <app>/model (default: axunet)")
+    p.add_argument("--cases", type=int, default=3, help="generated cases (default: 3: 2 train, 1 validation)")
+    p.add_argument("--shape", type=int, nargs=3, default=[64, 64, 16], help="case shape (default: 64 64 16)")
+    p.add_argument("--skip-train", action="store_true", help="skip the BundleTrainTask check")
+    p.add_argument("--skip-server", action="store_true", help="skip the start_server + REST check")
+    p.add_argument("--startup-timeout", type=float, default=300.0)
+    p.add_argument("--infer-timeout", type=float, default=300.0)
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FILE:ID=JSON",
+        help="edit the bundle copy's config before the checks (development aid), e.g.\n"
+        "--set 'inference.json:preprocessing#transforms#0#keys=\"image\"'",
+    )
+    args = p.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    for noisy in ("monailabel", "monai", "ignite", "urllib3", "PIL", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+    import monai
+    import monailabel
+    import torch
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    log.info(
+        "monailabel %s, monai %s, torch %s, numpy %s, python %s",
+        monailabel.__version__,
+        monai.__version__,
+        torch.__version__,
+        np.__version__,
+        sys.version.split()[0],
+    )
+    inference = REPO / "configs" / "inference.json"
+    require(inference.is_file(), f"{inference} is missing")
+
+    tmp = None
+    if args.workdir:
+        root = Path(args.workdir).resolve()
+        require(not root.exists() or not any(root.iterdir()), f"--workdir {root} exists and is not empty")
+        root.mkdir(parents=True, exist_ok=True)
+    else:
+        tmp = tempfile.mkdtemp(prefix="monailabel_check_")
+        root = Path(tmp)
+    ctx: dict = {"root": root, "name": args.name}
+
+    # (c) runs before (b): training changes models/model.pt, and (c) compares with (a)'s label map
+    checks = [("(a) BundleInferTask infers a case", check_infer_task)]
+    if not args.skip_server:
+        checks.append(
+            (
+                "(c) start_server + POST /infer returns a label map",
+                lambda c: check_server(c, args.startup_timeout, args.infer_timeout),
+            )
+        )
+    if not args.skip_train:
+        checks.append(("(b) BundleTrainTask runs one epoch and updates model.pt", check_train_task))
+
+    results: list[tuple[str, bool, str]] = []
+    try:
+        modalities = tuple(json.loads(inference.read_text()).get("modalities", DEFAULT_MODALITIES))
+        ctx["studies"], ctx["ids"], ctx["brats"] = write_studies(root, args.cases, tuple(args.shape), modalities)
+        ctx["app"] = install_app(root)
+        first = ctx["brats"] / ctx["ids"][0]
+        ctx["bundle"] = install_bundle(ctx["app"], args.name, [first / f"{first.name}_{m}.nii.gz" for m in modalities])
+        apply_config_edits(ctx["bundle"], args.set)
+        for title, fn in checks:
+            t0 = time.time()
+            log.info("=== %s", title)
+            try:
+                fn(ctx)
+                results.append((title, True, f"{time.time() - t0:.1f} s"))
+            except Exception as err:  # noqa: BLE001 - report every check
+                if isinstance(err, CheckFailed):
+                    detail = str(err.args[0])
+                    note = detail.strip().splitlines()[0]
+                else:
+                    detail = traceback.format_exc()
+                    note = root_cause(err)
+                log.error("%s: %s", title, detail)
+                results.append((title, False, note[:400]))
+    except Exception:  # setup failed
+        log.error("setup failed:\n%s", traceback.format_exc())
+        results.append(("setup (data, app, bundle)", False, traceback.format_exc().strip().splitlines()[-1]))
+    finally:
+        if tmp and not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp:
+            log.info("kept %s", tmp)
+
+    print()
+    for title, ok, note in results:
+        print(f"{'PASS' if ok else 'FAIL'}: {title} ({note})")
+    n_pass = sum(ok for _, ok, _ in results)
+    print(f"monailabel_check: {n_pass} passed, {len(results) - n_pass} failed")
+    return 0 if results and n_pass == len(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
