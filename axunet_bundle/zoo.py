@@ -1,0 +1,848 @@
+# Copyright (c) AXUNet bundle developers. Licensed under the Apache License, Version 2.0.
+"""The MONAI model zoo's checks, run on this bundle with MONAI's own functions: ``python -m axunet_bundle.zoo``.
+
+The checks and their order follow Project-MONAI/model-zoo ``ci/verify_bundle.py`` (``verify``: large files,
+directory, version, metadata, properties, data shape, TorchScript), then what the zoo's other PR jobs check: ONNX
+(the zoo exports ONNX only for TensorRT, ``ci/verify_tensorrt.py``; here onnxruntime on the CPU), JSON formatting
+and file sizes (``.pre-commit-config.yaml``: ``pretty-format-json --no-sort-keys --indent=4`` and
+``check-added-large-files --maxkb=1024``) and code format (``runtests.sh --codeformat``, line length 120).
+
+Everything runs offline: the metadata schema must be a local file, large files are not downloaded, and when
+``models/model.pt`` is absent the export checks use an untrained plain state dict of ``network_def`` written to a
+temporary folder (as the zoo's ``_produce_fake_weights`` does), never into the bundle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import fnmatch
+import importlib.util
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "CheckResult",
+    "CHECKS",
+    "run_zoo_checks",
+    "format_results",
+    "find_schema",
+    "bundle_files",
+    "zoo_check",
+    "main",
+    "PASS",
+    "FAIL",
+    "WARN",
+    "SKIP",
+]
+
+PASS, FAIL, WARN, SKIP = "PASS", "FAIL", "WARN", "SKIP"
+
+#: check names, in the order they run (model-zoo ci/verify_bundle.py ``verify`` order first)
+CHECKS = (
+    "large_files",
+    "necessary_files",
+    "preferred_files",
+    "version",
+    "metadata",
+    "properties",
+    "net_in_out",
+    "torchscript",
+    "onnx",
+    "json_format",
+    "file_size",
+    "code_format",
+)
+
+# model-zoo ci/verify_bundle.py
+NECESSARY_FILES = ("configs/metadata.json", "LICENSE")
+MODEL_FILE = "model.pt"
+TS_FILE = "model.ts"
+CONFIG_SUFFIXES = ("json", "yaml", "yml")
+NET_ID = "network_def"
+# model-zoo ci/utils.py SUPPORTED_HASH_TYPES
+HASH_TYPES = ("md5", "sha1", "sha256", "sha512")
+#: monai.apps.utils.download_url's hash type when an entry gives none
+DOWNLOAD_HASH_TYPE = "sha256"
+# model-zoo .pre-commit-config.yaml: check-added-large-files --maxkb=1024; pretty-format-json --indent=4
+MAX_FILE_KB = 1024
+JSON_INDENT = 4
+# model-zoo setup.cfg / pyproject.toml / runtests.sh; flags as in this project's pyproject.toml
+LINE_LENGTH = 120
+CODE_DIRS = ("axunet_bundle", "scripts", "tests")
+FORMAT_TOOLS = ("black", "isort", "flake8")
+#: offline copies of the metadata schema: the zoo's ci/prepare_schema.py puts it at eval/schema.json; this
+#: project keeps MONAI's schemas in ../shared/monai beside the checkout
+ZOO_SCHEMA_FILE = "eval/schema.json"
+SHARED_SCHEMA_DIR = Path("..", "shared", "monai")
+DEFAULT_SCHEMA_NAME = "meta_schema_20240725.json"
+#: the bundle's own declaration, the counterpart of listing it in model-zoo ci/bundle_custom_data.py
+#: ``exclude_verify_torchscript_list``: timm's ``features_only`` encoder cannot be compiled by ``torch.jit.script``
+#: (``'functools.partial' object has no attribute '__name__'``), so TorchScript is exported by tracing
+TORCHSCRIPT_BY_TRACE = True
+#: export outputs must match the eager network to this (max abs difference)
+EXPORT_ATOL = 1e-4
+#: batch and ``n`` of a second input, unlike the trace input, to show the traced graph is not shape-specialised
+GENERALISATION_BATCH = 2
+GENERALISATION_N = 2
+SEED = 0
+#: always skipped when walking a bundle that is not in a git work tree (besides its .gitignore patterns)
+ALWAYS_IGNORED = (".git/", ".venv*/", "__pycache__/", "*.egg-info/", ".pytest_cache/", ".hypothesis/", ".pytype/")
+MAX_LISTED = 5
+#: exception messages longer than this are cut (a state dict mismatch lists every key)
+MAX_DETAIL_CHARS = 400
+
+
+@dataclasses.dataclass
+class CheckResult:
+    """The outcome of one check.
+
+    Args:
+        name: one of :data:`CHECKS`.
+        status: ``PASS``, ``FAIL``, ``WARN`` (would stop the zoo's CI but cannot be fixed here, e.g. weights not
+            published; a failure with ``strict``) or ``SKIP`` (the zoo does not run it for this bundle).
+        detail: what was checked and what was found.
+        seconds: wall time of the check.
+    """
+
+    name: str
+    status: str
+    detail: str
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> bool:
+        return self.status == FAIL
+
+    def line(self) -> str:
+        return f"{self.status} {self.name:<16} {self.detail} [{self.seconds:.1f} s]"
+
+
+class _Failed(Exception):
+    """A check's failure, with the message to print."""
+
+
+class _Warned(Exception):
+    """A check's warning, with the message to print."""
+
+
+class _Skipped(Exception):
+    """A check the zoo does not run for this bundle, with the reason."""
+
+
+@dataclasses.dataclass
+class _Bundle:
+    """What the checks share: paths, the weights to export and the notes to print about them."""
+
+    root: Path
+    model_dir: Path
+    work_dir: Path
+    schema: Path | None
+    _ckpt: Path | None = None
+
+    @property
+    def meta_file(self) -> Path:
+        return self.root / "configs" / "metadata.json"
+
+    @property
+    def inference_config(self) -> Path | None:
+        name = _find_bundle_file(self.root / "configs", "inference")
+        return None if name is None else self.root / "configs" / name
+
+    def metadata(self) -> dict:
+        try:
+            return json.loads(self.meta_file.read_text(encoding="utf-8"))
+        except FileNotFoundError as e:
+            raise _Failed(f"{_rel(self.meta_file, self.root)} not found") from e
+        except json.JSONDecodeError as e:
+            raise _Failed(f"configs/metadata.json is not valid JSON: {e}") from e
+
+    def require_inference_config(self) -> Path:
+        config = self.inference_config
+        if config is None:
+            raise _Failed("no configs/inference.json|yaml|yml")
+        return config
+
+    def ckpt_file(self) -> tuple[Path, str]:
+        """The weights to export and a note on where they come from; makes untrained ones when there are none."""
+        real = self.model_dir / MODEL_FILE
+        if real.is_file():
+            _require_plain_state_dict(real)
+            return real, f"weights {_rel(real, self.root)}"
+        if self._ckpt is None:
+            self._ckpt = self.work_dir / MODEL_FILE
+            _produce_fake_weights(self.require_inference_config(), self.meta_file, self._ckpt)
+        return self._ckpt, f"{_rel(real, self.root)} absent: UNTRAINED weights from {NET_ID} ({self._ckpt})"
+
+
+def _require_plain_state_dict(path: Path) -> None:
+    """ckpt_export as the zoo calls it (no ``key_in_ckpt``) loads only a plain state dict: names -> tensors."""
+    import torch
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if not isinstance(ckpt, dict) or not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        keys = _listing([str(k) for k in ckpt][:MAX_LISTED]) if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise _Failed(
+            f"{path} is not a plain state dict (top level: {keys}); the zoo's ckpt_export call needs one: "
+            "save network.state_dict(), as the training config's CheckpointSaver does"
+        )
+
+
+def _short(text: str, limit: int = MAX_DETAIL_CHARS) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 5] + " ..."
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _find_bundle_file(root_dir: Path, stem: str) -> str | None:
+    """``<stem>.json|yaml|yml`` in ``root_dir`` (model-zoo ci/verify_bundle.py ``_find_bundle_file``)."""
+    if not root_dir.is_dir():
+        return None
+    names = set(os.listdir(root_dir))
+    found = None
+    for suffix in CONFIG_SUFFIXES:
+        if f"{stem}.{suffix}" in names:
+            found = f"{stem}.{suffix}"
+    return found
+
+
+def _produce_fake_weights(config_file: Path, meta_file: Path, output: Path) -> None:
+    """A plain state dict of an untrained ``network_def`` (model-zoo ci/verify_bundle.py ``_produce_fake_weights``),
+    with ImageNet weights off when the definition has a ``pretrained`` argument."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(f=str(config_file))
+    parser.read_meta(f=str(meta_file))
+    if isinstance(parser[NET_ID], dict) and "pretrained" in parser[NET_ID]:
+        parser[f"{NET_ID}#pretrained"] = False
+    with torch.random.fork_rng():  # reproducible weights, the caller's random state untouched
+        torch.manual_seed(SEED)
+        network = parser.get_parsed_content(NET_ID)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(network.state_dict(), output)
+
+
+def find_schema(bundle_root: str | os.PathLike, schema: str | os.PathLike | None = None) -> Path | None:
+    """The local metadata schema to validate against, or None when there is none.
+
+    Args:
+        bundle_root: the bundle.
+        schema: an explicit schema file (used as given, even when missing, so that the error names it).
+
+    Without ``schema``: ``<bundle_root>/eval/schema.json`` (where the zoo's ci/prepare_schema.py puts it), then
+    ``<bundle_root>/../shared/monai/<file name of the metadata's schema URL>``.
+    """
+    if schema is not None:
+        return Path(schema)
+    root = Path(bundle_root)
+    name = DEFAULT_SCHEMA_NAME
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        url = json.loads((root / "configs" / "metadata.json").read_text(encoding="utf-8")).get("schema")
+        name = str(url).rsplit("/", 1)[-1] or DEFAULT_SCHEMA_NAME
+    for candidate in (root / ZOO_SCHEMA_FILE, root / SHARED_SCHEMA_DIR / name):
+        if candidate.is_file():
+            return candidate.resolve()
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the files of a bundle, as git (or .gitignore) sees them
+
+
+def _git_files(root: Path) -> list[str] | None:
+    """Files git would commit with ``git add -A`` (tracked + untracked not ignored), relative to ``root``; None
+    outside a git work tree."""
+    try:
+        inside = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--is-inside-work-tree"], capture_output=True, text=True
+        )
+        if inside.returncode != 0 or inside.stdout.strip() != "true":
+            return None
+        listed = subprocess.run(
+            ["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            capture_output=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    names = {name for name in listed.stdout.decode("utf-8", "surrogateescape").split("\0") if name}
+    return sorted(name for name in names if (root / name).is_file())
+
+
+def _ignore_patterns(root: Path) -> list[str]:
+    patterns = list(ALWAYS_IGNORED)
+    gitignore = root / ".gitignore"
+    if gitignore.is_file():
+        for line in gitignore.read_text(encoding="utf-8").splitlines():
+            line = line.strip()
+            if line and not line.startswith(("#", "!")):  # negations are not supported by this fallback
+                patterns.append(line)
+    return patterns
+
+
+def _ignored(rel: str, is_dir: bool, patterns: Sequence[str]) -> bool:
+    """A subset of gitignore matching: ``dir/`` patterns, anchored patterns (containing ``/``), globs on names."""
+    name = rel.rsplit("/", 1)[-1]
+    for pattern in patterns:
+        dir_only = pattern.endswith("/")
+        if dir_only and not is_dir:
+            continue
+        body = pattern.strip("/")
+        if "/" in pattern.rstrip("/"):
+            if fnmatch.fnmatchcase(rel, body):
+                return True
+        elif fnmatch.fnmatchcase(name, body):
+            return True
+    return False
+
+
+def _walk_files(root: Path) -> list[str]:
+    patterns = _ignore_patterns(root)
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        base = Path(dirpath).relative_to(root).as_posix()
+        prefix = "" if base == "." else base + "/"
+        dirnames[:] = sorted(d for d in dirnames if not _ignored(prefix + d, True, patterns))
+        found += [prefix + f for f in filenames if not _ignored(prefix + f, False, patterns)]
+    return sorted(found)
+
+
+def bundle_files(bundle_root: str | os.PathLike) -> tuple[list[str], str]:
+    """The bundle's files that would go into git, relative posix paths, and how they were listed.
+
+    Args:
+        bundle_root: the bundle.
+
+    In a git work tree: ``git ls-files --cached --others --exclude-standard`` (tracked files and new files that are
+    not ignored). Elsewhere: a walk of the tree that skips :data:`ALWAYS_IGNORED` and the patterns of the bundle's
+    ``.gitignore``.
+    """
+    root = Path(bundle_root)
+    files = _git_files(root)
+    if files is not None:
+        return files, "git ls-files (tracked + untracked, not ignored)"
+    return _walk_files(root), "file tree minus .gitignore patterns (not a git work tree)"
+
+
+def _would_be_committed(root: Path, rel: str) -> bool:
+    """Whether ``rel`` (present or not) is tracked or not ignored: ``git check-ignore``, else .gitignore patterns."""
+    if _git_files(root) is not None:
+        tracked = subprocess.run(["git", "-C", str(root), "ls-files", "--error-unmatch", rel], capture_output=True)
+        ignored = subprocess.run(["git", "-C", str(root), "check-ignore", "-q", "--no-index", rel])
+        return tracked.returncode == 0 or ignored.returncode != 0
+    patterns = _ignore_patterns(root)
+    parts = rel.split("/")
+    return not any(_ignored("/".join(parts[: i + 1]), i < len(parts) - 1, patterns) for i in range(len(parts)))
+
+
+def _large_file_entries(root: Path) -> tuple[str | None, list[dict]]:
+    from monai.bundle import ConfigParser
+
+    name = _find_bundle_file(root, "large_files")
+    if name is None:
+        return None, []
+    parser = ConfigParser()
+    parser.read_config(str(root / name))  # as model-zoo ci/utils.py download_large_files
+    entries = parser.get().get("large_files")
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise _Failed(f"{name}: expected a list of entries under 'large_files'")
+    return name, entries
+
+
+def _listing(names: Sequence[str], limit: int = MAX_LISTED) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the checks, each returns its detail or raises _Failed / _Warned / _Skipped
+
+
+def _check_large_files(bundle: _Bundle) -> str:
+    """model-zoo ci/verify_bundle.py step 1 (ci/utils.py download_large_files); offline: format only, no download."""
+    from monai.apps.utils import check_hash
+
+    name, entries = _large_file_entries(bundle.root)
+    if name is None:
+        return "no large_files.yml|yaml|json: nothing to download"
+    problems, no_url = [], []
+    for i, entry in enumerate(entries):
+        path = entry.get("path")
+        if not path:
+            problems.append(f"entry {i} has no 'path'")
+            continue
+        hash_type = str(entry.get("hash_type") or DOWNLOAD_HASH_TYPE).lower()
+        if hash_type not in HASH_TYPES:
+            problems.append(f"{path}: hash_type {hash_type!r} is not one of {HASH_TYPES}")
+        if _would_be_committed(bundle.root, str(path)):
+            problems.append(f"{path} would be committed: large files must be gitignored, not in git")
+        local = bundle.root / path
+        if entry.get("hash_val") and local.is_file() and not check_hash(local, entry["hash_val"], hash_type):
+            problems.append(f"{path}: the local file does not match its {hash_type} hash_val")
+        if not entry.get("url"):
+            no_url.append(path)
+    if problems:
+        raise _Failed(f"{name}: " + "; ".join(problems))
+    paths = ", ".join(str(e["path"]) for e in entries)
+    if no_url:
+        raise _Warned(
+            f"{name} lists {paths}; no url for {', '.join(no_url)}: the zoo's CI stops at its first step ('Download "
+            "large files ... error': download_url() needs a url) until the weights are hosted with url + hash_val"
+        )
+    return f"{name} lists {paths} (not downloaded offline)"
+
+
+def _check_necessary_files(bundle: _Bundle) -> str:
+    missing = [f for f in NECESSARY_FILES if not (bundle.root / f).is_file()]
+    if missing:
+        raise _Failed(f"necessary file(s) missing: {', '.join(missing)}")
+    return f"{', '.join(NECESSARY_FILES)} present"
+
+
+def _check_preferred_files(bundle: _Bundle) -> str:
+    config = bundle.require_inference_config()
+    model = bundle.model_dir / MODEL_FILE
+    found = f"{_rel(config, bundle.root)} present"
+    if model.is_file():
+        return f"{found}; {_rel(model, bundle.root)} present"
+    _, entries = _large_file_entries(bundle.root)
+    listed = {str(e.get("path")) for e in entries}
+    if _rel(model, bundle.root) not in listed:
+        raise _Failed(f"{found}; {_rel(model, bundle.root)} is neither present nor listed in large_files.yml")
+    return (
+        f"{found}; {_rel(model, bundle.root)} absent here, listed in large_files.yml (the zoo downloads it first); "
+        "the export checks use untrained weights"
+    )
+
+
+def _check_version(bundle: _Bundle) -> str:
+    metadata = bundle.metadata()
+    for key in ("version", "changelog"):
+        if key not in metadata:
+            raise _Failed(f"'{key}' is missing in configs/metadata.json")
+    version = metadata["version"]
+    if not isinstance(metadata["changelog"], dict) or version not in metadata["changelog"]:
+        raise _Failed(f"version {version} is missing in 'changelog' of configs/metadata.json")
+    return f"version {version} is in the changelog (the zoo also rejects a version already in its model_info.json)"
+
+
+def _check_metadata(bundle: _Bundle) -> str:
+    from monai.bundle import verify_metadata
+
+    url = bundle.metadata().get("schema")
+    if bundle.schema is None:
+        raise _Failed(
+            f"schema not available offline: download {url} and pass --schema FILE "
+            f"(looked for {ZOO_SCHEMA_FILE} and {SHARED_SCHEMA_DIR.as_posix()}/<schema file name>)"
+        )
+    if not bundle.schema.is_file():
+        raise _Failed(f"schema not available offline: {bundle.schema} does not exist (metadata schema: {url})")
+    try:
+        # an existing filepath is never downloaded again (monai.apps.utils.download_url)
+        verify_metadata(meta_file=str(bundle.meta_file), filepath=str(bundle.schema))
+    except ValueError as e:
+        raise _Failed(" ".join(str(e).split())) from e
+    return f"configs/metadata.json follows {bundle.schema.name} ({bundle.schema})"
+
+
+def _check_properties(bundle: _Bundle) -> str:
+    apps = bundle.metadata().get("supported_apps")
+    if not apps:
+        raise _Skipped(
+            "the zoo checks workflow properties only for the apps in supported_apps (empty here); ConfigWorkflow "
+            "check_properties of train and infer runs in tests/test_bundle_train.py and test_bundle_workflows.py"
+        )
+    raise _Skipped(
+        f"supported_apps {sorted(apps)}: the zoo takes each app's bundle_properties.py from its own repository, "
+        "which this offline check does not have"
+    )
+
+
+def _check_net_in_out(bundle: _Bundle) -> str:
+    from monai.bundle import verify_net_in_out
+
+    config = bundle.require_inference_config()
+    # as model-zoo ci/verify_bundle.py verify_data_shape: MONAI's defaults p = n = any = 1
+    verify_net_in_out(
+        net_id=NET_ID, meta_file=str(bundle.meta_file), config_file=str(config), bundle_root=str(bundle.root)
+    )
+    shape = _fake_input_shape(bundle)
+    return f"{NET_ID} of {_rel(config, bundle.root)} on a random {_shape(shape)} input: channels and dtype match pred"
+
+
+def _fake_input_shape(bundle: _Bundle, n: int = 1) -> tuple[int, ...]:
+    from monai.bundle import ConfigParser
+    from monai.bundle.scripts import _get_fake_spatial_shape, _get_net_io_info
+
+    parser = ConfigParser()
+    parser.read_meta(f=str(bundle.meta_file))
+    channels, spatial, *_ = _get_net_io_info(parser=parser)
+    return (1, channels, *_get_fake_spatial_shape(spatial, n=n))
+
+
+def _shape(shape: Sequence[int]) -> str:
+    return "x".join(str(s) for s in shape)
+
+
+def _eager_network(bundle: _Bundle, ckpt: Path) -> Any:
+    import torch
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(f=str(bundle.require_inference_config()))
+    parser.read_meta(f=str(bundle.meta_file))
+    parser["bundle_root"] = str(bundle.root)
+    net = parser.get_parsed_content(NET_ID)
+    net.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+    return net.eval()
+
+
+def _max_abs_diff(a: Any, b: Any) -> float:
+    return float((a - b).abs().max())
+
+
+def _check_torchscript(bundle: _Bundle) -> str:
+    import torch
+    from monai.bundle import ckpt_export
+
+    ckpt, origin = bundle.ckpt_file()
+    config = bundle.require_inference_config()
+    common = dict(
+        net_id=NET_ID,
+        ckpt_file=str(ckpt),
+        meta_file=str(bundle.meta_file),
+        config_file=str(config),
+        bundle_root=str(bundle.root),
+    )
+    scripted = bundle.work_dir / "verify_model.ts"
+    try:  # exactly the zoo's call (ci/verify_bundle.py verify_torchscript), into the work folder
+        ckpt_export(filepath=str(scripted), **common)
+        script_error = None
+    except Exception as e:  # noqa: B902 - any scripting error means "cannot be scripted"
+        script_error = _short(f"{type(e).__name__}: {e}".splitlines()[0], MAX_DETAIL_CHARS // 2)
+    if script_error is not None and not TORCHSCRIPT_BY_TRACE:
+        raise _Failed(f"ckpt_export (torch.jit.script) fails: {script_error}")
+    if script_error is None:
+        exported, how = scripted, "scripted"
+    else:
+        exported, how = bundle.work_dir / "verify_model_traced.ts", "traced"
+        # check_trace off: the comparison below replaces torch.jit.trace's own re-run
+        ckpt_export(filepath=str(exported), use_trace=True, converter_kwargs={"check_trace": False}, **common)
+    net = _eager_network(bundle, ckpt)
+    module = torch.jit.load(str(exported), map_location="cpu")
+    generator = torch.Generator().manual_seed(SEED)
+    diffs = {}
+    batch2 = (GENERALISATION_BATCH, *_fake_input_shape(bundle, n=GENERALISATION_N)[1:])
+    for shape in (_fake_input_shape(bundle), batch2):
+        x = torch.rand(*shape, generator=generator)
+        with torch.no_grad():
+            diffs[_shape(shape)] = _max_abs_diff(module(x), net(x))
+    text = ", ".join(f"{s}: {d:.2e}" for s, d in diffs.items())
+    provided = bundle.model_dir / TS_FILE
+    if provided.is_file():  # the zoo loads a provided models/model.ts too
+        torch.jit.load(str(provided), map_location="cpu")
+        text += f"; {_rel(provided, bundle.root)} loads"
+    if max(diffs.values()) > EXPORT_ATOL:
+        raise _Failed(f"{how} TorchScript differs from eager: max abs diff {text} > {EXPORT_ATOL:g} ({origin})")
+    if script_error is None:
+        note = "scripted by ckpt_export" + (
+            " (scripting works now: TORCHSCRIPT_BY_TRACE and the zoo exclusion can go)" if TORCHSCRIPT_BY_TRACE else ""
+        )
+    else:
+        note = (
+            f"torch.jit.script fails as declared ({script_error}; zoo: list the bundle in exclude_verify_torchscript_"
+            "list), exported by ckpt_export(use_trace=True)"
+        )
+    return f"{note}; max abs diff vs eager {text} <= {EXPORT_ATOL:g}; {origin}"
+
+
+def _check_onnx(bundle: _Bundle) -> str:
+    import torch
+
+    missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise _Failed(f"{' and '.join(missing)} not installed: pip install -e .[test]")
+    from .export import export_onnx, max_abs_diff_onnx
+
+    ckpt, origin = bundle.ckpt_file()
+    net = _eager_network(bundle, ckpt)
+    x = torch.rand(*_fake_input_shape(bundle), generator=torch.Generator().manual_seed(SEED))
+    path = export_onnx(net, x, bundle.work_dir / "verify_model.onnx")
+    diff = max_abs_diff_onnx(net, path, x)
+    if not diff <= EXPORT_ATOL:
+        raise _Failed(f"ONNX Runtime differs from eager: max abs diff {diff:.2e} > {EXPORT_ATOL:g} ({origin})")
+    return f"exported, run by onnxruntime (CPU) on {_shape(x.shape)}: max abs diff vs eager {diff:.2e}; {origin}"
+
+
+def _pretty_json(text: str) -> str:
+    """pre-commit-hooks pretty-format-json with --no-sort-keys --indent=4 (ASCII escapes, a final newline)."""
+    return json.dumps(json.loads(text), indent=JSON_INDENT, ensure_ascii=True, separators=(",", ": ")) + "\n"
+
+
+def _check_json_format(bundle: _Bundle) -> str:
+    files, _ = bundle_files(bundle.root)
+    configs = {p.relative_to(bundle.root).as_posix() for p in (bundle.root / "configs").glob("*.json")}
+    names = sorted(configs | {f for f in files if f.endswith(".json")})
+    problems = []
+    for name in names:
+        text = (bundle.root / name).read_text(encoding="utf-8")
+        try:
+            pretty = _pretty_json(text)
+        except ValueError as e:
+            problems.append(f"{name} is not valid JSON ({e})")
+            continue
+        if text != pretty:
+            got, want = text.splitlines(), pretty.splitlines()
+            line = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want))) + 1
+            problems.append(f"{name} (first difference at line {line})")
+    if problems:
+        raise _Failed(
+            f"not formatted as json.dumps(indent={JSON_INDENT}) + newline, keys in order: " + "; ".join(problems)
+        )
+    return f"{len(names)} JSON files formatted with indent {JSON_INDENT}, key order kept, final newline"
+
+
+def _check_file_size(bundle: _Bundle) -> str:
+    files, how = bundle_files(bundle.root)
+    large = []
+    for name in files:
+        kb = math.ceil((bundle.root / name).stat().st_size / 1024)  # as check-added-large-files
+        if kb > MAX_FILE_KB:
+            large.append(f"{name} ({kb} KB)")
+    if large:
+        raise _Failed(
+            f"over {MAX_FILE_KB} KB: {_listing(large)}; host them and list them in large_files.yml, gitignored"
+        )
+    return f"{len(files)} files, none over {MAX_FILE_KB} KB ({how})"
+
+
+def _check_code_format(bundle: _Bundle) -> str:
+    missing = [tool for tool in FORMAT_TOOLS if importlib.util.find_spec(tool) is None]
+    if missing:
+        raise _Failed(f"{', '.join(missing)} not installed: pip install -e .[test]")
+    dirs = [d for d in CODE_DIRS if (bundle.root / d).is_dir()]
+    if not dirs:
+        return f"no Python folders ({', '.join(CODE_DIRS)})"
+    length = str(LINE_LENGTH)
+    commands = {
+        "black": ["black", "--check", "-l", length, *dirs],
+        "isort": ["isort", "--check-only", "--profile", "black", "-l", length, *dirs],
+        "flake8": ["flake8", "--max-line-length", length, "--extend-ignore", "E203", *dirs],
+    }
+    running = {
+        tool: subprocess.Popen(
+            [sys.executable, "-m", *args], cwd=bundle.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for tool, args in commands.items()
+    }
+    problems = []
+    for tool, process in running.items():
+        output, _ = process.communicate()
+        if process.returncode != 0:
+            lines = [
+                line.strip()
+                for line in output.splitlines()
+                if line.startswith(("would reformat", "ERROR", "error")) or (tool == "flake8" and line.strip())
+            ]
+            lines = [line.replace(f"{bundle.root}{os.sep}", "") for line in lines or [output.strip()[-200:]]]
+            problems.append(f"{tool}: {_listing(lines, 3)}")
+    if problems:
+        raise _Failed("; ".join(problems) + f" (fix: black -l {length}, isort --profile black -l {length})")
+    return f"black, isort (profile black), flake8 clean at line length {length} on {', '.join(d + '/' for d in dirs)}"
+
+
+_CHECK_FUNCTIONS: dict[str, Callable[[_Bundle], str]] = {
+    "large_files": _check_large_files,
+    "necessary_files": _check_necessary_files,
+    "preferred_files": _check_preferred_files,
+    "version": _check_version,
+    "metadata": _check_metadata,
+    "properties": _check_properties,
+    "net_in_out": _check_net_in_out,
+    "torchscript": _check_torchscript,
+    "onnx": _check_onnx,
+    "json_format": _check_json_format,
+    "file_size": _check_file_size,
+    "code_format": _check_code_format,
+}
+
+
+@contextlib.contextmanager
+def _zoo_environment(root: Path, quiet: bool) -> Iterator[None]:
+    """The bundle root first on ``sys.path`` (as the zoo's ``verify``), MONAI's INFO logs and export warnings off."""
+    saved_path = list(sys.path)
+    sys.path.insert(0, str(root))
+    loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict) if name.startswith("monai")]
+    levels = [lg.level for lg in loggers]
+    try:
+        with warnings.catch_warnings():
+            if quiet:
+                warnings.simplefilter("ignore")
+                for lg in loggers:
+                    lg.setLevel(logging.WARNING)
+            yield
+    finally:
+        sys.path[:] = saved_path
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def run_zoo_checks(
+    bundle_root: str | os.PathLike,
+    schema: str | os.PathLike | None = None,
+    model_dir: str | os.PathLike | None = None,
+    work_dir: str | os.PathLike | None = None,
+    checks: Sequence[str] | None = None,
+    quiet: bool = True,
+    progress: Callable[[CheckResult], None] | None = None,
+) -> list[CheckResult]:
+    """Run the model zoo's checks on a bundle; every check runs, whatever the others find.
+
+    Args:
+        bundle_root: the bundle (the folder with configs/, models/, LICENSE).
+        schema: the metadata schema file (default: :func:`find_schema`); nothing is downloaded.
+        model_dir: where ``model.pt`` (and ``model.ts``) are (default ``<bundle_root>/models``). When there is no
+            ``model.pt``, untrained weights of ``network_def`` are written to ``work_dir`` and used instead.
+        work_dir: where exports and untrained weights go (default: a temporary folder, removed afterwards).
+        checks: names from :data:`CHECKS` to run (default: all), always in the order of :data:`CHECKS`.
+        quiet: silence MONAI's INFO logs and warnings during the checks.
+        progress: called with each result as soon as it is known.
+
+    Returns:
+        one :class:`CheckResult` per check run.
+    """
+    root = Path(bundle_root).resolve()
+    selected = list(CHECKS) if checks is None else list(checks)
+    unknown = sorted(set(selected) - set(CHECKS))
+    if unknown:
+        raise ValueError(f"unknown checks {unknown}; choose from {CHECKS}")
+    results = []
+    with contextlib.ExitStack() as stack:
+        if work_dir is None:
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="zoo_check_")))
+        else:
+            work = Path(work_dir)
+            work.mkdir(parents=True, exist_ok=True)
+        bundle = _Bundle(
+            root=root,
+            model_dir=Path(model_dir) if model_dir is not None else root / "models",
+            work_dir=work,
+            schema=find_schema(root, schema),
+        )
+        stack.enter_context(_zoo_environment(root, quiet))
+        for name in CHECKS:
+            if name not in selected:
+                continue
+            started = time.perf_counter()
+            try:
+                status, detail = PASS, _CHECK_FUNCTIONS[name](bundle)
+            except _Failed as e:
+                status, detail = FAIL, str(e)
+            except _Warned as e:
+                status, detail = WARN, str(e)
+            except _Skipped as e:
+                status, detail = SKIP, str(e)
+            except Exception as e:  # noqa: B902 - a MONAI check's error is that check's failure
+                status, detail = FAIL, _short(f"{type(e).__name__}: {e}")
+            result = CheckResult(name, status, detail, time.perf_counter() - started)
+            results.append(result)
+            if progress is not None:
+                progress(result)
+    return results
+
+
+def format_results(results: Sequence[CheckResult], strict: bool = False) -> str:
+    """The summary line: counts per status and whether the bundle passes."""
+    counts = {s: sum(r.status == s for r in results) for s in (PASS, FAIL, WARN, SKIP)}
+    failed = counts[FAIL] + (counts[WARN] if strict else 0)
+    total = sum(r.seconds for r in results)
+    verdict = "zoo checks FAILED" if failed else "zoo checks passed"
+    return f"{verdict}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n) + f" in {total:.0f} s"
+
+
+def _default_bundle_root() -> Path:
+    package_parent = Path(__file__).resolve().parents[1]
+    return package_parent if (package_parent / "configs" / "metadata.json").is_file() else Path.cwd()
+
+
+def zoo_check(
+    bundle_root: str | None = None,
+    schema: str | None = None,
+    model_dir: str | None = None,
+    work_dir: str | None = None,
+    checks: str | Sequence[str] | None = None,
+    strict: bool = False,
+    verbose: bool = False,
+) -> int:
+    """Run the model zoo's checks on the bundle and print one line per check; returns the exit status (0: none
+    failed).
+
+    Args:
+        bundle_root: the bundle (default: this repository).
+        schema: local metadata schema file (default: eval/schema.json, else ../shared/monai/<schema file name>).
+        model_dir: folder of model.pt (default: <bundle_root>/models; without model.pt untrained weights are used).
+        work_dir: keep the exports and untrained weights here (default: a temporary folder).
+        checks: comma-separated subset of the checks (default: all).
+        strict: WARN counts as a failure (e.g. weights without a download url).
+        verbose: show MONAI's logs and warnings.
+    """
+    if isinstance(checks, str):
+        checks = [c.strip() for c in checks.split(",") if c.strip()]
+    root = Path(bundle_root) if bundle_root is not None else _default_bundle_root()
+    print(f"model zoo checks of {root.resolve()}", flush=True)
+    results = run_zoo_checks(
+        root,
+        schema=schema,
+        model_dir=model_dir,
+        work_dir=work_dir,
+        checks=checks,
+        quiet=not verbose,
+        progress=lambda r: print(r.line(), flush=True),
+    )
+    print(format_results(results, strict=strict))
+    return int(any(r.failed or (strict and r.status == WARN) for r in results))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m axunet_bundle.zoo [BUNDLE_ROOT] [--schema FILE] ...``: see :func:`zoo_check`."""
+    parser = argparse.ArgumentParser(prog="python -m axunet_bundle.zoo", description=__doc__.splitlines()[0])
+    parser.add_argument("bundle_root", nargs="?", default=None, help="the bundle (default: this repository)")
+    parser.add_argument("--schema", help="local metadata schema JSON (nothing is downloaded)")
+    parser.add_argument("--model-dir", help="folder of model.pt (default: BUNDLE_ROOT/models)")
+    parser.add_argument("--work-dir", help="keep exports and untrained weights here (default: a temporary folder)")
+    parser.add_argument("--checks", help=f"comma-separated subset of: {','.join(CHECKS)}")
+    parser.add_argument("--strict", action="store_true", help="WARN counts as a failure")
+    parser.add_argument("--verbose", action="store_true", help="show MONAI's logs and warnings")
+    args = parser.parse_args(argv)
+    return zoo_check(
+        bundle_root=args.bundle_root,
+        schema=args.schema,
+        model_dir=args.model_dir,
+        work_dir=args.work_dir,
+        checks=args.checks,
+        strict=args.strict,
+        verbose=args.verbose,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
