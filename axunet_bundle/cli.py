@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -16,9 +18,107 @@ __all__ = ["main", "BUNDLE_ROOT"]
 BUNDLE_ROOT = Path(__file__).resolve().parents[1]
 
 DEMO_SLICE_SIZE = 224
+# The demo: small generated cases and a short, fast-learning schedule so that it finishes in minutes on 2 cores.
+DEMO_CASES = 10
+DEMO_SIZE = 96
+DEMO_DEPTH = 32
+DEMO_EPOCHS = 15
+DEMO_BATCH = 16
+DEMO_SLICES_PER_VOLUME = 16
+DEMO_LEARNING_RATE = 1e-3
+DEMO_VAL_INTERVAL = 3
+DEMO_VAL_FRACTION = 0.2
+DEMO_WORKERS = 0
 
 
-def demo(batch: int = 2, size: int = DEMO_SLICE_SIZE) -> None:
+def demo(
+    output_dir: str = "demo_output",
+    cases: int = DEMO_CASES,
+    size: int = DEMO_SIZE,
+    depth: int = DEMO_DEPTH,
+    epochs: int = DEMO_EPOCHS,
+    seed: int = 0,
+) -> None:
+    """The whole product on generated BraTS-like data, no download, a few minutes on a CPU: generate cases, train
+    AXUNet with the bundle's training workflow, evaluate it on whole validation volumes, segment a held-out case,
+    and draw the overlay and training curves.
+
+    Args:
+        output_dir: where everything goes (data/, models/, runs/, eval/, predictions/, PNGs).
+        cases: generated training + validation cases.
+        size: in-plane size of the generated cases and of the network input.
+        depth: axial slices per generated case.
+        epochs: training epochs.
+        seed: seed of the generated data and of training.
+    """
+    from .data.datalist import write_datalist
+    from .data.synth import write_synthetic_dataset
+    from .visualize import training_curves
+
+    started = time.perf_counter()
+    out = Path(output_dir).resolve()
+    data, holdout = out / "data", out / "holdout"
+    shape = (size, size, depth)
+    print(f"[1/5] generating {cases} BraTS-like cases of {size}x{size}x{depth} (+1 held out) in {data}")
+    generated = write_synthetic_dataset(data, n=cases + 1, seed=seed, shape=shape)
+    holdout.mkdir(parents=True, exist_ok=True)
+    held_out = holdout / generated[-1].name
+    if held_out.exists():  # a re-run: the case was generated and moved before
+        shutil.rmtree(generated[-1])
+    else:
+        generated[-1].rename(held_out)
+    datalist = write_datalist(data, out / "datalist.json", val_fraction=DEMO_VAL_FRACTION, seed=seed)
+    common = {"dataset_dir": str(data), "roi_size": [size, size], "num_workers": DEMO_WORKERS}
+    n_train, n_val = len(datalist["training"]), len(datalist["validation"])
+    print(f"[2/5] training {epochs} epochs on {n_train} cases, validating on {n_val} whole volumes")
+    _bundle_run(
+        "training",
+        {
+            **common,
+            "datalist": str(out / "datalist.json"),
+            "ckpt_dir": str(out / "models"),
+            "output_dir": str(out / "runs"),
+            "epochs": epochs,
+            "batch_size": DEMO_BATCH,
+            "slices_per_volume": DEMO_SLICES_PER_VOLUME,
+            "learning_rate": DEMO_LEARNING_RATE,
+            "val_interval": DEMO_VAL_INTERVAL,
+            "pretrained": False,
+            "seed": seed,
+        },
+    )
+    weights = str(out / "models" / "model.pt")
+    print("[3/5] evaluating the best model on the whole validation volumes")
+    evaluate(**common, datalist=str(out / "datalist.json"), ckpt_path=weights, output_dir=str(out / "eval"))
+    print(f"[4/5] segmenting the held-out case {held_out.name}")
+    infer(
+        **{**common, "dataset_dir": str(holdout)},
+        ckpt_path=weights,
+        output_dir=str(out / "predictions"),
+        overwrite=True,
+    )
+    print("[5/5] drawing the pictures")
+    seg = out / "predictions" / f"{held_out.name}_seg.nii.gz"
+    overlay(str(held_out), seg=str(seg), output=str(out / "overlay.png"))
+    curves = training_curves(out / "runs", out / "training_curves.png")
+
+    summary = json.loads((out / "eval" / "summary.json").read_text())
+    dice = {region: summary["dice"][region]["mean"] for region in summary["dice"]}
+    minutes = (time.perf_counter() - started) / 60
+    print()
+    print(
+        f"demo finished in {minutes:.1f} min; validation Dice (whole volumes, {summary['n_cases']} cases): "
+        + ", ".join(f"{r} {v:.3f}" for r, v in dice.items())
+    )
+    print(f"  weights          {weights}")
+    print(f"  per-case scores  {out / 'eval' / 'metrics.csv'}  (box plot: {out / 'eval' / 'dice_boxplot.png'})")
+    print(f"  segmentation     {seg}")
+    print(f"  overlay picture  {out / 'overlay.png'}")
+    print(f"  training curves  {curves}  (TensorBoard: tensorboard --logdir {out / 'runs'})")
+    print("These are generated cases: the numbers say the pipeline works, not how AXUNet does on BraTS.")
+
+
+def network(batch: int = 2, size: int = DEMO_SLICE_SIZE) -> None:
     """Build the paper's AXUNet and run it on random slices; print its size and speed.
 
     Args:
@@ -151,11 +251,239 @@ def prepare(dataset_dir: str, output: str, workers: int = 2, config_file: str | 
     sys.exit(1 if report.problems else 0)
 
 
+CONFIG_DIR = BUNDLE_ROOT / "configs"
+#: the config files of each workflow, in merge order (later files override earlier ones)
+WORKFLOW_CONFIGS = {
+    "training": ["train.json"],
+    "evaluating": ["inference.json", "evaluate.json"],
+    "inference": ["inference.json"],
+}
+
+
+def _bundle_run(workflow: str, overrides: dict) -> None:
+    """``python -m monai.bundle run <workflow>`` with the bundle's configs, metadata and logging; ``overrides`` are the
+    bundle ids to change (``epochs=2``, ``dataset_dir=...``). Relative paths are the bundle root's by default."""
+    from monai.bundle import run
+
+    files = [str(CONFIG_DIR / name) for name in WORKFLOW_CONFIGS[workflow]]
+    overrides = {"bundle_root": str(BUNDLE_ROOT), **overrides}
+    run(
+        run_id=workflow,
+        config_file=files if len(files) > 1 else files[0],
+        meta_file=str(CONFIG_DIR / "metadata.json"),
+        logging_file=str(CONFIG_DIR / "logging.conf"),
+        **overrides,
+    )
+
+
+def train(**overrides) -> None:
+    """Train AXUNet with the bundle's configs/train.json (= python -m monai.bundle run training ...).
+
+    Any bundle id can be overridden: --dataset_dir DIR (a BraTS folder), --datalist FILE, --epochs 40,
+    --batch_size 64, --learning_rate 1e-4, --roi_size "[224,224]", --modalities "['t1ce','t2','flair']",
+    --slice_cache_dir DIR (from `axunet prepare`), --pretrained False or --pretrained_path FILE (ImageNet weights),
+    --resume True, --device "$torch.device('cpu')", --amp False. Weights go to models/model.pt (best validation
+    Dice) and models/checkpoint_epoch=N.pt (resumable); TensorBoard logs to runs/.
+    """
+    _bundle_run("training", overrides)
+
+
+def evaluate(**overrides) -> None:
+    """Evaluate models/model.pt on whole labelled volumes (= monai.bundle run evaluating with inference.json +
+    evaluate.json): per-case Dice and HD95 of WT, TC, ET in eval/metrics.csv, mean/median/std in eval/summary.json,
+    the segmentations, and a Dice box plot eval/dice_boxplot.png.
+
+    Overrides: --dataset_dir DIR (every labelled case) or --datalist FILE with --datalist_split validation,
+    --output_dir DIR, --ckpt_path FILE, --threshold 0.5, --et_min_voxels N, --flip_tta True.
+    """
+    from .visualize import dice_boxplot
+
+    _bundle_run("evaluating", overrides)
+    output_dir = Path(overrides.get("output_dir", BUNDLE_ROOT / "eval"))
+    png = dice_boxplot(output_dir / "metrics.csv", output_dir / "dice_boxplot.png")
+    print(f"per-case scores: {output_dir / 'metrics.csv'}; summary: {output_dir / 'summary.json'}; box plot: {png}")
+
+
+def infer(**overrides) -> None:
+    """Segment every case of a BraTS folder (= monai.bundle run inference with configs/inference.json): one
+    <case_id>_seg.nii.gz label map per case, on the input's grid, labels 0/1/2/4 (brats2021; --label_convention
+    brats2023 writes 0/1/2/3). Cases already segmented are skipped unless --overwrite True.
+
+    Overrides: --dataset_dir DIR, --output_dir DIR (default eval/), --ckpt_path FILE, --threshold 0.5,
+    --et_min_voxels N (ET components smaller than N voxels become necrosis), --flip_tta True.
+    """
+    _bundle_run("inference", overrides)
+
+
+def overlay(
+    case_dir: str,
+    seg: str | None = None,
+    output: str | None = None,
+    modalities: str = "t1ce,t2,flair",
+    convention: str = "brats2021",
+) -> None:
+    """Draw a case's modalities with the WT/TC/ET contours of a segmentation (dashed) and of the case's own
+    label when it has one (solid), on the axial, coronal and sagittal slices with the most tumour.
+
+    Args:
+        case_dir: folder of one BraTS case (its modality files, and optionally its seg).
+        seg: the predicted label map (default: the case's own label only).
+        output: PNG to write (default: <case_id>_overlay.png in the current folder).
+        modalities: comma-separated modalities to show, in order.
+        convention: label convention of the files ("brats2021" 1/2/4 or "brats2023" 1/2/3).
+    """
+    from .data.cases import find_cases
+    from .visualize import overlay_files
+
+    cases = find_cases(case_dir)
+    if len(cases) != 1:
+        raise SystemExit(f"{case_dir}: expected the folder of one case, found {len(cases)} cases")
+    case = cases[0]
+    mods = _split(modalities)
+    if seg is None and case.label is None:
+        raise SystemExit(f"{case.case_id}: no --seg given and the case has no label to draw")
+    png = overlay_files(
+        case.image_files(mods),
+        seg if seg is not None else case.label,
+        output or f"{case.case_id}_overlay.png",
+        label_file=case.label if seg is not None else None,
+        convention=convention,
+        modality_names=[m.upper() for m in mods],
+    )
+    print(f"wrote {png}")
+
+
+def export(
+    ckpt_path: str | None = None,
+    output_dir: str | None = None,
+    size: int = DEMO_SLICE_SIZE,
+    onnx: bool = True,
+) -> None:
+    """Export models/model.pt to TorchScript (MONAI's ckpt_export, by tracing: the timm encoder cannot be scripted)
+    and ONNX; each is loaded back and compared with the eager network on the same input (max abs difference).
+
+    Args:
+        ckpt_path: plain state dict to export (default: models/model.pt).
+        output_dir: where model.ts and model.onnx go (default: models/).
+        size: slice size of the example input.
+        onnx: also write the ONNX model.
+    """
+    import torch
+    from monai.bundle import ckpt_export
+
+    from .export import export_onnx, max_abs_diff_onnx, max_abs_diff_torchscript
+    from .networks import AXUNet
+
+    ckpt = Path(ckpt_path or BUNDLE_ROOT / "models" / "model.pt")
+    out = Path(output_dir or BUNDLE_ROOT / "models")
+    if not ckpt.is_file():
+        raise SystemExit(f"no weights at {ckpt}: train first, or give --ckpt_path")
+    out.mkdir(parents=True, exist_ok=True)
+    ts_path = out / "model.ts"
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(ts_path),
+        ckpt_file=str(ckpt),
+        meta_file=str(CONFIG_DIR / "metadata.json"),
+        config_file=str(CONFIG_DIR / "inference.json"),
+        bundle_root=str(BUNDLE_ROOT),
+        use_trace=True,
+        input_shape=[1, 3, size, size],
+    )
+    net = AXUNet().eval()
+    net.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+    x = torch.randn(1, 3, size, size)
+    print(f"TorchScript {ts_path}: max |eager - exported| = {max_abs_diff_torchscript(net, ts_path, x):.2e}")
+    if onnx:
+        onnx_path = export_onnx(net, x, out / "model.onnx")
+        print(f"ONNX {onnx_path}: max |eager - exported| = {max_abs_diff_onnx(net, onnx_path, x):.2e}")
+
+
+def bench(
+    device: str = "cpu",
+    cases: int | None = None,
+    threads: int | None = None,
+    quick: bool = False,
+    backends: bool = False,
+    output: str = "docs/benchmarks.md",
+) -> None:
+    """Benchmark whole-case inference (AXUNet vs the model zoo's SegResNet, same cases, same process settings),
+    achieved FLOP/s against a matmul, training and data-loading slices/s, PAM softplus vs softmax, peak memory, on
+    generated BraTS-size cases; print the table and write it to docs/benchmarks.md.
+
+    Args:
+        device: "cpu" or "cuda" (bf16 autocast; also times training at batch 64).
+        cases: cases timed per model (default 2; with --quick 1).
+        threads: torch / ONNX Runtime threads (default: torch's).
+        quick: tiny sizes, a smoke test whose numbers mean nothing.
+        backends: also time each AXUNet backend and slice batch.
+        output: Markdown file to write ("" for none).
+    """
+    from .benchmark import main as benchmark_main
+
+    argv = ["--device", device, "--output", output]
+    argv += ["--cases", str(cases)] if cases is not None else []
+    argv += ["--threads", str(threads)] if threads is not None else []
+    argv += ["--quick"] if quick else []
+    argv += ["--backends"] if backends else []
+    benchmark_main(argv)
+
+
+def zoo_check(
+    schema: str | None = None,
+    model_dir: str | None = None,
+    work_dir: str | None = None,
+    checks: str | None = None,
+    strict: bool = False,
+    verbose: bool = False,
+) -> None:
+    """Run the MONAI model zoo's CI checks on this bundle with MONAI's own functions (required files, version in
+    changelog, metadata schema, network input/output, TorchScript and ONNX export parity, JSON format, file sizes,
+    code format); one PASS/FAIL line per check, exit 1 on any failure. Untrained weights are used when
+    models/model.pt does not exist (nothing is written into models/).
+
+    Args:
+        schema: local copy of MONAI's metadata schema (default: ../shared/monai/ beside the bundle).
+        model_dir: folder of model.pt (default: models/).
+        work_dir: folder for exports (default: a temporary one).
+        checks: comma-separated subset of the checks.
+        strict: count warnings (what only the zoo's own CI can settle, e.g. the weights' download URL) as failures.
+        verbose: print MONAI's own log lines too.
+    """
+    from .zoo import zoo_check as run_zoo_check
+
+    sys.exit(
+        run_zoo_check(
+            str(BUNDLE_ROOT),
+            schema=schema,
+            model_dir=model_dir,
+            work_dir=work_dir,
+            checks=checks,
+            strict=strict,
+            verbose=verbose,
+        )
+    )
+
+
 def _split(values: str | tuple | list) -> list[str]:
     return [v.strip() for v in values.split(",")] if isinstance(values, str) else list(values)
 
 
-COMMANDS = {"demo": demo, "synth": synth, "check": check, "datalist": datalist, "prepare": prepare}
+COMMANDS = {
+    "demo": demo,
+    "network": network,
+    "synth": synth,
+    "check": check,
+    "datalist": datalist,
+    "prepare": prepare,
+    "train": train,
+    "evaluate": evaluate,
+    "infer": infer,
+    "export": export,
+    "bench": bench,
+    "overlay": overlay,
+    "zoo-check": zoo_check,
+}
 
 
 def main() -> None:
