@@ -82,7 +82,8 @@ def demo(
             "batch_size": DEMO_BATCH,
             "slices_per_volume": DEMO_SLICES_PER_VOLUME,
             "learning_rate": DEMO_LEARNING_RATE,
-            "val_interval": DEMO_VAL_INTERVAL,
+            # validate at the last epoch too: the best validated model is the one evaluated
+            "val_interval": DEMO_VAL_INTERVAL if epochs % DEMO_VAL_INTERVAL == 0 else 1,
             "pretrained": False,
             "seed": seed,
         },
