@@ -15,7 +15,14 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["export_torchscript", "export_onnx", "max_abs_diff_torchscript", "max_abs_diff_onnx", "ONNX_OPSET"]
+__all__ = [
+    "export_torchscript",
+    "export_onnx",
+    "max_abs_diff_torchscript",
+    "max_abs_diff_onnx",
+    "OnnxNetwork",
+    "ONNX_OPSET",
+]
 
 #: An opset that onnxruntime and the legacy TorchScript-based exporter both support well.
 ONNX_OPSET = 17
@@ -71,3 +78,37 @@ def max_abs_diff_onnx(net: nn.Module, path: str | os.PathLike, x: torch.Tensor) 
     session = onnxruntime.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
     (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     return float(np.abs(out - _eager(net, x)).max())
+
+
+class OnnxNetwork(nn.Module):
+    """
+    An exported ONNX model run by onnxruntime, usable wherever the bundle expects the network (MONAI inferers and
+    engines call it like a module): ``configs/inference_onnx.json`` runs the inference workflow on it.
+
+    Args:
+        path: the ``.onnx`` file (from ``python -m axunet_bundle export``), exported at the slice size it will see.
+        providers: onnxruntime execution providers, in order of preference.
+        threads: intra-op threads (``None``: torch's thread count, so both paths use the machine alike).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        providers: tuple[str, ...] = ("CPUExecutionProvider",),
+        threads: int | None = None,
+    ) -> None:
+        super().__init__()
+        import onnxruntime  # optional dependency (extra "export")
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ONNX model not found: {path} (write it with `python -m axunet_bundle export`)")
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        self.session = onnxruntime.InferenceSession(os.fspath(path), options, providers=list(providers))
+        self.input_name = self.session.get_inputs()[0].name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        data = x.as_tensor() if hasattr(x, "as_tensor") else x
+        (out,) = self.session.run(None, {self.input_name: data.detach().float().cpu().numpy()})
+        return torch.from_numpy(out).to(x.device)

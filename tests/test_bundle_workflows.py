@@ -282,3 +282,24 @@ def test_inference_over_many_cases_reports_bad_ones_and_segments_the_good(tmp_pa
     for case_id, words in expected.items():
         lines = [line for line in summary.splitlines() if case_id in line]
         assert lines and any(words in line for line in lines), (case_id, words, summary)
+
+
+def test_inference_runs_the_exported_onnx_model(tiny_dataset, tmp_path):
+    """inference_onnx.json: the same workflow on the ONNX export (onnxruntime) gives the eager model's label maps."""
+    from axunet_bundle.export import export_onnx
+
+    torch.manual_seed(0)
+    net = AXUNet().eval()
+    logits = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    torch.nn.init.zeros_(logits.bias)  # p ~ 0.5 instead of the tumour prior: label maps that are not empty
+    torch.save(net.state_dict(), tmp_path / "model.pt")
+    export_onnx(net, torch.zeros(1, 3, *TINY_ROI), tmp_path / "model.onnx")
+    settings = dict(dataset_dir=str(tiny_dataset), ckpt_path=str(tmp_path / "model.pt"))
+    workflow(INFERENCE, output_dir=str(tmp_path / "eager"), **settings).run()
+    onnx = [*INFERENCE, str(CONFIGS / "inference_onnx.json")]
+    workflow(onnx, output_dir=str(tmp_path / "onnx"), onnx_path=str(tmp_path / "model.onnx"), **settings).run()
+    for eager in sorted((tmp_path / "eager").iterdir()):
+        a = np.asarray(nib.load(eager).dataobj)
+        b = np.asarray(nib.load(tmp_path / "onnx" / eager.name).dataobj)
+        assert len(np.unique(a)) > 1
+        assert np.mean(a != b) < 1e-3  # equal up to voxels whose probability sits at the threshold
