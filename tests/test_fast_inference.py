@@ -1,0 +1,298 @@
+# Copyright (c) AXUNet bundle developers. Licensed under the Apache License, Version 2.0.
+"""The fast default inference path gives the plain path's outputs; the benchmark runs (smoke test, no timings).
+
+The plain path is MONAI ``SliceInferer`` on the eager network in eval mode. The fast path
+(:class:`~axunet_bundle.inference.BrainSliceInferer`) must give, on every slice that holds brain, the same logits
+within ``TOLERANCE`` (relative to the largest plain logit; ONNX Runtime and folded BatchNorm round differently from
+eager torch) and therefore the same thresholded masks wherever the plain logit is not within that tolerance of the
+threshold; every all-zero (no-brain) slice gets the constant background logit, i.e. an empty segmentation.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from conftest import CONFIGS, TINY_ROI
+from monai.bundle import ConfigParser
+from monai.data import MetaTensor
+from monai.inferers import SliceInferer
+from monai.transforms import Compose
+
+from axunet_bundle import AXUNet
+from axunet_bundle.benchmark import BEGIN_MARKER, END_MARKER, BenchmarkSettings, run_benchmark, write_markdown
+from axunet_bundle.data.cases import find_cases
+from axunet_bundle.inference import (
+    DEFAULT_BACKGROUND_LOGIT,
+    BrainSliceInferer,
+    brain_slice_mask,
+    fuse_batchnorm,
+    prepare_network,
+    weights_fingerprint,
+)
+from axunet_bundle.networks import ChannelAttention, PositionAttention
+
+#: fast logits must match plain ones within this fraction of the largest plain logit
+TOLERANCE = 1e-3
+SIZE = 64
+DEPTH = 6
+EMPTY_SLICE = 2
+BACKENDS = ["eager", "torch", "onnxruntime", "auto"]
+has_onnxruntime = importlib.util.find_spec("onnxruntime") is not None
+#: the backend each ``backend=`` setting runs on this machine (CPU)
+EXPECTED_BACKEND = {"eager": "eager", "torch": "torch", "onnxruntime": "onnxruntime", "auto": "onnxruntime"}
+if not has_onnxruntime:
+    EXPECTED_BACKEND.update(onnxruntime="torch", auto="torch")
+
+
+def randomise(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Non-trivial BN statistics and attention gammas, so folding BN and the attention paths both matter."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            n = module.num_features
+            module.running_mean.copy_(torch.rand(n, generator=generator) * 0.4 - 0.2)
+            module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.rand(n, generator=generator) * 0.4 - 0.2)
+        if isinstance(module, (PositionAttention, ChannelAttention)):
+            module.gamma.data.fill_(0.5)
+    return net
+
+
+@pytest.fixture(scope="module")
+def net() -> AXUNet:
+    torch.manual_seed(0)
+    return randomise(AXUNet().eval())
+
+
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("onnx-cache")
+
+
+@pytest.fixture(scope="module")
+def volume() -> MetaTensor:
+    """(1, 3, 64, 64, 6) with exactly-zero background around a 'brain' and one all-zero slice."""
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 3, SIZE, SIZE, DEPTH, generator=generator)
+    x[:, :, :8] = 0  # background margin inside brain slices: these are run, not skipped
+    x[..., EMPTY_SLICE] = 0
+    affine = torch.diag(torch.tensor([-1.0, -1.0, 1.0, 1.0]))
+    return MetaTensor(x, affine=affine)
+
+
+def plain(net: torch.nn.Module, volume: torch.Tensor, roi=(SIZE, SIZE)) -> torch.Tensor:
+    with torch.no_grad():
+        return SliceInferer(roi_size=list(roi), spatial_dim=2, sw_batch_size=4)(volume, net)
+
+
+def assert_same_segmentation(fast: torch.Tensor, reference: torch.Tensor, brain: list[int]) -> None:
+    scale = float(reference.abs().max())
+    tolerance = TOLERANCE * scale
+    difference = (fast[..., brain] - reference[..., brain]).abs().max().item()
+    assert difference <= tolerance, f"logits differ by {difference:.3g} > {tolerance:.3g}"
+    decided = reference[..., brain].abs() > tolerance
+    assert torch.equal((fast[..., brain] > 0)[decided], (reference[..., brain] > 0)[decided])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fast_path_equals_plain_path(net, volume, onnx_cache, backend):
+    inferer = BrainSliceInferer(roi_size=(SIZE, SIZE), sw_batch_size=2, backend=backend, cache_dir=onnx_cache)
+    fast = inferer(volume, net)
+    assert inferer.active_backend == EXPECTED_BACKEND[backend]
+    reference = plain(net, volume)
+    assert fast.shape == reference.shape == (1, 3, SIZE, SIZE, DEPTH)
+    brain = [d for d in range(DEPTH) if d != EMPTY_SLICE]
+    assert_same_segmentation(fast, reference, brain)
+    # the skipped slice: the background logit everywhere, so an empty segmentation
+    assert torch.all(fast[..., EMPTY_SLICE] == DEFAULT_BACKGROUND_LOGIT)
+    assert not (torch.sigmoid(fast[..., EMPTY_SLICE]) > 0.5).any()
+    # a MetaTensor in gives a MetaTensor out with the input's metadata, like SliceInferer
+    assert isinstance(fast, MetaTensor) and torch.equal(fast.affine, volume.affine)
+    # the output is an ordinary tensor: in-place post-processing works outside inference mode
+    fast += 1
+
+
+def test_second_call_reuses_prepared_network_and_new_weights_are_picked_up(volume, onnx_cache):
+    torch.manual_seed(3)
+    model = randomise(AXUNet().eval(), seed=3)
+    inferer = BrainSliceInferer(roi_size=(SIZE, SIZE), backend="torch")  # the logic is the same for every backend
+    first = inferer(volume, model)
+    predictor = inferer._predictor
+    assert torch.equal(inferer(volume, model), first)
+    assert inferer._predictor is predictor  # prepared once
+    # as CheckpointLoader does: load other weights into the same module
+    torch.manual_seed(4)
+    other = randomise(AXUNet().eval(), seed=4)
+    model.load_state_dict(other.state_dict())
+    again = inferer(volume, model)
+    assert inferer._predictor is not predictor
+    brain = [d for d in range(DEPTH) if d != EMPTY_SLICE]
+    assert_same_segmentation(again, plain(other, volume), brain)
+
+
+def test_tiles_slices_larger_than_the_roi_like_slice_inferer(net, onnx_cache):
+    x = torch.randn(1, 3, 80, 72, 3)
+    fast = BrainSliceInferer(roi_size=(SIZE, SIZE), cache_dir=onnx_cache)(x, net)
+    reference = plain(net, x, roi=(SIZE, SIZE))
+    assert_same_segmentation(fast, reference, [0, 1, 2])
+
+
+def test_no_brain_at_all_gives_background(net):
+    out = BrainSliceInferer(roi_size=(SIZE, SIZE), backend="eager")(torch.zeros(2, 3, SIZE, SIZE, 3), net)
+    assert out.shape == (2, 3, SIZE, SIZE, 3)
+    assert torch.all(out == DEFAULT_BACKGROUND_LOGIT)
+
+
+def test_training_mode_network_runs_as_given(volume):
+    model = AXUNet().train()
+    inferer = BrainSliceInferer(roi_size=(SIZE, SIZE))
+    inferer(volume, model)
+    assert inferer.active_backend == "eager" and model.training
+
+
+def test_failing_backend_falls_back(net, volume, monkeypatch, caplog):
+    import axunet_bundle.inference as inference
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("export failed")
+
+    monkeypatch.setattr(inference, "build_onnx_network", broken)
+    inferer = BrainSliceInferer(roi_size=(SIZE, SIZE), backend="onnxruntime")
+    with caplog.at_level(logging.WARNING):
+        fast = inferer(volume, net)
+    assert inferer.active_backend == "torch"
+    assert "falling back" in caplog.text
+    assert_same_segmentation(fast, plain(net, volume), [0, 1, 3, 4, 5])
+
+
+def test_wrong_prepared_network_is_caught_by_the_first_use_check(net, volume, monkeypatch, caplog):
+    import axunet_bundle.inference as inference
+
+    def wrong(network, **kwargs):
+        prepared = prepare_network(network, **kwargs)
+        prepared.head[-1].conv.bias.data += 1.0  # a preparation bug: outputs shifted
+        return prepared
+
+    monkeypatch.setattr(inference, "prepare_network", wrong)
+    inferer = BrainSliceInferer(roi_size=(SIZE, SIZE), backend="torch")
+    with caplog.at_level(logging.WARNING):
+        fast = inferer(volume, net)
+    assert inferer.active_backend == "eager"
+    assert "differs from the plain network" in caplog.text
+    assert_same_segmentation(fast, plain(net, volume), [0, 1, 3, 4, 5])
+
+
+def test_prepare_network_folds_every_batchnorm_and_leaves_the_original_alone(net):
+    batchnorms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    prepared = prepare_network(net)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in prepared.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()) == batchnorms
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        reference = net(x)
+        out = prepared(x.contiguous(memory_format=torch.channels_last))
+    assert (out - reference).abs().max() <= TOLERANCE * reference.abs().max()
+
+
+def test_fuse_batchnorm_skips_training_mode_layers():
+    block = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).train()
+    assert fuse_batchnorm(block) == 0
+    assert fuse_batchnorm(block.eval()) == 1 and isinstance(block[1], torch.nn.Identity)
+
+
+def test_weights_fingerprint_follows_weights(net):
+    other = AXUNet().eval()
+    assert weights_fingerprint(net) == weights_fingerprint(net)
+    assert weights_fingerprint(net) != weights_fingerprint(other)
+    assert weights_fingerprint(net, extra=(64,)) != weights_fingerprint(net, extra=(96,))
+
+
+def test_brain_slice_mask():
+    x = torch.zeros(2, 3, 4, 4, 5)
+    x[0, 1, 2, 2, 3] = -0.5
+    x[1, 0, 0, 0, 0] = 1.0
+    mask = brain_slice_mask(x)
+    assert mask.tolist() == [[False, False, False, True, False], [True, False, False, False, False]]
+    assert brain_slice_mask(x, spatial_dim=0).shape == (2, 4)
+
+
+def test_bundle_chain_keeps_no_brain_slices_exactly_zero(tiny_dataset, tmp_path, net, onnx_cache):
+    """After the bundle's volume_transforms an empty slice is all zero, so the inferer skips exactly it."""
+    case = find_cases(tiny_dataset)[0]
+    folder = tmp_path / case.case_id
+    shutil.copytree(case.directory, folder)
+    modified = find_cases(tmp_path)[0]
+    parser = ConfigParser()
+    parser.read_config(CONFIGS / "train.json")
+    parser.update({"roi_size": TINY_ROI})
+    modalities = parser.get_parsed_content("modalities")
+    files = modified.image_files(modalities)
+    # an axial slice inside the brain's extent without brain (e.g. a gap): zero it in every modality
+    data0 = nib.load(files[0])
+    depth = data0.shape[2]
+    brain = [z for z in range(depth) if np.asarray(data0.dataobj[:, :, z]).any()]
+    gap = brain[len(brain) // 2]
+    for file in files:
+        image = nib.load(file)
+        array = np.asarray(image.dataobj).copy()
+        array[:, :, gap] = 0
+        nib.save(nib.Nifti1Image(array, image.affine, image.header), file)
+    chain = Compose(parser.get_parsed_content("volume_transforms"))
+    image = chain({"image": files})["image"][None]
+    mask = brain_slice_mask(image)[0]
+    empty = (~mask).nonzero().flatten().tolist()
+    assert len(empty) == 1  # only the gap: the crop removed the rest
+    assert float(image[..., empty[0]].abs().max()) == 0.0
+    fast = BrainSliceInferer(roi_size=TINY_ROI, cache_dir=onnx_cache)(image, net)
+    assert torch.all(fast[..., empty[0]] == DEFAULT_BACKGROUND_LOGIT)
+    kept = [d for d in range(image.shape[-1]) if d != empty[0]]
+    assert_same_segmentation(fast, plain(net, image, roi=TINY_ROI), kept)
+
+
+def test_write_markdown_keeps_text_outside_the_markers(tmp_path):
+    path = tmp_path / "b.md"
+    write_markdown(path, "first\n")
+    text = path.read_text()
+    assert text.startswith("# Benchmarks") and "first" in text
+    path.write_text(text + "\nHand-written notes.\n")
+    write_markdown(path, "second\n")
+    text = path.read_text()
+    assert "second" in text and "first" not in text and "Hand-written notes." in text
+    assert text.count(BEGIN_MARKER) == text.count(END_MARKER) == 1
+
+
+def test_benchmark_quick_smoke(tmp_path):
+    """Tiny sizes, every measurement once; checks the table's rows, never the numbers."""
+    output = tmp_path / "benchmarks.md"
+    text = run_benchmark(BenchmarkSettings.quick(), output=output, command="benchmark --quick", workdir=tmp_path)
+    assert output.read_text().count(BEGIN_MARKER) == 1
+    for expected in (
+        "benchmark --quick",
+        "- CPU:",
+        "- threads:",
+        "torch ",
+        "- device: cpu",
+        "| whole case 64×64×16",
+        "AXUNet ÷ SegResNet",
+        "| … inference (s)",
+        "| model GFLOP per case",
+        "| achieved GFLOP/s during inference",
+        "| achieved ÷ matmul FLOP/s",
+        "| peak resident memory",
+        "| AXUNet training slices/s (forward + backward, batch 2)",
+        "| data loader slices/s",
+        "loader ÷ training",
+        "| PAM softplus 8²",
+        "| PAM softplus 32²",
+        "| PAM softmax 32²",
+    ):
+        assert expected in text, expected
