@@ -81,6 +81,9 @@ BYTES_PER_FLOAT = 4
 KIB = 1024
 GIB = 2**30
 REPEATS = 3
+#: PAM timings: best of this many samples of at least PAM_SAMPLE_S seconds each
+PAM_REPEATS = 5
+PAM_SAMPLE_S = 0.2
 #: issue targets: (row key, comparison, bound)
 TARGETS: dict[str, tuple[str, float]] = {
     "case_ratio": ("<=", 0.6),
@@ -89,6 +92,8 @@ TARGETS: dict[str, tuple[str, float]] = {
     "pam_growth": ("<=", 4.5),
     "peak_rss_gib": ("<=", 3.0),
 }
+#: middle slices of a case on which the opt-in bf16 logits are compared with float32
+BF16_CHECK_SLICES = 4
 BACKEND_BATCHES = (1, 2, 4, 8, 16)
 #: a case timed while other processes used more than this share of the CPU is timed again (at most
 #: ``CASE_ATTEMPTS`` times; the least disturbed attempt is kept and its share reported)
@@ -124,6 +129,7 @@ class BenchmarkSettings:
         subprocess_cases: time each model's cases in a fresh process (accurate peak memory; same start for both).
         case_attempts: a case disturbed by other processes is timed up to this many times.
         quiet_wait_s: before each part, wait up to this many seconds for other processes to leave the CPU alone.
+        cpu_bf16: also time AXUNet's opt-in ``precision="bfloat16"`` on one case (CPUs with native bf16 only).
         backends: also time each AXUNet backend and slice batch.
     """
 
@@ -145,6 +151,7 @@ class BenchmarkSettings:
     subprocess_cases: bool = True
     case_attempts: int = CASE_ATTEMPTS
     quiet_wait_s: float = QUIET_WAIT_S
+    cpu_bf16: bool = True
     backends: bool = False
 
     @classmethod
@@ -191,16 +198,23 @@ def _sync(device: torch.device | str) -> None:
         torch.cuda.synchronize()
 
 
-def _best_time(fn: Callable[[], Any], repeats: int = REPEATS, device: str = "cpu") -> float:
-    """Best-of-``repeats`` wall time of ``fn()`` in seconds, after one warm-up call."""
+def _best_time(fn: Callable[[], Any], repeats: int = REPEATS, device: str = "cpu", min_sample_s: float = 0.0) -> float:
+    """Best-of-``repeats`` wall time of one ``fn()`` call in seconds, after one warm-up call.
+
+    Each sample calls ``fn`` often enough to last ``min_sample_s`` (millisecond calls are otherwise dominated by
+    timer and scheduling noise) and counts the mean call of the sample.
+    """
+    start = time.perf_counter()
     fn()
     _sync(device)
+    calls = max(1, int(min_sample_s / max(time.perf_counter() - start, 1e-6)))
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        fn()
+        for _ in range(calls):
+            fn()
         _sync(device)
-        best = min(best, time.perf_counter() - start)
+        best = min(best, (time.perf_counter() - start) / calls)
     return best
 
 
@@ -424,7 +438,7 @@ def case_worker(model: str, case_dirs: Sequence[str], out_dir: str, settings: di
     from monai.data import decollate_batch
 
     from .data.cases import find_cases
-    from .inference import brain_slice_mask
+    from .inference import BrainSliceInferer, autocast_dtype, brain_slice_mask
     from .networks import AXUNet
 
     s = BenchmarkSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
@@ -509,6 +523,19 @@ def case_worker(model: str, case_dirs: Sequence[str], out_dir: str, settings: di
     }
     if device.type == "cuda":
         result["peak_gpu"] = torch.cuda.max_memory_allocated(device)
+    if model == "axunet" and s.cpu_bf16 and device.type == "cpu" and autocast_dtype(device, "bfloat16"):
+        inferer = BrainSliceInferer(roi_size=s.roi, precision="bfloat16")  # the opt-in, for comparison
+        timed_case(items[0])  # warm-up: prepares the network
+        result["bf16_case"] = one_case(items[0])
+        result["bf16_backend"] = inferer.active_backend
+        image = preprocessing(dict(items[0]))["image"]
+        middle = image.shape[-1] // 2
+        x = image[..., middle - BF16_CHECK_SLICES // 2 : middle + BF16_CHECK_SLICES // 2].permute(3, 0, 1, 2)
+        with torch.inference_mode():
+            reference = network(x.contiguous())
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                low = network(x.contiguous()).float()
+        result["bf16_error"] = float((low - reference).abs().max() / reference.abs().max())
     return result
 
 
@@ -555,7 +582,7 @@ def pam_worker(kernel: str, size: int, channels: int, device: str = "cpu") -> di
             module.attend(x)
             after = _rss_now_and_peak()
             peak = (after[1] if status and after else _peak_rss_bytes()) - base
-        seconds = _best_time(lambda: module.attend(x), repeats=REPEATS, device=device)
+        seconds = _best_time(lambda: module.attend(x), repeats=PAM_REPEATS, device=device, min_sample_s=PAM_SAMPLE_S)
     return {"ms": seconds * 1e3, "peak_mib": max(peak, 0) / 2**20}
 
 
@@ -761,6 +788,14 @@ def _table(results: dict) -> list[str]:
         f"| … post-process (invert, threshold, labels) + save (s) | {_mean([c['post'] for c in ax['cases']]):.2f} "
         f"| {_mean([c['post'] for c in seg['cases']]):.2f} | | |",
     ]
+    if ax.get("bf16_case"):
+        bf16 = ax["bf16_case"]
+        rows.append(
+            f"| AXUNet with the opt-in `precision=\"bfloat16\"` (not the default; {ax['bf16_backend']}), "
+            f"one case (s) | {bf16['total']:.2f} | | AXUNet ÷ SegResNet = {bf16['total'] / seg_total:.2f}; "
+            f"inference {bf16['infer']:.2f} s; largest logit difference to float32 on {BF16_CHECK_SLICES} middle "
+            f"slices: {ax['bf16_error']:.1%} of the largest logit | |"
+        )
     if ax.get("first_case") and seg.get("first_case"):
         rows.append(
             f"| first case of a fresh process (s) | {ax['first_case']['total']:.2f} | {seg['first_case']['total']:.2f} "

@@ -30,6 +30,7 @@ from axunet_bundle.data.cases import find_cases
 from axunet_bundle.inference import (
     DEFAULT_BACKGROUND_LOGIT,
     BrainSliceInferer,
+    autocast_dtype,
     brain_slice_mask,
     fuse_batchnorm,
     prepare_network,
@@ -39,6 +40,8 @@ from axunet_bundle.networks import ChannelAttention, PositionAttention
 
 #: fast logits must match plain ones within this fraction of the largest plain logit
 TOLERANCE = 1e-3
+#: the opt-in bfloat16 precision: logits within this fraction of the largest float32 logit
+BF16_TOLERANCE = 0.05
 SIZE = 64
 DEPTH = 6
 EMPTY_SLICE = 2
@@ -135,6 +138,25 @@ def test_second_call_reuses_prepared_network_and_new_weights_are_picked_up(volum
     assert inferer._predictor is not predictor
     brain = [d for d in range(DEPTH) if d != EMPTY_SLICE]
     assert_same_segmentation(again, plain(other, volume), brain)
+
+
+@pytest.mark.skipif(autocast_dtype("cpu", "bfloat16") is None, reason="this CPU has no native bfloat16")
+def test_opt_in_bfloat16_stays_close_to_float32(net, volume):
+    inferer = BrainSliceInferer(roi_size=(SIZE, SIZE), precision="bfloat16")
+    fast = inferer(volume, net)
+    assert inferer.active_backend == "torch"  # the ONNX export is float32
+    reference = plain(net, volume)
+    brain = [d for d in range(DEPTH) if d != EMPTY_SLICE]
+    difference = (fast[..., brain] - reference[..., brain]).abs().max()
+    assert difference <= BF16_TOLERANCE * reference.abs().max()
+    assert torch.all(fast[..., EMPTY_SLICE] == DEFAULT_BACKGROUND_LOGIT)
+
+
+def test_rejects_unknown_settings():
+    with pytest.raises(ValueError, match="precision"):
+        BrainSliceInferer(precision="float16")
+    with pytest.raises(ValueError, match="backend"):
+        BrainSliceInferer(backend="tensorrt")
 
 
 def test_tiles_slices_larger_than_the_roi_like_slice_inferer(net, onnx_cache):
