@@ -1,0 +1,92 @@
+"""Progress of long steps: a tqdm bar with rate and ETA on a terminal, periodic log lines with them otherwise."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from ignite.engine import Engine
+
+from axunet_bundle.progress import Progress, ProgressHandler, format_duration, progress
+
+# "prepare: 2/4 case (50%), 3.2 case/s, elapsed 0:01, ETA 0:01"
+LINE = re.compile(
+    r"^(?P<desc>.+): (?P<done>\d+)/(?P<total>\d+) (?P<unit>\w+) \(\d+%\), [\d.e+-]+ \w+/s, elapsed [\d:]+, ETA "
+)
+
+
+def lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if LINE.match(r.getMessage())]
+
+
+def test_format_duration():
+    assert format_duration(0) == "0:00"
+    assert format_duration(75) == "1:15"
+    assert format_duration(3725) == "1:02:05"
+
+
+def test_without_terminal_logs_count_rate_and_eta(caplog):
+    caplog.set_level(logging.INFO)
+    items = list(progress(range(4), desc="prepare", unit="case", interval_s=0, terminal=False))
+    assert items == [0, 1, 2, 3]
+    logged = lines(caplog)
+    assert [LINE.match(m)["done"] for m in logged] == ["1", "2", "3", "4"]  # the last item is not logged twice
+    assert all(LINE.match(m)["total"] == "4" and LINE.match(m)["unit"] == "case" for m in logged)
+    assert logged[-1].endswith("ETA 0:00")
+
+
+def test_without_terminal_logs_at_most_every_interval_and_at_the_end(caplog):
+    caplog.set_level(logging.INFO)
+    with Progress(100, "synth", unit="case", interval_s=3600, terminal=False) as bar:
+        for _ in range(100):
+            bar.update()
+    assert [LINE.match(m)["done"] for m in lines(caplog)] == ["100"]
+
+
+def test_on_a_terminal_draws_a_tqdm_bar_with_rate(capsys, caplog):
+    caplog.set_level(logging.INFO)
+    for _ in progress(range(3), desc="infer", unit="case", terminal=True, interval_s=0):
+        pass
+    err = capsys.readouterr().err
+    assert "infer" in err and "3/3" in err and "case/s" in err
+    assert not lines(caplog)
+
+
+def test_disabled_shows_nothing(capsys, caplog):
+    caplog.set_level(logging.INFO)
+    list(progress(range(3), desc="quiet", enabled=False, terminal=False, interval_s=0))
+    list(progress(range(3), desc="quiet", enabled=False, terminal=True))
+    assert not lines(caplog) and "quiet" not in capsys.readouterr().err
+
+
+def test_engine_handler_counts_iterations_over_all_epochs(caplog):
+    caplog.set_level(logging.INFO)
+    engine = Engine(lambda engine, batch: None)
+    ProgressHandler(desc="training", interval_s=0).attach(engine)
+    engine.run(range(3), max_epochs=2)
+    logged = lines(caplog)
+    assert [LINE.match(m)["done"] for m in logged] == ["1", "2", "3", "4", "5", "6"]
+    assert all(LINE.match(m)["total"] == "6" and LINE.match(m)["desc"].endswith("training") for m in logged)
+
+
+def test_engine_handler_counts_only_what_is_left_of_a_resumed_run(caplog):
+    caplog.set_level(logging.INFO)
+    engine = Engine(lambda engine, batch: None)
+    ProgressHandler(desc="training", interval_s=3600).attach(engine)
+    engine.load_state_dict({"epoch": 1, "epoch_length": 3, "max_epochs": 2})
+    engine.run(range(3))
+    assert [(LINE.match(m)["done"], LINE.match(m)["total"]) for m in lines(caplog)] == [("6", "6")]
+
+
+def test_multi_process_training_keeps_rank_0_only_handlers_off_other_ranks():
+    """multi_gpu_train.json drops the last N training handlers on ranks > 0: they must be exactly the ones that
+    write (stats, TensorBoard, progress, curves), so that only rank 0 logs and draws while every rank validates."""
+    import json
+
+    from conftest import CONFIGS
+
+    handlers = json.loads((CONFIGS / "train.json").read_text())["train"]["handlers"]
+    multi = json.loads((CONFIGS / "multi_gpu_train.json").read_text())["train#trainer#train_handlers"]
+    dropped = int(re.search(r"\[: -(\d+) if dist.get_rank\(\) > 0", multi)[1])
+    kept = [h["_target_"].rsplit(".", 1)[-1] for h in handlers[:-dropped]]
+    assert kept == ["LrScheduleHandler", "ValidationHandler"]
