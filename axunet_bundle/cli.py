@@ -41,10 +41,10 @@ def demo(
 ) -> None:
     """The whole product on generated BraTS-like data, no download, a few minutes on a CPU: generate cases, train
     AXUNet with the bundle's training workflow, evaluate it on whole validation volumes, segment a held-out case,
-    and draw the overlay and training curves.
+    and draw the overlay (the training draws its curves into runs/).
 
     Args:
-        output_dir: where everything goes (data/, models/, runs/, eval/, predictions/, PNGs).
+        output_dir: where everything goes (data/, models/, runs/, eval/, predictions/, overlay.png).
         cases: generated training + validation cases.
         size: in-plane size of the generated cases and of the network input.
         depth: axial slices per generated case.
@@ -53,7 +53,7 @@ def demo(
     """
     from .data.datalist import write_datalist
     from .data.synth import write_synthetic_dataset
-    from .visualize import training_curves
+    from .handlers import CURVES_PNG
 
     started = time.perf_counter()
     out = Path(output_dir).resolve()
@@ -101,7 +101,7 @@ def demo(
     print("[5/5] drawing the pictures")
     seg = out / "predictions" / f"{held_out.name}_seg.nii.gz"
     overlay(str(held_out), seg=str(seg), output=str(out / "overlay.png"))
-    curves = training_curves(out / "runs", out / "training_curves.png")
+    curves = out / "runs" / CURVES_PNG  # drawn by the training itself (TrainingCurvesWriter)
 
     summary = json.loads((out / "eval" / "summary.json").read_text())
     dice = {region: summary["dice"][region]["mean"] for region in summary["dice"]}
@@ -333,13 +333,9 @@ def overlay(
         modalities: comma-separated modalities to show, in order.
         convention: label convention of the files ("brats2021" 1/2/4 or "brats2023" 1/2/3).
     """
-    from .data.cases import find_cases
     from .visualize import overlay_files
 
-    cases = find_cases(case_dir)
-    if len(cases) != 1:
-        raise SystemExit(f"{case_dir}: expected the folder of one case, found {len(cases)} cases")
-    case = cases[0]
+    case = _one_case(case_dir)
     mods = _split(modalities)
     if seg is None and case.label is None:
         raise SystemExit(f"{case.case_id}: no --seg given and the case has no label to draw")
@@ -350,6 +346,74 @@ def overlay(
         label_file=case.label if seg is not None else None,
         convention=convention,
         modality_names=[m.upper() for m in mods],
+    )
+    print(f"wrote {png}")
+
+
+def attention(
+    case_dir: str,
+    ckpt_path: str | None = None,
+    output: str | None = None,
+    modalities: str = "t1ce,t2,flair",
+    size: int = DEMO_SLICE_SIZE,
+    slice_index: int | None = None,
+) -> None:
+    """Draw what AXUNet's attention looks at for one case: a PNG with, per attention level (1 = fine ... 4 = coarse),
+    the input slice, the PAM (position attention) activity and the CAM (channel attention) activity. The case is
+    preprocessed as for training (RAS, brain crop, z-score, SIZE x SIZE in-plane) and shown on the axial slice with
+    the most tumour (of its label; the middle slice without one).
+
+    Args:
+        case_dir: folder of one BraTS case.
+        ckpt_path: trained weights (plain state dict); default models/model.pt of the bundle, or untrained (random)
+            weights with a warning when that does not exist.
+        output: PNG to write (default: <case_id>_attention.png in the current folder).
+        modalities: comma-separated network input channels, in order (as the weights were trained).
+        size: in-plane size of the network input (the training's roi_size).
+        slice_index: axial slice to show (in the preprocessed volume) instead of the one with the most tumour.
+    """
+    import torch
+    from monai.bundle import ConfigParser
+    from monai.transforms import Compose
+
+    from .networks import AXUNet
+    from .visualize import attention_maps, most_tumour_slices
+
+    case = _one_case(case_dir)
+    mods = _split(modalities)
+    default_ckpt = BUNDLE_ROOT / "models" / "model.pt"
+    ckpt = Path(ckpt_path) if ckpt_path else default_ckpt if default_ckpt.is_file() else None
+    net = AXUNet(in_channels=len(mods)).eval()
+    if ckpt is None:
+        logging.getLogger(__name__).warning(
+            "no weights at %s and no --ckpt_path: showing an UNTRAINED network (random weights)", default_ckpt
+        )
+    elif not ckpt.is_file():
+        raise SystemExit(f"no weights at {ckpt}")
+    else:
+        net.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+
+    # the training's own preprocessing, so that the network sees what it was trained on
+    parser = ConfigParser()
+    parser.read_config(CONFIG_DIR / "train.json")
+    parser.update({"modalities": mods, "roi_size": [size, size], "label_convention": case.convention})
+    item = {"image": case.image_files(mods), "case_id": case.case_id}
+    if case.label is not None:
+        item["label"] = str(case.label)
+    data = Compose(parser.get_parsed_content("volume_transforms"))(item)
+    image = data["image"]
+    if slice_index is None:
+        position = most_tumour_slices(data["label"][0]) if "label" in data else None
+        slice_index = position[2] if position is not None else image.shape[-1] // 2
+    where = "most tumour" if "label" in data else "middle"
+    weights = ckpt.name if ckpt is not None else "untrained"
+    png = attention_maps(
+        net,
+        image[..., slice_index],
+        output or f"{case.case_id}_attention.png",
+        modality_names=[m.upper() for m in mods],
+        show_prediction=ckpt is not None,
+        title=f"{case.case_id}, axial slice {slice_index} ({where}), weights: {weights}",
     )
     print(f"wrote {png}")
 
@@ -466,6 +530,16 @@ def zoo_check(
     )
 
 
+def _one_case(case_dir: str):
+    """The one BraTS case in `case_dir`, or exit with a message."""
+    from .data.cases import find_cases
+
+    cases = find_cases(case_dir)
+    if len(cases) != 1:
+        raise SystemExit(f"{case_dir}: expected the folder of one case, found {len(cases)} cases")
+    return cases[0]
+
+
 def _split(values: str | tuple | list) -> list[str]:
     return [v.strip() for v in values.split(",")] if isinstance(values, str) else list(values)
 
@@ -483,6 +557,7 @@ COMMANDS = {
     "export": export,
     "bench": bench,
     "overlay": overlay,
+    "attention": attention,
     "zoo-check": zoo_check,
 }
 

@@ -69,9 +69,11 @@ __all__ = [
     "ATTENTION_ROW_INCHES",
     "ATTENTION_TITLE_INCHES",
     "RENDER_PIXELS_PER_VOXEL",
+    "TENSORBOARD_PIXELS_PER_VOXEL",
     "render_panel",
     "most_tumour_slices",
     "overlay_case",
+    "axial_overlay",
     "overlay_files",
     "read_dice_table",
     "dice_boxplot",
@@ -114,6 +116,7 @@ ATTENTION_COLUMN_INCHES = 3.5  # image plus colour bar
 ATTENTION_ROW_INCHES = 3.0
 ATTENTION_TITLE_INCHES = 0.5
 RENDER_PIXELS_PER_VOXEL = 4  # default magnification of render_panel
+TENSORBOARD_PIXELS_PER_VOXEL = 2  # axial_overlay: 224 x 224 slices give 448-pixel panels, small event files
 _PIXEL_GUARD = 0.5  # added to pixel sizes converted to inches, so that float round-off cannot truncate a pixel
 
 _BACKGROUND = "black"  # image figures
@@ -362,6 +365,57 @@ def _regions_3d(data: NdarrayOrTensor | None, shape: tuple[int, ...], convention
     )
 
 
+def _tumour_position(gt: np.ndarray | None, pr: np.ndarray | None, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Slices through the largest ground-truth WT cross-section, else the predicted WT's, else the volume centre."""
+    reference = next((m[0] for m in (gt, pr) if m is not None and m[0].any()), None)
+    position = most_tumour_slices(reference) if reference is not None else None
+    return tuple(n // 2 for n in shape) if position is None else position
+
+
+def axial_overlay(
+    image: NdarrayOrTensor,
+    label: NdarrayOrTensor | None = None,
+    pred: NdarrayOrTensor | None = None,
+    pixels_per_voxel: int = TENSORBOARD_PIXELS_PER_VOXEL,
+    convention: str = DEFAULT_CONVENTION,
+    radiological: bool = True,
+) -> tuple[np.ndarray, int]:
+    """
+    The axial panels of :func:`overlay_case` as one RGB array, without titles or legend: each modality side by side
+    on the axial slice with the most tumour (ground truth first, else prediction), ground truth solid, prediction
+    dashed. Cheap enough to log at every validation (e.g. to TensorBoard, see
+    :class:`axunet_bundle.handlers.ValidationOverlayHandler`).
+
+    Args:
+        image: ``(C, x, y, z)`` volumes in RAS orientation.
+        label: ground truth, in the forms :func:`overlay_case` takes (label map or WT/TC/ET masks).
+        pred: prediction, likewise.
+        pixels_per_voxel: magnification of each panel.
+        convention: label convention of label maps.
+        radiological: show the patient's right on the viewer's left.
+
+    Returns:
+        ``(y * pixels_per_voxel, C * x * pixels_per_voxel, 3)`` uint8 RGB image and the axial slice index ``z``.
+
+    Raises:
+        ValueError: for an image that is not 4D, or masks of another shape.
+    """
+    volumes = _to_numpy(image, "image").astype(np.float32, copy=False)
+    if volumes.ndim != 4:
+        raise ValueError(f"image must be 4D (channels, x, y, z), got shape {volumes.shape}")
+    shape = volumes.shape[1:]
+    gt = _regions_3d(label, shape, convention, "label")
+    pr = _regions_3d(pred, shape, convention, "pred")
+    z = int(_tumour_position(gt, pr, shape)[2])
+    gt_plane = None if gt is None else np.stack([_display(m[:, :, z], radiological) for m in gt])
+    pr_plane = None if pr is None else np.stack([_display(m[:, :, z], radiological) for m in pr])
+    panels = [
+        render_panel(_display(v[:, :, z], radiological), gt_plane, pr_plane, pixels_per_voxel, window=_window(v))
+        for v in volumes
+    ]
+    return np.concatenate(panels, axis=1), z
+
+
 def _orientation_letters(view: str, radiological: bool) -> tuple[str, str]:
     if view == "sagittal":
         return "A", "P"
@@ -425,10 +479,7 @@ def overlay_case(
     gt = _regions_3d(label, shape, convention, "label")
     pr = _regions_3d(pred, shape, convention, "pred")
 
-    reference = next((m[0] for m in (gt, pr) if m is not None and m[0].any()), None)
-    centre = tuple(n // 2 for n in shape)
-    position = most_tumour_slices(reference) if reference is not None else None
-    position = centre if position is None else position
+    position = _tumour_position(gt, pr, shape)
 
     n_rows, n_cols = len(VIEWS), n_channels
     width = max(n_cols * PANEL_INCHES, MIN_OVERLAY_WIDTH_INCHES)

@@ -9,9 +9,13 @@ import matplotlib.image
 import nibabel as nib
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
 
 from axunet_bundle import AXUNet
 from axunet_bundle.cli import COMMANDS
+from axunet_bundle.handlers import CURVES_PNG, VALIDATION_IMAGE_TAG
+from axunet_bundle.networks.axunet import ALL_LEVELS
+from axunet_bundle.visualize import ATTENTION_COLUMN_INCHES, ATTENTION_ROW_INCHES, ATTENTION_TITLE_INCHES, FIGURE_DPI
 
 
 def axunet(*args: str):
@@ -34,9 +38,33 @@ def test_demo_runs_end_to_end_on_tiny_settings(tmp_path, capsys):
     seg = next((out / "predictions").glob("*_seg.nii.gz"))
     image = next((out / "holdout").glob("*/*_t1ce.nii.gz"))
     assert nib.load(seg).shape == nib.load(image).shape
-    for png in (out / "overlay.png", out / "training_curves.png", out / "eval" / "dice_boxplot.png"):
+    curves = out / "runs" / CURVES_PNG  # written by the training itself, not by the demo
+    assert str(curves) in printed
+    for png in (out / "overlay.png", curves, out / "eval" / "dice_boxplot.png"):
         pixels = matplotlib.image.imread(png)
         assert pixels.ndim == 3 and min(pixels.shape[:2]) > 100, png
+    # the validation (at the last epoch) logged one case's axial overlay: 3 modalities of 64 x 64 at 2 px per voxel
+    images = EventAccumulator(str(out / "runs"), size_guidance={IMAGES: 0})
+    images.Reload()
+    (image,) = images.Images(VALIDATION_IMAGE_TAG)
+    assert image.step == 1 and (image.height, image.width) == (64 * 2, 3 * 64 * 2)
+
+
+def test_attention_writes_pam_and_cam_per_level(tiny_dataset, tmp_path, capsys):
+    case = sorted(p for p in tiny_dataset.iterdir() if p.is_dir())[0]
+    torch.manual_seed(0)
+    torch.save(AXUNet().state_dict(), tmp_path / "model.pt")
+    png = tmp_path / "attention.png"
+    axunet("attention", case, "--ckpt_path", tmp_path / "model.pt", "--output", png, "--size", 64)
+    assert str(png) in capsys.readouterr().out
+    pixels = matplotlib.image.imread(png)
+    expected = (
+        round((len(ALL_LEVELS) * ATTENTION_ROW_INCHES + ATTENTION_TITLE_INCHES) * FIGURE_DPI),
+        round(3 * ATTENTION_COLUMN_INCHES * FIGURE_DPI),
+    )
+    assert pixels.shape[:2] == expected
+    with pytest.raises(SystemExit, match="no weights"):
+        axunet("attention", case, "--ckpt_path", tmp_path / "missing.pt", "--output", png, "--size", 64)
 
 
 def test_synth_check_datalist(tmp_path, capsys):

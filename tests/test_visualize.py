@@ -350,6 +350,72 @@ def test_training_curves_from_tensorboard_events(tmp_path):
     assert png.shape[:2] == size_px(viz.CURVES_WIDTH_INCHES, 2 * viz.CURVES_PANEL_INCHES)
 
 
+def test_axial_overlay_draws_each_modality_with_contours_on_the_tumour_slice(noise):
+    ppv, shape = 2, (20, 24, 10)
+    image = noise.normal(100, 10, (2, *shape)).astype(np.float32)
+    label = np.zeros((3, *shape), dtype=np.float32)
+    label[0, 4:10, 6:14, 3:8] = 1  # WT: x 4..9, y 6..13 on z 3..7
+    label[0, 4:10, 6:20, 5] = 1  # largest on z = 5
+    pred = np.zeros_like(label)
+    rgb, z = viz.axial_overlay(image, label=label, pred=pred, pixels_per_voxel=ppv)
+    assert z == 5
+    assert rgb.shape == (shape[1] * ppv, 2 * shape[0] * ppv, 3) and rgb.dtype == np.uint8
+    # radiological display: rows run from anterior (y high) down, columns from the patient's right (x high)
+    expected = [(shape[1] - 20) * ppv, (shape[1] - 6) * ppv, (shape[0] - 10) * ppv, (shape[0] - 4) * ppv]
+    for panel in range(2):
+        columns = slice(panel * shape[0] * ppv, (panel + 1) * shape[0] * ppv)
+        assert_box(bbox(colour_mask(rgb[:, columns], YELLOW)), expected)
+    with pytest.raises(ValueError, match="4D"):
+        viz.axial_overlay(image[0])
+
+
+def tensorboard_images(log_dir: Path, tag: str) -> list:
+    from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
+
+    accumulator = EventAccumulator(str(log_dir), size_guidance={IMAGES: 0})
+    accumulator.Reload()
+    return accumulator.Images(tag) if tag in accumulator.Tags()[IMAGES] else []
+
+
+def test_validation_overlay_handler_logs_the_last_case_at_the_epoch(tmp_path, noise):
+    from ignite.engine import Engine
+
+    from axunet_bundle.handlers import VALIDATION_IMAGE_TAG, ValidationOverlayHandler
+
+    shape = (16, 12, 4)
+    label = torch.zeros((3, *shape))
+    label[:, 4:8, 4:8, 1] = 1
+    case = {"image": torch.as_tensor(noise.normal(0, 1, (3, *shape))), "label": label, "pred": label.clone()}
+    evaluator = Engine(lambda engine, batch: [case])  # MONAI's evaluators give a decollated list of cases
+    handler = ValidationOverlayHandler(log_dir=tmp_path, pixels_per_voxel=2)
+    handler.attach(evaluator)
+    evaluator.run([0, 1], max_epochs=2)
+    handler.close()
+    images = tensorboard_images(tmp_path, VALIDATION_IMAGE_TAG)
+    assert [image.step for image in images] == [1, 2]
+    assert (images[0].height, images[0].width) == (shape[1] * 2, 3 * shape[0] * 2)
+
+
+def test_training_curves_writer_draws_on_completion_or_warns(tmp_path, caplog):
+    from ignite.engine import Engine
+    from torch.utils.tensorboard import SummaryWriter
+
+    from axunet_bundle.handlers import CURVES_PNG, TrainingCurvesWriter
+
+    trainer = Engine(lambda engine, batch: None)
+    TrainingCurvesWriter(tmp_path / "empty").attach(trainer)
+    trainer.run([0], max_epochs=1)  # no event files: a warning, the training still completes
+    assert "no training curves drawn" in caplog.text and not (tmp_path / "empty" / CURVES_PNG).exists()
+
+    with SummaryWriter(log_dir=str(tmp_path / "runs")) as writer:
+        writer.add_scalar("train_loss", 1.0, 1)
+    trainer = Engine(lambda engine, batch: None)
+    TrainingCurvesWriter(tmp_path / "runs").attach(trainer)
+    trainer.run([0], max_epochs=1)
+    png = read_png(tmp_path / "runs" / CURVES_PNG)
+    assert png.shape[:2] == size_px(viz.CURVES_WIDTH_INCHES, viz.CURVES_PANEL_INCHES)
+
+
 def test_training_curves_without_events(tmp_path):
     with pytest.raises(FileNotFoundError, match="no TensorBoard event files"):
         viz.training_curves(tmp_path, tmp_path / "x.png")
