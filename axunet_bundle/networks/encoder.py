@@ -10,6 +10,8 @@ import timm
 import torch
 from torch import nn
 
+from ..weights import find_unsafe_globals, refused_as_unsafe, unsafe_weights_message
+
 __all__ = ["TimmEncoder", "PretrainedWeightsError", "DEFAULT_BACKBONE"]
 
 #: Chollet's Keras Xception (the Xception of the AXUNet paper); timm ships its ImageNet weights.
@@ -104,13 +106,25 @@ def as_bool(value: bool | str, name: str) -> bool:
 def check_weights_file(backbone: str, path: str) -> None:
     """Check that ``path`` holds timm weights of ``backbone``, with a clear error naming what does not fit.
 
-    Loads with ``weights_only=True`` (through timm), so a file carrying pickled code is refused.
+    Loads with ``weights_only=True`` (through timm), so a file carrying pickled code is refused, never run.
+
+    Args:
+        backbone: timm model name.
+        path: the weights file.
+
+    Raises:
+        PretrainedWeightsError: the file is missing, unreadable, carries pickled objects beyond tensors ("not a
+            plain weights file"), or does not fit the backbone.
     """
     if not os.path.isfile(path):
         raise PretrainedWeightsError(f"pretrained weights file not found: {path}")
     try:
         state = timm.models.load_state_dict(path, weights_only=True)
     except Exception as err:  # torch/safetensors raise many types for a corrupt or unsafe file
+        if refused_as_unsafe(err):
+            raise PretrainedWeightsError(
+                unsafe_weights_message(path, find_unsafe_globals(path) or (), "pretrained weights file")
+            ) from err
         raise PretrainedWeightsError(f"cannot read pretrained weights file {path}: {err}") from err
     reference = timm.create_model(backbone, pretrained=False, num_classes=0)
     expected = reference.state_dict()

@@ -1,0 +1,128 @@
+# Copyright (c) AXUNet bundle developers. Licensed under the Apache License, Version 2.0.
+"""Refuse weights and checkpoint files that carry pickled code, with one clear line naming the file.
+
+Every loader in the bundle reads ``.pt`` files with ``torch.load(..., weights_only=True)`` (or safetensors), which
+never runs code from the file; this module turns PyTorch's long "Weights only load failed" text (which suggests
+retrying with ``weights_only=False``, i.e. running the code) into :class:`UnsafeWeightsError`.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Iterable
+
+import torch
+
+__all__ = [
+    "UnsafeWeightsError",
+    "unsafe_weights_message",
+    "find_unsafe_globals",
+    "refused_as_unsafe",
+    "check_plain_weights",
+    "check_checkpoint_loaders",
+]
+
+#: weights formats that hold tensors only and cannot carry code
+SAFE_SUFFIXES = (".safetensors",)
+#: at most this many offending globals are named in a message
+MAX_LISTED_GLOBALS = 5
+
+
+class UnsafeWeightsError(RuntimeError):
+    """A weights or checkpoint file holds pickled Python objects beyond tensors and plain containers."""
+
+
+def unsafe_weights_message(
+    path: str | os.PathLike, unsafe_globals: Iterable[str] = (), what: str = "weights file"
+) -> str:
+    """The one-line refusal for ``path``, naming the offending pickle globals when they are known.
+
+    Args:
+        path: the refused file.
+        unsafe_globals: names such as ``builtins.exec`` found in its pickle.
+        what: what the file was meant to be, e.g. ``"checkpoint"``.
+    """
+    names = sorted(unsafe_globals)
+    shown = ", ".join(names[:MAX_LISTED_GLOBALS]) + (" ..." if len(names) > MAX_LISTED_GLOBALS else "")
+    found = f" ({shown})" if shown else ""
+    return (
+        f"cannot read {what} {os.fspath(path)}: not a plain weights file, it holds pickled Python objects{found} "
+        "that could run code when loaded; use a state dict saved with torch.save(model.state_dict(), ...) or a "
+        ".safetensors file, from a source you trust"
+    )
+
+
+def find_unsafe_globals(path: str | os.PathLike) -> list[str] | None:
+    """Pickle globals of a ``torch.save`` zip file that ``weights_only`` loading refuses; ``None`` when the file is
+    not such a zip (legacy format, TorchScript, not a checkpoint). Only disassembles the pickle: nothing is run.
+
+    Args:
+        path: the file to inspect.
+    """
+    try:
+        return torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 - any failure means "cannot tell statically"; the weights-only load decides
+        return None
+
+
+def refused_as_unsafe(err: BaseException) -> bool:
+    """Whether ``err`` (or an exception it was raised from, e.g. timm's wrapper) is a ``weights_only`` refusal.
+
+    Args:
+        err: an exception raised while loading weights.
+    """
+    visited: set[int] = set()  # a chain can loop when an exception is re-raised inside its own handler
+    current: BaseException | None = err
+    while current is not None and id(current) not in visited:
+        if isinstance(current, pickle.UnpicklingError):
+            return True
+        visited.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def check_plain_weights(path: str | os.PathLike, what: str = "weights file") -> None:
+    """Raise :class:`UnsafeWeightsError` when ``path`` holds more than tensors and plain containers.
+
+    A ``.safetensors`` file passes unread. A ``torch.save`` file is disassembled without running anything; a file in
+    another format is loaded with ``weights_only=True`` (which cannot run code) to see whether it is refused.
+    Files that are missing or unreadable for other reasons are left to the loader that follows, which reports them.
+
+    Args:
+        path: a weights or checkpoint file.
+        what: what the file is meant to be, for the message.
+
+    Raises:
+        UnsafeWeightsError: the file carries pickled objects that ``weights_only`` loading refuses.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path) or path.lower().endswith(SAFE_SUFFIXES):
+        return
+    unsafe = find_unsafe_globals(path)
+    if unsafe:
+        raise UnsafeWeightsError(unsafe_weights_message(path, unsafe, what))
+    if unsafe is None:
+        try:
+            torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise UnsafeWeightsError(unsafe_weights_message(path, what=what)) from err
+        except Exception:  # noqa: BLE001 - not a pickle problem: the real loader gives its own error
+            return
+
+
+def check_checkpoint_loaders(handlers: Iterable[object]) -> None:
+    """Check the file of every MONAI ``CheckpointLoader`` among ``handlers`` before an engine runs (called from the
+    inference config's ``initialize``), so a crafted checkpoint stops the run with :class:`UnsafeWeightsError`.
+
+    Args:
+        handlers: engine handlers, e.g. the bundle config's ``@handlers``.
+
+    Raises:
+        UnsafeWeightsError: a checkpoint carries pickled objects that ``weights_only`` loading refuses.
+    """
+    from monai.handlers import CheckpointLoader
+
+    for handler in handlers:
+        if isinstance(handler, CheckpointLoader):
+            check_plain_weights(handler.load_path, what="checkpoint")
