@@ -284,7 +284,9 @@ def train(**overrides) -> None:
     --batch_size 64, --learning_rate 1e-4, --roi_size "[224,224]", --modalities "['t1ce','t2','flair']",
     --slice_cache_dir DIR (from `axunet prepare`), --pretrained False or --pretrained_path FILE (ImageNet weights),
     --resume True, --device "$torch.device('cpu')", --amp False. Weights go to models/model.pt (best validation
-    Dice) and models/checkpoint_epoch=N.pt (resumable); TensorBoard logs to runs/.
+    Dice) and models/checkpoint_epoch=N.pt (resumable); TensorBoard logs (loss, validation Dice, a validation case's
+    overlay image per validation) to runs/, and the loss/Dice curves to runs/training_curves.png at the end.
+    Defaults (bundle_root = the bundle's folder) write inside the bundle: --ckpt_dir / --output_dir change that.
     """
     _bundle_run("training", overrides)
 
