@@ -72,9 +72,9 @@ def test_legitimate_variants_pass(tmp_path):
     save(file_of(directory, "t1ce"), np.full(SHAPE, 7, dtype=np.uint16))
     save(file_of(directory, "t2"), np.ones(SHAPE + (1,), dtype=np.float64))  # trailing singleton 4th dim is 3D
     shifted = np.eye(4)
-    shifted[0, 3] = 5e-4  # within the 1e-3 affine tolerance
-    save(file_of(directory, "flair"), np.ones(SHAPE, dtype=np.float32), affine=shifted)
-    save(file_of(directory, "seg"), valid_label("2021").astype(np.float32))  # float label with integral values
+    shifted[0, 3] = 5e-4  # within the label's 1e-3 affine tolerance (stacked images need np.allclose, as MONAI)
+    save(file_of(directory, "flair"), np.ones(SHAPE, dtype=np.float32))
+    save(file_of(directory, "seg"), valid_label("2021").astype(np.float32), affine=shifted)  # float, integral values
     (case,) = find_cases(tmp_path)
     assert check_case(case) == []
 

@@ -32,6 +32,7 @@ import nibabel as nib
 import numpy as np
 from monai.config import KeysCollection
 from monai.config.type_definitions import NdarrayOrTensor
+from monai.data.utils import correct_nifti_header_if_necessary
 from monai.transforms import MapTransform
 from monai.utils import ImageMetaKey, convert_to_numpy, ensure_tuple, optional_import
 from nibabel.filebasedimages import ImageFileError
@@ -63,7 +64,9 @@ __all__ = [
 ]
 
 AFFINE_TOLERANCE = 1e-3
-"""Largest absolute difference between two files' affine entries that still counts as the same geometry."""
+"""Largest absolute difference between a label's and the images' affine entries that still counts as the same
+geometry. Image modalities are stacked by MONAI's ``LoadImage``, which needs ``np.allclose`` affines."""
+LOADED_DTYPE = np.dtype(np.float32)  # what the bundle's LoadImaged gives the network
 
 EXIT_OK = 0
 EXIT_PROBLEMS = 1
@@ -175,7 +178,13 @@ def _non_finite_reasons(data: np.ndarray, voxels: str) -> list[str]:
     if not np.issubdtype(data.dtype, np.floating):
         return []
     n_bad = int(np.count_nonzero(~np.isfinite(data)))
-    return [f"{n_bad} non-finite {voxels}"] if n_bad else []
+    if n_bad:
+        return [f"{n_bad} non-finite {voxels}"]
+    if data.dtype.itemsize > LOADED_DTYPE.itemsize:  # e.g. a huge scl_slope: finite here, inf once loaded
+        n_big = int(np.count_nonzero(np.abs(data) > np.finfo(LOADED_DTYPE).max))
+        if n_big:
+            return [f"{n_big} non-finite {voxels} once read as {LOADED_DTYPE} (values beyond its range)"]
+    return []
 
 
 def _label_problems(data: np.ndarray, convention: str) -> list[str]:
@@ -226,6 +235,11 @@ def _check_file(
         return [reason or "no shape"], None
     reasons = []
     geometry = None
+    try:
+        # the geometry MONAI's NibabelReader will use: it swaps a sform that disagrees with pixdim for the qform
+        img = correct_nifti_header_if_necessary(img)
+    except Exception as exc:  # never raise for a bad file
+        return [f"inconsistent NIfTI geometry header ({_first_line(exc)})"], None
     affine = np.asarray(img.affine, dtype=np.float64)
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:SPATIAL_DIMS, :SPATIAL_DIMS])) == 0:
         reasons.append("invalid affine (non-finite or zero voxel size)")
@@ -236,7 +250,9 @@ def _check_file(
         if shape != ref_shape:
             reasons.append(f"shape {shape} differs from {ref_kind}'s {ref_shape}")
         max_diff = float(np.max(np.abs(affine - ref_affine)))
-        if max_diff > AFFINE_TOLERANCE:
+        # MONAI's LoadImage refuses to stack modalities whose affines are not np.allclose; a label is loaded apart
+        stacked = kind != LABEL_SUFFIX and ref_kind != LABEL_SUFFIX
+        if (stacked and not np.allclose(affine, ref_affine)) or max_diff > AFFINE_TOLERANCE:
             reasons.append(f"affine differs from {ref_kind}'s (largest difference {max_diff:.4g})")
     if read_voxels:
         data, reason = _read_voxels(img)
@@ -252,8 +268,9 @@ def check_case(case: Case, modalities: Sequence[str] = MODALITIES, read_voxels: 
     Check one case's files; every problem is reported, none is raised.
 
     Header checks (always): missing modality; unreadable, empty, truncated or non-NIfTI file; an image that is not
-    3D (a trailing singleton dimension such as 240x240x155x1 counts as 3D); shape or affine (tolerance
-    :data:`AFFINE_TOLERANCE`) differing from the case's first readable file. With `read_voxels`, also: truncated
+    3D (a trailing singleton dimension such as 240x240x155x1 counts as 3D); shape or affine differing from the
+    case's first readable file (images: ``np.allclose``, as MONAI requires to stack them; label: within
+    :data:`AFFINE_TOLERANCE`), geometry read as MONAI's ``NibabelReader`` reads it. With `read_voxels`, also: truncated
     compressed data, non-finite voxels, an all-zero modality, and label values that are non-integral or outside the
     case's convention.
 
