@@ -6,27 +6,33 @@ from __future__ import annotations
 import csv
 import glob
 import io
-import json
 import os
-import tempfile
+import random
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+import ignite.distributed as idist
 import numpy as np
+import torch
 from ignite.engine import Engine, Events
-from monai.handlers import from_engine
+from ignite.handlers import Checkpoint, DiskSaver
+from ignite.handlers.checkpoint import BaseSaveHandler
+from monai.handlers import CheckpointSaver, from_engine
+from monai.transforms import Randomizable, Transform
 
+from .atomic import atomic_path, write_json_atomic, write_text_atomic
 from .data.labels import REGIONS
-from .transforms import new_file_mode
 
 __all__ = [
+    "AtomicCheckpointSaver",
+    "RandomStates",
     "region_output",
     "latest_checkpoint",
     "CHECKPOINT_PREFIX",
     "BratsReportWriter",
     "METRICS_CSV",
     "SUMMARY_JSON",
-    "write_atomic",
     "ValidationOverlayHandler",
     "TrainingCurvesWriter",
     "VALIDATION_IMAGE_TAG",
@@ -59,6 +65,120 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike) -> str:
     if not found:
         raise FileNotFoundError(f"resume requested but no {CHECKPOINT_PREFIX}_*.pt in {ckpt_dir}")
     return max(found, key=os.path.getmtime)
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """MONAI's ``CheckpointSaver`` whose files appear whole or not at all, and whose best-metric bookkeeping can be
+    checkpointed (``state_dict``) so that a resumed training does not overwrite a better ``model.pt``.
+
+    MONAI writes checkpoints in place (``atomic=False``), so a process killed while saving leaves a truncated
+    ``checkpoint_*.pt`` that resuming would pick. Takes the arguments of ``CheckpointSaver``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # CheckpointSaver builds up to three ignite Checkpoints (final, key metric, interval) with in-place savers
+        for checkpoint in self._checkpoints():
+            checkpoint.save_handler = _AtomicSaveHandler(checkpoint.save_handler)
+
+    def _checkpoints(self) -> list[Checkpoint]:
+        found = (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint)
+        return [c for c in found if c is not None]
+
+    def state_dict(self) -> dict:
+        """Which files the best-metric tracking has saved, with their scores (see ``load_state_dict``)."""
+        return self._key_metric_checkpoint.state_dict() if self._key_metric_checkpoint is not None else {}
+
+
+class _AtomicSaveHandler(BaseSaveHandler):
+    """Wraps an ignite ``DiskSaver`` (keeping its folder, fixed file name and saving rank) to save atomically."""
+
+    def __init__(self, disk_saver: DiskSaver) -> None:
+        self.disk_saver = disk_saver
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        if idist.get_rank() != self.disk_saver.save_on_rank:
+            return
+        fixed = getattr(self.disk_saver, "filename", None)  # MONAI's saver may give every checkpoint one name
+        with atomic_path(Path(self.disk_saver.dirname) / (fixed or filename)) as tmp:
+            torch.save(checkpoint, tmp)
+
+    def remove(self, filename: str) -> None:
+        self.disk_saver.remove(filename)
+
+
+class RandomStates:
+    """The random number generators' states as a checkpointable object (``state_dict`` / ``load_state_dict``).
+
+    Resuming an interrupted training with these restored continues the same random stream as the uninterrupted
+    run: Python's ``random``, NumPy's global generator, torch (CPU and every CUDA device; torch's state also seeds
+    the data-loader workers of the next epoch) and the private generators of the randomizable transforms of
+    ``transform`` (used when transforms run in the main process, ``num_workers=0``). Everything is stored as
+    tensors and plain numbers, so checkpoints still load with ``torch.load(weights_only=True)``.
+
+    Args:
+        transform: a transform (for example ``Compose``) whose randomizable transforms' states are included.
+    """
+
+    def __init__(self, transform: Any = None) -> None:
+        self.transform = transform
+
+    def _randomizables(self) -> list[Randomizable]:
+        """Every randomizable object of the chain, in a stable order: dictionary transforms keep their generator in
+        an inner array transform (``RandAffined.rand_affine.rand_affine_grid``), so attributes are searched too."""
+        found: list[Randomizable] = []
+        seen: set[int] = set()
+        todo = [self.transform]
+        while todo:
+            item = todo.pop(0)
+            if id(item) in seen:
+                continue
+            seen.add(id(item))
+            if isinstance(item, (list, tuple)):
+                todo.extend(item)
+            elif isinstance(item, Mapping):
+                todo.extend(item.values())
+            elif isinstance(item, (Transform, Randomizable)):
+                if isinstance(item, Randomizable):
+                    found.append(item)
+                todo.extend(vars(item).values())
+        return found
+
+    def state_dict(self) -> dict:
+        return {
+            "python": random.getstate(),
+            "numpy": _numpy_state(np.random.get_state()),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "transforms": [_numpy_state(t.R.get_state()) for t in self._randomizables()],
+        }
+
+    def load_state_dict(self, state: Mapping) -> None:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+        np.random.set_state(_numpy_state_back(state["numpy"]))
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        randomizables = self._randomizables()
+        if len(randomizables) == len(state["transforms"]):  # same transform chain as the saved run
+            for t, saved in zip(randomizables, state["transforms"]):
+                t.R.set_state(_numpy_state_back(saved))
+
+
+def _numpy_state(state: tuple) -> dict:
+    name, keys, pos, has_gauss, cached_gaussian = state
+    return {
+        "name": name,
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": int(pos),
+        "gauss": (has_gauss, cached_gaussian),
+    }
+
+
+def _numpy_state_back(state: Mapping) -> tuple:
+    has_gauss, cached_gaussian = state["gauss"]
+    return state["name"], state["keys"].numpy().astype(np.uint32), state["pos"], has_gauss, cached_gaussian
 
 
 class BratsReportWriter:
@@ -130,8 +250,8 @@ class BratsReportWriter:
             }
         self.output_dir.mkdir(parents=True, exist_ok=True)
         header = list(rows[0]) if rows else ["case_id"]
-        write_atomic(self.output_dir / METRICS_CSV, _csv_text(header, rows))
-        write_atomic(self.output_dir / SUMMARY_JSON, json.dumps(summary, indent=4) + "\n")
+        write_text_atomic(self.output_dir / METRICS_CSV, _csv_text(header, rows))
+        write_json_atomic(self.output_dir / SUMMARY_JSON, summary)
         engine.logger.info("evaluation of %d cases written to %s", len(rows), self.output_dir / METRICS_CSV)
 
 
@@ -141,20 +261,6 @@ def _csv_text(header: list[str], rows: list[dict]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
-
-
-def write_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.chmod(tmp_name, new_file_mode())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
 
 
 #: TensorBoard tag of the validation overlay image

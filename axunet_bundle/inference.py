@@ -51,6 +51,7 @@ from monai.utils import convert_to_dst_type, ensure_tuple, optional_import
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from .atomic import atomic_path
 from .export import ONNX_OPSET, export_onnx
 
 tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
@@ -320,12 +321,8 @@ def build_onnx_network(
                 logger.warning("cached ONNX export %s unusable (%s); exporting again", path, err)
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            partial = path.with_name(f".partial-{os.getpid()}-{path.name}")
-            try:
+            with atomic_path(path) as partial:  # concurrent runs never read a half-written file
                 export_onnx(network, example, partial)
-                os.replace(partial, path)  # atomic: concurrent runs never read a half-written file
-            finally:
-                partial.unlink(missing_ok=True)
             _prune_cache(folder)
             return OnnxSliceNetwork(path, threads)
         except OSError as err:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Hashable, Mapping
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from monai.transforms import MapTransform
 from monai.utils import convert_to_dst_type
 from scipy import ndimage
 
+from .atomic import atomic_path
 from .data.cases import parse_file_name
 from .data.labels import REGIONS
 
@@ -34,7 +34,6 @@ ET_CHANNEL = REGIONS.index("ET")
 #: ``ndimage.label`` structure connecting a voxel to all 26 neighbours (as BraTS post-processing usually does)
 FULL_CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
-DEFAULT_FILE_MODE = 0o666
 
 
 def is_nonzero(image: NdarrayOrTensor) -> NdarrayOrTensor:
@@ -103,27 +102,10 @@ def case_name_formatter(metadict: dict, saver: object) -> dict:
     return {"subject": case_id_from_path(metadict.get("filename_or_obj", "case")), "idx": None}
 
 
-def new_file_mode() -> int:
-    """The permission bits ``open()`` would give a new file under the current umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return DEFAULT_FILE_MODE & ~umask
-
-
 class AtomicNibabelWriter(NibabelWriter):
     """``NibabelWriter`` that writes to a temporary file beside the target and renames it into place, so an
     interrupted run never leaves a truncated NIfTI that looks like a finished segmentation."""
 
     def write(self, filename: str | os.PathLike, verbose: bool = False, **obj_kwargs) -> None:
-        target = Path(filename)
-        extension = next((e for e in NIFTI_EXTENSIONS if target.name.lower().endswith(e)), target.suffix)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=extension, dir=target.parent)
-        os.close(fd)
-        try:
-            super().write(tmp_name, verbose=verbose, **obj_kwargs)
-            os.chmod(tmp_name, new_file_mode())  # mkstemp creates 0600; give the usual permissions
-            os.replace(tmp_name, target)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+        with atomic_path(filename) as tmp:
+            super().write(tmp, verbose=verbose, **obj_kwargs)

@@ -18,7 +18,6 @@ import csv
 import math
 import os
 import re
-import uuid
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from monai.config import NdarrayOrTensor
 from monai.utils import convert_to_numpy
 from torch import nn
 
+from .atomic import atomic_path
 from .data.cases import parse_file_name
 from .data.labels import (
     DEFAULT_CONVENTION,
@@ -170,17 +170,10 @@ _COLORBAR_PAD = 0.02
 
 
 def _save_png(fig: Figure, output_png: PathLike) -> Path:
-    """Write `fig` as a PNG at `output_png` atomically (temporary file in the same folder, then ``os.replace``)."""
+    """Write `fig` as a PNG at `output_png` atomically."""
     path = Path(output_png)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.partial")
-    try:
-        with open(tmp, "xb") as f:
-            fig.savefig(f, format="png", dpi=FIGURE_DPI, facecolor=fig.get_facecolor())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=FIGURE_DPI, facecolor=fig.get_facecolor())
     return path
 
 

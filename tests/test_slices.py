@@ -10,8 +10,8 @@ from conftest import CONFIGS, TINY_ROI
 from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
+from axunet_bundle.atomic import PARTIAL_PREFIX
 from axunet_bundle.data import CaseError, SliceCacheDataset, prepare_slice_cache
-from axunet_bundle.data.slices import PARTIAL_PREFIX
 
 
 def train_parser(dataset_dir, **overrides) -> ConfigParser:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from axunet_bundle.atomic import write_json_atomic
 from axunet_bundle.data.cases import DEFAULT_MODALITIES, Case, find_cases, validate_modalities
 from axunet_bundle.data.integrity import Problem, check_case
 
@@ -52,8 +52,6 @@ SEGMENTATION_SUFFIX = "_seg.nii.gz"
 
 MIN_FOLDS = 2
 JSON_INDENT = 4
-DEFAULT_MODE = 0o644
-PERMISSION_BITS = 0o777
 
 logger = logging.getLogger(__name__)
 
@@ -183,22 +181,7 @@ def write_datalist(dataset_dir: str | os.PathLike, output: str | os.PathLike, **
         the exceptions of :func:`make_datalist`, and ``OSError`` when the file cannot be written.
     """
     datalist = make_datalist(dataset_dir, **kwargs)
-    output_path = Path(output).expanduser()
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    # the temporary file is in the target's directory so that os.replace is an atomic rename on one filesystem
-    fd, tmp_name = tempfile.mkstemp(dir=output_path.parent, prefix=f".{output_path.name}.", suffix=".tmp")
-    try:
-        # mkstemp makes the file private (0600); keep the mode of the file being replaced, else a normal 0644
-        os.chmod(tmp_name, output_path.stat().st_mode & PERMISSION_BITS if output_path.exists() else DEFAULT_MODE)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(datalist, f, indent=JSON_INDENT)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, output_path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    write_json_atomic(Path(output).expanduser(), datalist)
     return datalist
 
 

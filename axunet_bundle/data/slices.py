@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..atomic import atomic_directory, remove_partials, write_json_atomic
 from .cases import CaseError
 
 __all__ = ["prepare_slice_cache", "SliceCacheDataset", "CacheReport", "fingerprint", "MANIFEST"]
@@ -43,19 +44,12 @@ MANIFEST = "manifest.json"
 IMAGE_FILE = "image.npy"
 LABEL_FILE = "label.npy"
 SLICES_FILE = "slices.json"
-PARTIAL_PREFIX = ".partial-"
 JSON_INDENT = 4
 
 
 def fingerprint(params: Mapping[str, Any]) -> str:
     """A stable hash of the preprocessing parameters (any JSON-serialisable mapping)."""
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _write_json_atomic(path: Path, content: Any) -> None:
-    tmp = path.with_name(f"{PARTIAL_PREFIX}{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(content, indent=JSON_INDENT) + "\n")
-    os.replace(tmp, path)
 
 
 def _slice_flags(image: np.ndarray, label: np.ndarray | None) -> dict[str, list[int]]:
@@ -69,24 +63,18 @@ def _prepare_case(args: tuple[Mapping[str, Any], str, Callable]) -> tuple[str, s
     """Preprocess one case into ``output_dir/<case_id>``; returns ``(case_id, problem or None)``."""
     item, output_dir, transform = args
     case_id = str(item["case_id"])
-    final = Path(output_dir) / case_id
-    partial = Path(output_dir) / f"{PARTIAL_PREFIX}{case_id}.{os.getpid()}"
     try:
         data = transform(dict(item))
         image = np.asarray(data["image"], dtype=np.float16)
         label = np.asarray(data["label"], dtype=np.uint8) if "label" in data else None
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        np.save(partial / IMAGE_FILE, image)
-        if label is not None:
-            np.save(partial / LABEL_FILE, label)
-        _write_json_atomic(partial / SLICES_FILE, _slice_flags(image, label))
-        os.replace(partial, final)  # the case becomes visible only when complete
+        with atomic_directory(Path(output_dir) / case_id) as partial:  # the case becomes visible only when complete
+            np.save(partial / IMAGE_FILE, image)
+            if label is not None:
+                np.save(partial / LABEL_FILE, label)
+            (partial / SLICES_FILE).write_text(json.dumps(_slice_flags(image, label), indent=JSON_INDENT) + "\n")
     except CaseError as err:
-        shutil.rmtree(partial, ignore_errors=True)
         return case_id, str(err)
     except Exception as err:  # one bad case must not stop the others; report it precisely
-        shutil.rmtree(partial, ignore_errors=True)
         return case_id, f"{case_id}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
     return case_id, None
 
@@ -154,9 +142,8 @@ def prepare_slice_cache(
                 if child.is_dir():
                     shutil.rmtree(child)
             report.invalidated = True
-    for stale in out.glob(f"{PARTIAL_PREFIX}*"):  # left by an interrupted run
-        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink()
-    _write_json_atomic(manifest_path, {"format": CACHE_FORMAT, "fingerprint": wanted, "params": params})
+    remove_partials(out)  # left by an interrupted run
+    write_json_atomic(manifest_path, {"format": CACHE_FORMAT, "fingerprint": wanted, "params": params})
 
     todo = []
     for item in items:

@@ -36,6 +36,7 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
+from axunet_bundle.atomic import write_bytes_atomic
 from axunet_bundle.data.cases import LABEL_SUFFIX, LAYOUT_2021, LAYOUT_2023, MODALITIES
 from axunet_bundle.data.labels import LABEL_CONVENTIONS
 
@@ -436,19 +437,14 @@ def synth_case(seed: int, shape: Sequence[int] = DEFAULT_SHAPE, with_tissue: boo
 
 
 def _save_nifti_atomic(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    """Write a gzipped NIfTI via a temporary ``.part`` file and ``os.replace``, so no partial file is left valid."""
+    """Write a gzipped NIfTI atomically (no half-written file is ever left under its name)."""
     img = nib.Nifti1Image(data, affine)
     img.set_qform(affine, code=QFORM_CODE)
     img.set_sform(affine, code=SFORM_CODE)
     img.header.set_xyzt_units("mm", "sec")
     img.set_data_dtype(data.dtype)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.part")  # not *.nii.gz: loaders' globs skip it
-    try:
-        # mtime=0: identical seeds give byte-identical files
-        tmp.write_bytes(gzip.compress(img.to_bytes(), compresslevel=GZIP_LEVEL, mtime=0))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    # mtime=0: identical seeds give byte-identical files
+    write_bytes_atomic(path, gzip.compress(img.to_bytes(), compresslevel=GZIP_LEVEL, mtime=0))
 
 
 def write_synthetic_dataset(
