@@ -90,3 +90,21 @@ def test_multi_process_training_keeps_rank_0_only_handlers_off_other_ranks():
     dropped = int(re.search(r"\[: -(\d+) if dist.get_rank\(\) > 0", multi)[1])
     kept = [h["_target_"].rsplit(".", 1)[-1] for h in handlers[:-dropped]]
     assert kept == ["LrScheduleHandler", "ValidationHandler"]
+
+
+def test_synth_and_prepare_log_progress_when_not_on_a_terminal(tiny_dataset, tmp_path, caplog):
+    import fire
+    import pytest
+
+    from axunet_bundle.cli import COMMANDS
+
+    caplog.set_level(logging.INFO)
+    fire.Fire(COMMANDS, command=["synth", str(tmp_path / "data"), "--n", "2", "--size", "32", "--depth", "8"])
+    with pytest.raises(SystemExit) as prepared:
+        fire.Fire(
+            COMMANDS,
+            command=["prepare", str(tiny_dataset), str(tmp_path / "cache"), "--workers", "1", "--roi_size", "[64,64]"],
+        )
+    assert prepared.value.code == 0
+    ends = {(m["desc"], m["done"], m["total"]) for m in map(LINE.match, lines(caplog))}
+    assert {("synthetic BraTS", "2", "2"), ("prepare", "4", "4")} <= ends

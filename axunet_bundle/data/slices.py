@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -33,6 +32,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..atomic import atomic_directory, remove_partials, write_json_atomic
+from ..progress import progress as show_progress
 from .cases import CaseError
 
 __all__ = ["prepare_slice_cache", "SliceCacheDataset", "CacheReport", "fingerprint", "MANIFEST"]
@@ -89,14 +89,6 @@ class CacheReport:
     invalidated: bool = False
 
 
-def _progress(iterable, total: int, enabled: bool, desc: str):
-    if enabled and sys.stderr.isatty():
-        from tqdm import tqdm
-
-        return tqdm(iterable, total=total, desc=desc, unit="case")
-    return iterable
-
-
 def prepare_slice_cache(
     items: Sequence[Mapping[str, Any]],
     output_dir: str | os.PathLike,
@@ -115,7 +107,7 @@ def prepare_slice_cache(
         params: preprocessing parameters recorded in the manifest; when they differ from the cached ones, the
             cache is invalidated and rebuilt.
         workers: processes preprocessing cases in parallel (1 runs in this process).
-        progress: show a progress bar when stderr is a terminal, log lines otherwise.
+        progress: show a progress bar when stderr is a terminal, log lines with rate and ETA otherwise.
 
     Returns:
         a :class:`CacheReport`; cases whose preprocessing fails are listed in ``problems``, the others are still
@@ -157,14 +149,12 @@ def prepare_slice_cache(
     else:
         pool, results = None, map(_prepare_case, todo)
     try:
-        for done, (case_id, problem) in enumerate(_progress(results, len(todo), progress, "prepare"), start=1):
+        for case_id, problem in show_progress(results, total=len(todo), desc="prepare", unit="case", enabled=progress):
             if problem is None:
                 report.prepared.append(case_id)
             else:
                 report.problems.append(problem)
                 logger.error(problem)
-            if progress and not sys.stderr.isatty():
-                logger.info("prepared %d/%d cases", done, len(todo))
     finally:
         if pool is not None:
             pool.close()

@@ -27,18 +27,17 @@ from __future__ import annotations
 
 import gzip
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
-from tqdm import tqdm
 
 from axunet_bundle.atomic import write_bytes_atomic
 from axunet_bundle.data.cases import LABEL_SUFFIX, LAYOUT_2021, LAYOUT_2023, MODALITIES
 from axunet_bundle.data.labels import LABEL_CONVENTIONS
+from axunet_bundle.progress import progress as show_progress
 
 __all__ = [
     "SUFFIXES_2021",
@@ -471,7 +470,7 @@ def write_synthetic_dataset(
         layout: ``"2021"`` or ``"2023"``.
         shape: spatial shape of every volume.
         with_labels: whether to write the ``seg`` files (False mimics an unlabelled validation set).
-        progress: show a progress bar (only when stderr is a terminal).
+        progress: show a progress bar when stderr is a terminal, log lines with rate and ETA otherwise.
 
     Returns:
         the case folders, in order.
@@ -487,8 +486,7 @@ def write_synthetic_dataset(
     out.mkdir(parents=True, exist_ok=True)
     affine = brats_affine(shape)
     cases = []
-    show = progress and sys.stderr.isatty()
-    for i in tqdm(range(n), desc="synthetic BraTS", unit="case", disable=not show):
+    for i in show_progress(range(n), desc="synthetic BraTS", unit="case", enabled=progress):
         if layout == LAYOUT_2021:
             name, sep, suffixes = f"BraTS2021_{i:05d}", "_", SUFFIXES_2021
         else:
