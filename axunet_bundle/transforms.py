@@ -34,6 +34,8 @@ ET_CHANNEL = REGIONS.index("ET")
 #: ``ndimage.label`` structure connecting a voxel to all 26 neighbours (as BraTS post-processing usually does)
 FULL_CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
+#: appended to the subject given to MONAI's SaveImage, which removes one extension from it
+SUBJECT_EXTENSION = ".nii"
 
 
 def is_nonzero(image: NdarrayOrTensor) -> NdarrayOrTensor:
@@ -98,8 +100,11 @@ def case_id_from_path(path: str | os.PathLike) -> str:
 
 def case_name_formatter(metadict: dict, saver: object) -> dict:
     """``SaveImaged(output_name_formatter=...)``: name outputs after the case (``<case_id>_seg.nii.gz``) rather than
-    after the first image file (``<case_id>_t1ce_seg.nii.gz``)."""
-    return {"subject": case_id_from_path(metadict.get("filename_or_obj", "case")), "idx": None}
+    after the first image file (``<case_id>_t1ce_seg.nii.gz``). Only the file name is used, so no output leaves
+    the output folder."""
+    # MONAI strips what looks like an extension from the subject ("a..b" -> "a."), which would merge cases whose ids
+    # differ after a dot: give it an extension to strip
+    return {"subject": case_id_from_path(metadict.get("filename_or_obj", "case")) + SUBJECT_EXTENSION, "idx": None}
 
 
 class AtomicNibabelWriter(NibabelWriter):

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import json
+import os
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import CONFIGS
 from ignite.engine import Engine
 from monai.handlers import CheckpointLoader
-from test_bundle_workflows import EVALUATION, INFERENCE, workflow
+from test_bundle_workflows import CONSTANT_LOGIT, CONSTANT_NET, EVALUATION, INFERENCE, save_constant_net, workflow
 
 from axunet_bundle import AXUNet
+from axunet_bundle.data.cases import DEFAULT_MODALITIES, CaseError, check_case_id, find_cases
+from axunet_bundle.data.datalist import load_datalist
+from axunet_bundle.data.slices import MANIFEST, prepare_slice_cache
 from axunet_bundle.networks import PretrainedWeightsError
 from axunet_bundle.weights import UnsafeWeightsError, check_plain_weights
 
@@ -102,3 +109,121 @@ def test_bundle_run_command_refuses_a_crafted_checkpoint(evil, tiny_dataset, tmp
     assert result.returncode != 0
     assert f"UnsafeWeightsError: cannot read checkpoint {path}: {NOT_PLAIN}" in result.stderr
     assert not marker.exists()
+
+
+# --- dataset names never escape the output directory ------------------------------------------------------------
+
+#: case ids a datalist could hold that point outside a directory (relative, absolute, the directory itself)
+UNSAFE_IDS = ["../escaped", "nested/../../escaped2", "..", ".", ""]
+
+
+def files_under(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if p.is_file()}
+
+
+def assert_only_written_inside(root: Path, before: set[Path], output_dir: Path) -> set[Path]:
+    """Every file that appeared under ``root`` since ``before`` lies inside ``output_dir``; returns them."""
+    new = files_under(root) - before
+    outside = sorted(str(p) for p in new if output_dir.resolve() not in p.resolve().parents)
+    assert not outside, f"written outside {output_dir}: {outside}"
+    return new
+
+
+def test_case_ids_must_be_plain_names():
+    for case_id in UNSAFE_IDS + ["/abs/escaped", "a\\..\\b"]:
+        with pytest.raises(CaseError, match="not a plain name"):
+            check_case_id(case_id)
+    assert check_case_id("BraTS2021_00000") == "BraTS2021_00000"
+    assert check_case_id("x..y") == "x..y"  # dots inside a name are harmless
+
+
+def test_prepare_slice_cache_keeps_unsafe_case_ids_out_and_prepares_the_rest(tmp_path):
+    out = tmp_path / "run" / "cache"
+    absolute = str(tmp_path / "absolute_escape")
+    unsafe = UNSAFE_IDS + [absolute]
+    items = [{"case_id": case_id, "image": []} for case_id in ["good_a", *unsafe, "good_b"]]
+    before = files_under(tmp_path)
+
+    def transform(item: dict) -> dict:
+        return {"image": np.ones((1, 4, 4, 2)), "label": np.zeros((3, 4, 4, 2))}
+
+    report = prepare_slice_cache(items, out, transform=transform, params={"p": 1}, workers=1, progress=False)
+
+    written = assert_only_written_inside(tmp_path, before, out)
+    assert sorted(report.prepared) == ["good_a", "good_b"]
+    assert len(report.problems) == len(unsafe)
+    for case_id, problem in zip(unsafe, report.problems):
+        assert problem.startswith(f"{case_id!r}: ") and "not a plain name" in problem
+    assert {p.parent.name for p in written if p.name != MANIFEST} == {"good_a", "good_b"}
+
+
+def test_datalist_with_an_unsafe_case_id_is_refused(tiny_dataset, tmp_path):
+    case = find_cases(tiny_dataset)[0]
+    item = {"image": case.image_files(DEFAULT_MODALITIES), "label": str(case.label), "case_id": "../escaped"}
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({"training": [item], "validation": [item]}))
+    with pytest.raises(CaseError, match="not a plain name") as info:
+        load_datalist(tiny_dataset, datalist)
+    assert "'../escaped'" in str(info.value) and datalist.name in str(info.value)
+
+
+def test_evaluation_from_a_datalist_with_dotted_and_absolute_paths_writes_only_inside(tiny_dataset, tmp_path):
+    """Image paths with ``..`` and absolute paths in a datalist are inputs only: outputs stay in output_dir."""
+    run = tmp_path / "run"
+    out = run / "out"
+    cases = find_cases(tiny_dataset)[:2]
+    relative = Path(os.path.relpath(tiny_dataset, run))  # e.g. ../../brats0: resolved against dataset_dir=run
+    items = [
+        {
+            "image": [
+                str(relative / p.relative_to(tiny_dataset)) for p in map(Path, cases[0].image_files(DEFAULT_MODALITIES))
+            ],
+            "label": str(relative / cases[0].label.relative_to(tiny_dataset)),
+            "case_id": cases[0].case_id,
+        },
+        {"image": cases[1].image_files(DEFAULT_MODALITIES), "label": str(cases[1].label), "case_id": cases[1].case_id},
+    ]
+    run.mkdir()
+    datalist = run / "datalist.json"
+    datalist.write_text(json.dumps({"training": items, "validation": items}))
+    ckpt = save_constant_net(tmp_path / "model.pt", CONSTANT_LOGIT)
+    before = files_under(tmp_path)
+
+    wf = workflow(
+        EVALUATION,
+        network_def=CONSTANT_NET,
+        dataset_dir=str(run),
+        datalist=str(datalist),
+        output_dir=str(out),
+        ckpt_path=str(ckpt),
+    )
+    wf.run()
+    wf.finalize()
+
+    written = {p.name for p in assert_only_written_inside(tmp_path, before, out)}
+    assert {f"{c.case_id}_seg.nii.gz" for c in cases} <= written
+
+
+def test_inference_on_dotted_case_names_writes_only_inside(tiny_dataset, tmp_path):
+    """Case folders and files whose names hold ``..``, reached through a dataset path with ``..`` in it."""
+    data = tmp_path / "data"
+    source = find_cases(tiny_dataset)[0]
+    for case_id in ("x..", "y..", "a..b"):
+        folder = data / f"{case_id}dir"
+        folder.mkdir(parents=True)
+        for modality, path in source.images.items():
+            shutil.copy(path, folder / f"{case_id}_{modality}.nii.gz")
+    out = tmp_path / "run" / "out"
+    out.parent.mkdir()
+    ckpt = save_constant_net(tmp_path / "model.pt", CONSTANT_LOGIT)
+    before = files_under(tmp_path)
+
+    dataset_dir = tmp_path / "run" / ".." / "data"
+    wf = workflow(
+        INFERENCE, network_def=CONSTANT_NET, dataset_dir=str(dataset_dir), output_dir=str(out), ckpt_path=str(ckpt)
+    )
+    wf.run()
+    wf.finalize()
+
+    written = {p.name for p in assert_only_written_inside(tmp_path, before, out)}
+    assert written == {"x.._seg.nii.gz", "y.._seg.nii.gz", "a..b_seg.nii.gz"}

@@ -37,6 +37,7 @@ __all__ = [
     "MODALITY_ALIASES",
     "Case",
     "CaseError",
+    "check_case_id",
     "find_cases",
     "parse_file_name",
     "validate_modalities",
@@ -86,6 +87,11 @@ _ID_2023_RE = re.compile(r"^(?P<patient>BraTS-[A-Za-z]+-\d+)-(?P<timepoint>\d+)$
 
 _EXAMPLE_FILE = "..._t1ce.nii.gz"
 
+# a case id names a folder or file inside an output directory, so it must not hold a path: no separator (either
+# OS's), no NUL, and not a name that points at a directory itself
+_PATH_SEPARATORS = ("/", "\\", "\0")
+_DIRECTORY_NAMES = ("", ".", "..")
+
 
 class CaseError(ValueError):
     """
@@ -115,6 +121,31 @@ class CaseError(ValueError):
     def __reduce__(self):
         # keeps the exception picklable (e.g. raised in a DataLoader worker process)
         return type(self), (self.case_id, self.file, self.reason)
+
+
+def check_case_id(case_id: object) -> str:
+    """
+    Check that a case id (e.g. from a datalist file) is a plain name, so that outputs named after it stay inside
+    their output directory. Ids found on disk always are (they come from file names); a datalist can hold anything.
+
+    The rule: a non-empty string without ``/``, ``\\`` or NUL that is not ``.`` or ``..``. Nothing is rewritten,
+    as sanitising could give two cases the same output.
+
+    Args:
+        case_id: the id to check.
+
+    Returns:
+        the id as a string.
+
+    Raises:
+        CaseError: naming the id, when it could point outside a directory.
+    """
+    text = str(case_id)
+    if text in _DIRECTORY_NAMES or any(sep in text for sep in _PATH_SEPARATORS):
+        raise CaseError(
+            repr(text), None, "case id is not a plain name (it must not be empty, '.', '..' or contain / or \\)"
+        )
+    return text
 
 
 def validate_modalities(modalities: str | Iterable[str]) -> tuple[str, ...]:

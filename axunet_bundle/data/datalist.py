@@ -27,7 +27,14 @@ from typing import Any
 import numpy as np
 
 from axunet_bundle.atomic import write_json_atomic
-from axunet_bundle.data.cases import DEFAULT_MODALITIES, Case, find_cases, validate_modalities
+from axunet_bundle.data.cases import (
+    DEFAULT_MODALITIES,
+    Case,
+    CaseError,
+    check_case_id,
+    find_cases,
+    validate_modalities,
+)
 from axunet_bundle.data.integrity import Problem, check_case
 
 __all__ = [
@@ -211,10 +218,16 @@ def load_datalist(
         raise FileNotFoundError(f"datalist file not found: {path}")
     base = os.fspath(dataset_dir) if dataset_dir is not None else None
     sections = json.loads(path.read_text())
-    return {
+    loaded = {
         key: load_decathlon_datalist(path, data_list_key=key, base_dir=base) if sections.get(key) else []
         for key in (TRAINING, VALIDATION, TESTING)
     }
+    for item in (item for items in loaded.values() for item in items if "case_id" in item):
+        try:
+            check_case_id(item["case_id"])  # ids name outputs (slice cache folders): none may point elsewhere
+        except CaseError as err:
+            raise CaseError(err.case_id, path, err.reason) from None
+    return loaded
 
 
 @dataclass
