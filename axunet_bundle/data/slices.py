@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 
 from ..atomic import atomic_directory, remove_partials, write_json_atomic
 from ..progress import progress as show_progress
-from .cases import CaseError
+from .cases import CaseError, check_case_id
 
 __all__ = ["prepare_slice_cache", "SliceCacheDataset", "CacheReport", "fingerprint", "MANIFEST"]
 
@@ -139,6 +139,12 @@ def prepare_slice_cache(
 
     todo = []
     for item in items:
+        try:
+            check_case_id(item["case_id"])  # the id names the case's folder: it must not point outside the cache
+        except CaseError as err:
+            report.problems.append(str(err))
+            logger.error(err)
+            continue
         if (out / str(item["case_id"]) / SLICES_FILE).exists():
             report.skipped.append(str(item["case_id"]))
         else:
