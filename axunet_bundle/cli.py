@@ -90,7 +90,9 @@ def demo(
     )
     weights = str(out / "models" / "model.pt")
     print("[3/5] evaluating the best model on the whole validation volumes")
-    evaluate(**common, datalist=str(out / "datalist.json"), ckpt_path=weights, output_dir=str(out / "eval"))
+    evaluate(
+        **common, datalist=str(out / "datalist.json"), ckpt_path=weights, output_dir=str(out / "eval"), overwrite=True
+    )
     print(f"[4/5] segmenting the held-out case {held_out.name}")
     infer(
         **{**common, "dataset_dir": str(holdout)},
@@ -113,6 +115,7 @@ def demo(
     )
     print(f"  weights          {weights}")
     print(f"  per-case scores  {out / 'eval' / 'metrics.csv'}  (box plot: {out / 'eval' / 'dice_boxplot.png'})")
+    print(f"  case overlays    {out / 'eval' / 'overlays'}")
     print(f"  segmentation     {seg}")
     print(f"  overlay picture  {out / 'overlay.png'}")
     print(f"  training curves  {curves}  (TensorBoard: tensorboard --logdir {out / 'runs'})")
@@ -294,17 +297,19 @@ def train(**overrides) -> None:
 def evaluate(**overrides) -> None:
     """Evaluate models/model.pt on whole labelled volumes (= monai.bundle run evaluating with inference.json +
     evaluate.json): per-case Dice and HD95 of WT, TC, ET in eval/metrics.csv, mean/median/std in eval/summary.json,
-    the segmentations, and a Dice box plot eval/dice_boxplot.png.
+    the segmentations, a Dice box plot eval/dice_boxplot.png and one overlay per case in eval/overlays/
+    (--overlays False: none).
 
     Overrides: --dataset_dir DIR (every labelled case) or --datalist FILE with --datalist_split validation,
-    --output_dir DIR, --ckpt_path FILE, --threshold 0.5, --et_min_voxels N, --flip_tta True.
+    --output_dir DIR, --ckpt_path FILE, --threshold 0.5, --et_min_voxels N, --flip_tta True, --overwrite True
+    (replace an earlier evaluation's files in output_dir; without it an existing metrics.csv stops the run).
     """
-    from .visualize import dice_boxplot
-
     _bundle_run("evaluating", overrides)
     output_dir = Path(overrides.get("output_dir", BUNDLE_ROOT / "eval"))
-    png = dice_boxplot(output_dir / "metrics.csv", output_dir / "dice_boxplot.png")
-    print(f"per-case scores: {output_dir / 'metrics.csv'}; summary: {output_dir / 'summary.json'}; box plot: {png}")
+    print(
+        f"per-case scores: {output_dir / 'metrics.csv'}; summary: {output_dir / 'summary.json'}; "
+        f"box plot: {output_dir / 'dice_boxplot.png'}; overlays: {output_dir / 'overlays'}"
+    )
 
 
 def infer(**overrides) -> None:
@@ -374,12 +379,12 @@ def attention(
         size: in-plane size of the network input (the training's roi_size).
         slice_index: axial slice to show (in the preprocessed volume) instead of the one with the most tumour.
     """
-    import torch
     from monai.bundle import ConfigParser
     from monai.transforms import Compose
 
     from .networks import AXUNet
     from .visualize import attention_maps, most_tumour_slices
+    from .weights import load_plain_weights
 
     case = _one_case(case_dir)
     mods = _split(modalities)
@@ -393,7 +398,7 @@ def attention(
     elif not ckpt.is_file():
         raise SystemExit(f"no weights at {ckpt}")
     else:
-        net.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+        net.load_state_dict(load_plain_weights(ckpt, map_location="cpu"))
 
     # the training's own preprocessing, so that the network sees what it was trained on
     parser = ConfigParser()
@@ -440,6 +445,7 @@ def export(
 
     from .export import export_onnx, max_abs_diff_onnx, max_abs_diff_torchscript
     from .networks import AXUNet
+    from .weights import load_plain_weights
 
     ckpt = Path(ckpt_path or BUNDLE_ROOT / "models" / "model.pt")
     out = Path(output_dir or BUNDLE_ROOT / "models")
@@ -458,7 +464,7 @@ def export(
         input_shape=[1, 3, size, size],
     )
     net = AXUNet().eval()
-    net.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+    net.load_state_dict(load_plain_weights(ckpt, map_location="cpu"))
     x = torch.randn(1, 3, size, size)
     print(f"TorchScript {ts_path}: max |eager - exported| = {max_abs_diff_torchscript(net, ts_path, x):.2e}")
     if onnx:

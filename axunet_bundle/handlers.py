@@ -194,6 +194,12 @@ class BratsReportWriter:
         output_dir: folder of the two files.
         metric_names: names of the metrics in the evaluator (and the CSV column prefixes).
         case_id_key: batch key holding the case ids.
+        overwrite: replace the files of an earlier evaluation; without it, existing files stop the run before any
+            case is evaluated (nothing is lost and no time is spent on results that could not be written).
+
+    Raises:
+        SystemExit: with one line, when ``metrics.csv`` or ``summary.json`` exists in ``output_dir`` and not
+            ``overwrite``.
     """
 
     def __init__(
@@ -201,7 +207,17 @@ class BratsReportWriter:
         output_dir: str | os.PathLike,
         metric_names: Sequence[str] = REPORT_METRICS,
         case_id_key: str = "case_id",
+        overwrite: bool = False,
     ) -> None:
+        existing = [
+            Path(output_dir) / name for name in (METRICS_CSV, SUMMARY_JSON) if (Path(output_dir) / name).exists()
+        ]
+        if existing and not overwrite:
+            # SystemExit: MONAI's config parser wraps every Exception in its own, burying this one line
+            raise SystemExit(
+                f"{existing[0]} exists: an earlier evaluation's results are not overwritten; "
+                "pass --overwrite True or another --output_dir"
+            )
         self.output_dir = Path(output_dir)
         self.metric_names = tuple(metric_names)
         self.case_id_key = case_id_key

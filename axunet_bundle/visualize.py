@@ -82,6 +82,7 @@ __all__ = [
     "AttentionActivity",
     "attention_activity",
     "attention_maps",
+    "evaluation_pictures",
 ]
 
 ScalarLog = Mapping[str, Sequence[tuple[float, float]]]
@@ -1100,3 +1101,39 @@ def attention_maps(
             )
     fig.suptitle(title or "Attention activity per pixel, before gamma")
     return _save_png(fig, output_png)
+
+
+def evaluation_pictures(
+    items: Sequence[Mapping[str, Any]],
+    output_dir: PathLike,
+    convention: str = DEFAULT_CONVENTION,
+    overlays: bool = True,
+) -> list[Path]:
+    """
+    The pictures of an evaluation (run by ``configs/evaluate.json`` after the evaluator): a Dice box plot of
+    ``metrics.csv`` and, with `overlays`, one overlay per case (its label solid, its segmentation dashed) in
+    ``output_dir/overlays/``. A case without a segmentation (left out as bad) gets no overlay.
+
+    Args:
+        items: the evaluated cases, ``{"image": [files], "label": file, "case_id": id}`` each.
+        output_dir: the evaluation's output folder (segmentations and ``metrics.csv``).
+        convention: label convention of the files.
+        overlays: also draw the per-case overlays.
+
+    Returns:
+        the PNGs written.
+    """
+    from .data.datalist import segmentation_path
+    from .progress import progress
+
+    output_dir = Path(output_dir)
+    written = []
+    if (output_dir / "metrics.csv").exists():
+        written.append(dice_boxplot(output_dir / "metrics.csv", output_dir / "dice_boxplot.png"))
+    if overlays:
+        for item in progress(items, desc="drawing overlays", unit="case"):
+            seg = segmentation_path(output_dir, str(item["case_id"]))
+            if seg.exists():
+                png = output_dir / "overlays" / f"{Path(str(item['case_id'])).name}_overlay.png"
+                written.append(overlay_files(item["image"], seg, png, label_file=item["label"], convention=convention))
+    return written

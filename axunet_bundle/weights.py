@@ -21,6 +21,7 @@ __all__ = [
     "refused_as_unsafe",
     "check_plain_weights",
     "check_checkpoint_loaders",
+    "load_plain_weights",
 ]
 
 #: weights formats that hold tensors only and cannot carry code
@@ -126,3 +127,15 @@ def check_checkpoint_loaders(handlers: Iterable[object]) -> None:
     for handler in handlers:
         if isinstance(handler, CheckpointLoader):
             check_plain_weights(handler.load_path, what="checkpoint")
+
+
+def load_plain_weights(path: str | os.PathLike, what: str = "checkpoint", **load_kwargs: object) -> object:
+    """``torch.load(path, weights_only=True)`` after :func:`check_plain_weights` (one clear line for a crafted file).
+
+    Args:
+        path: a ``torch.save`` weights or checkpoint file.
+        what: what the file is meant to be, for the message.
+        load_kwargs: other arguments of ``torch.load`` (``map_location``, ``mmap``).
+    """
+    check_plain_weights(path, what=what)
+    return torch.load(path, weights_only=True, **load_kwargs)

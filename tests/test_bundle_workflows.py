@@ -169,6 +169,16 @@ def test_evaluation_scores_equal_a_direct_computation(tiny_dataset, tmp_path):
     assert summary["dice"]["WT"]["median"] == pytest.approx(np.median(wt))
     assert summary["dice"]["WT"]["std"] == pytest.approx(np.std(wt))
 
+    # the pictures: a box plot and one overlay per case
+    for png in [out / "dice_boxplot.png"] + [out / "overlays" / f"{case.case_id}_overlay.png" for case in cases]:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # an earlier evaluation's results are not overwritten unless asked, and nothing is evaluated before refusing
+    before = (out / "metrics.csv").read_bytes()
+    with pytest.raises(SystemExit, match="metrics.csv exists.*--overwrite True"):
+        workflow(EVALUATION, dataset_dir=str(tiny_dataset), output_dir=str(out), ckpt_path=str(ckpt)).run()
+    assert (out / "metrics.csv").read_bytes() == before
+
 
 def test_evaluation_applies_the_brats_empty_region_conventions(tiny_dataset, tmp_path):
     """A model that predicts nothing: Dice 0 / HD95 373.13 where the reference has the region, 1 / 0 where not."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import fire
@@ -40,7 +41,9 @@ def test_demo_runs_end_to_end_on_tiny_settings(tmp_path, capsys):
     assert nib.load(seg).shape == nib.load(image).shape
     curves = out / "runs" / CURVES_PNG  # written by the training itself, not by the demo
     assert str(curves) in printed
-    for png in (out / "overlay.png", curves, out / "eval" / "dice_boxplot.png"):
+    evaluated = [row["case_id"] for row in csv.DictReader(open(out / "eval" / "metrics.csv", newline=""))]
+    case_overlays = [out / "eval" / "overlays" / f"{case_id}_overlay.png" for case_id in evaluated]
+    for png in (out / "overlay.png", curves, out / "eval" / "dice_boxplot.png", *case_overlays):
         pixels = matplotlib.image.imread(png)
         assert pixels.ndim == 3 and min(pixels.shape[:2]) > 100, png
     # the validation (at the last epoch) logged one case's axial overlay: 3 modalities of 64 x 64 at 2 px per voxel

@@ -227,3 +227,18 @@ def test_inference_on_dotted_case_names_writes_only_inside(tiny_dataset, tmp_pat
 
     written = {p.name for p in assert_only_written_inside(tmp_path, before, out)}
     assert written == {"x.._seg.nii.gz", "y.._seg.nii.gz", "a..b_seg.nii.gz"}
+
+
+def test_resuming_training_refuses_a_crafted_checkpoint(evil, tiny_dataset, tmp_path):
+    from test_bundle_train import train_workflow
+
+    path, marker = evil
+    (tmp_path / "models").mkdir()
+    planted = shutil.copy(path, tmp_path / "models" / "checkpoint_epoch=1.pt")  # what --resume True picks up
+    workflow = train_workflow(tiny_dataset, tmp_path, resume=True)
+    with pytest.raises(Exception) as info:
+        workflow.initialize()
+    cause = info.value if isinstance(info.value, UnsafeWeightsError) else info.value.__cause__
+    assert isinstance(cause, UnsafeWeightsError)
+    assert str(cause).startswith(f"cannot read checkpoint {planted}: {NOT_PLAIN}")
+    assert not marker.exists()

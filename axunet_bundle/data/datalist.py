@@ -222,11 +222,16 @@ def load_datalist(
         key: load_decathlon_datalist(path, data_list_key=key, base_dir=base) if sections.get(key) else []
         for key in (TRAINING, VALIDATION, TESTING)
     }
-    for item in (item for items in loaded.values() for item in items if "case_id" in item):
-        try:
-            check_case_id(item["case_id"])  # ids name outputs (slice cache folders): none may point elsewhere
-        except CaseError as err:
-            raise CaseError(err.case_id, path, err.reason) from None
+    for key, items in loaded.items():
+        for raw, item in zip(sections.get(key) or [], items):
+            if "case_id" not in raw:
+                continue
+            try:
+                check_case_id(raw["case_id"])  # ids name outputs (slice cache folders): none may point elsewhere
+            except CaseError as err:
+                raise CaseError(err.case_id, path, err.reason) from None
+            # MONAI joins base_dir to any value naming an existing path, and a case id names its case folder
+            item["case_id"] = raw["case_id"]
     return loaded
 
 
