@@ -23,6 +23,7 @@ import argparse
 import copy
 import datetime
 import json
+import logging
 import os
 import platform
 import resource
@@ -44,7 +45,8 @@ from monai.utils import optional_import
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
+from .progress import progress
+
 
 __all__ = [
     "BenchmarkSettings",
@@ -180,8 +182,20 @@ class BenchmarkSettings:
 
 
 # ----------------------------------------------------------------------------------------------------- helpers
+def _logger() -> logging.Logger:
+    """The benchmark's log (stderr, ``[benchmark]`` prefix), set up on first use in each process."""
+    log = logging.getLogger(__name__)
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[benchmark] %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+    return log
+
+
 def _log(message: str) -> None:
-    print(f"[benchmark] {message}", file=sys.stderr, flush=True)
+    _logger().info(message)
 
 
 def _section(settings: BenchmarkSettings, message: str) -> None:
@@ -509,10 +523,7 @@ def case_worker(model: str, case_dirs: Sequence[str], out_dir: str, settings: di
             first = timed_case(items[0])  # pays the one-off costs (ONNX export, allocator and kernel warm-up)
         first["other_cpu"] = contention.share
     times = []
-    cases_iter = items
-    if has_tqdm and sys.stderr.isatty():
-        cases_iter = tqdm(items, desc=f"{model} cases", leave=False)
-    for item in cases_iter:
+    for item in progress(items, desc=f"{model} cases", unit="case", interval_s=0, leave=False, log=_logger()):
         times.append(one_case(item))
     result = {
         "model": model,

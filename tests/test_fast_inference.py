@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import re
 import shutil
 
 import nibabel as nib
@@ -292,10 +293,14 @@ def test_write_markdown_keeps_text_outside_the_markers(tmp_path):
     assert text.count(BEGIN_MARKER) == text.count(END_MARKER) == 1
 
 
-def test_benchmark_quick_smoke(tmp_path):
+def test_benchmark_quick_smoke(tmp_path, capfd):
     """Tiny sizes, every measurement once; checks the table's rows, never the numbers."""
     output = tmp_path / "benchmarks.md"
-    text = run_benchmark(BenchmarkSettings.quick(), output=output, command="benchmark --quick", workdir=tmp_path)
+    settings = BenchmarkSettings.quick()
+    text = run_benchmark(settings, output=output, command="benchmark --quick", workdir=tmp_path)
+    log = capfd.readouterr().err
+    for model in ("axunet", "segresnet"):  # progress of the timed cases, one line each off a terminal
+        assert re.search(rf"\[benchmark\] {model} cases: {settings.cases}/{settings.cases} case .*ETA", log), log
     assert output.read_text().count(BEGIN_MARKER) == 1
     for expected in (
         "benchmark --quick",
