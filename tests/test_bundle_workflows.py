@@ -272,12 +272,21 @@ def _break_cases(root: Path) -> dict[str, str]:
     expected[ids[3]] = "NaN"
     image(ids[4], "t2").write_text("not a NIfTI file")
     expected[ids[4]] = "t2"
+    flair = nib.load(image(ids[5], "flair"))
+    nib.save(nib.Nifti1Image(np.zeros(flair.shape, np.float32), flair.affine), image(ids[5], "flair"))
+    expected[ids[5]] = "all zero"
+    t2 = nib.load(image(ids[6], "t2"))
+    nib.save(nib.Nifti1Image(np.asarray(t2.dataobj)[:, :, :-1], t2.affine), image(ids[6], "t2"))
+    expected[ids[6]] = "shape"
+    t1ce = nib.load(image(ids[7], "t1ce"))
+    nib.save(nib.Nifti1Image(np.stack([np.asarray(t1ce.dataobj)] * 2, -1), t1ce.affine), image(ids[7], "t1ce"))
+    expected[ids[7]] = "4D image"
     return expected
 
 
 def test_inference_over_many_cases_reports_bad_ones_and_segments_the_good(tmp_path, capsys):
     data = tmp_path / "data"
-    write_synthetic_dataset(data, n=6, seed=3, shape=TINY_SHAPE, progress=False)
+    write_synthetic_dataset(data, n=9, seed=3, shape=TINY_SHAPE, progress=False)
     expected = _break_cases(data)
     good = sorted(set(case.case_id for case in find_cases(data)) - set(expected))
     out = tmp_path / "pred"
@@ -288,10 +297,41 @@ def test_inference_over_many_cases_reports_bad_ones_and_segments_the_good(tmp_pa
     assert exit_info.value.code == 1
     assert sorted(p.name for p in out.iterdir()) == [f"{case_id}_seg.nii.gz" for case_id in good]
     log = capsys.readouterr().out  # the bundle's logging.conf logs to stdout
-    summary = log[log.index("4 case(s) were not processed") :]
+    summary = log[log.index(f"{len(expected)} case(s) were not processed") :]
     for case_id, words in expected.items():
         lines = [line for line in summary.splitlines() if case_id in line]
         assert lines and any(words in line for line in lines), (case_id, words, summary)
+
+
+def test_evaluation_leaves_out_a_case_with_labels_outside_the_convention(tmp_path, capsys):
+    data = tmp_path / "data"
+    write_synthetic_dataset(data, n=3, seed=4, shape=TINY_SHAPE, progress=False)
+    bad, *good = sorted(find_cases(data), key=lambda case: case.case_id)
+    label = nib.load(bad.label)
+    values = np.asarray(label.dataobj).copy()
+    values[0, 0, 0] = 3  # a BraTS 2023 value in a BraTS 2021 dataset
+    nib.save(nib.Nifti1Image(values, label.affine), bad.label)
+    out = tmp_path / "eval"
+    ckpt = save_constant_net(tmp_path / "model.pt", CONSTANT_LOGIT)
+    wf = workflow(EVALUATION, dataset_dir=str(data), output_dir=str(out), ckpt_path=str(ckpt), network_def=CONSTANT_NET)
+    with pytest.raises(SystemExit) as exit_info:
+        wf.run()
+    assert exit_info.value.code == 1
+    rows, _ = read_report(out)
+    assert sorted(rows) == [case.case_id for case in good]
+    log = capsys.readouterr().out
+    assert f"{bad.case_id}: {Path(bad.label).name}: label values 3 outside the brats2021 labels" in log
+
+
+@pytest.mark.parametrize("state", ["missing", "empty"])
+def test_inference_on_a_missing_or_empty_folder_ends_with_one_line(tmp_path, state):
+    folder = tmp_path / "data"
+    if state == "empty":
+        folder.mkdir()
+    reason = "does not exist" if state == "missing" else "no BraTS cases found"
+    with pytest.raises(SystemExit, match=f"^dataset_dir: .*{reason}"):
+        workflow(INFERENCE, dataset_dir=str(folder), output_dir=str(tmp_path / "out")).run()
+    assert not (tmp_path / "out").exists()
 
 
 def test_inference_runs_the_exported_onnx_model(tiny_dataset, tmp_path):

@@ -271,6 +271,15 @@ def _select(cases: Sequence[Case], modalities: tuple[str, ...], read_voxels: boo
     return selection
 
 
+def _find_cases_or_exit(dataset_dir: str | os.PathLike, modalities: tuple[str, ...]) -> list[Case]:
+    """:func:`find_cases` for a workflow: a folder that is missing, a file or holds no case ends the run with its
+    one-line reason (``SystemExit``: MONAI's config parser would wrap an exception in a long traceback)."""
+    try:
+        return find_cases(dataset_dir, modalities=modalities)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"dataset_dir: {err}") from None
+
+
 def segmentation_path(output_dir: str | os.PathLike, case_id: str) -> Path:
     """Where the inference workflow writes a case's label map (only the case id's last path part is used)."""
     return Path(output_dir) / f"{Path(case_id).name}{SEGMENTATION_SUFFIX}"
@@ -295,7 +304,7 @@ def inference_cases(
         read_voxels: check the voxel data too (one extra read of each image), not only the headers.
     """
     mods = validate_modalities(modalities)
-    cases = [replace(case, label=None) for case in find_cases(dataset_dir, modalities=mods)]
+    cases = [replace(case, label=None) for case in _find_cases_or_exit(dataset_dir, mods)]
     todo = [c for c in cases if output_dir is None or not segmentation_path(output_dir, c.case_id).is_file()]
     if len(todo) < len(cases):
         logger.info(
@@ -333,7 +342,7 @@ def evaluation_cases(
     if dataset_dir is None:
         raise ValueError("give dataset_dir (a BraTS folder) or datalist (a datalist JSON file)")
     mods = validate_modalities(modalities)
-    labelled = [case for case in find_cases(dataset_dir, modalities=mods) if case.label is not None]
+    labelled = [case for case in _find_cases_or_exit(dataset_dir, mods) if case.label is not None]
     if not labelled:
-        raise ValueError(f"no labelled cases found in {dataset_dir}")
+        raise SystemExit(f"dataset_dir: no labelled cases found in {dataset_dir}")
     return _select(labelled, mods, read_voxels, lambda case: _item(case, mods))
