@@ -230,18 +230,19 @@ def prepare(dataset_dir: str, output: str, workers: int = 2, config_file: str | 
     from monai.bundle import ConfigParser
     from monai.transforms import Compose
 
-    from .data.cases import find_cases
+    from .data.cases import CaseError, find_cases
     from .data.slices import prepare_slice_cache
 
     parser = ConfigParser()
     parser.read_config(config_file or BUNDLE_ROOT / "configs" / "train.json")
     parser.update({"dataset_dir": dataset_dir, **overrides})
     modalities = parser.get_parsed_content("modalities")
-    items = [
-        {"image": case.image_files(modalities), "label": str(case.label), "case_id": case.case_id}
-        for case in find_cases(dataset_dir)
-        if case.label is not None and not case.missing_modalities(modalities)
-    ]
+    items, incomplete = [], []
+    for case in (c for c in find_cases(dataset_dir) if c.label is not None):
+        try:
+            items.append({"image": case.image_files(modalities), "label": str(case.label), "case_id": case.case_id})
+        except CaseError as err:  # a missing modality: reported with the other problems, the rest is prepared
+            incomplete.append(str(err))
     report = prepare_slice_cache(
         items,
         output,
@@ -249,10 +250,11 @@ def prepare(dataset_dir: str, output: str, workers: int = 2, config_file: str | 
         params=parser.get_parsed_content("preprocessing_params"),
         workers=workers,
     )
-    print(f"{len(report.prepared)} cases prepared, {len(report.skipped)} already cached, {len(report.problems)} failed")
-    for problem in report.problems:
+    problems = incomplete + list(report.problems)
+    print(f"{len(report.prepared)} cases prepared, {len(report.skipped)} already cached, {len(problems)} failed")
+    for problem in problems:
         print(problem)
-    sys.exit(1 if report.problems else 0)
+    sys.exit(1 if problems else 0)
 
 
 CONFIG_DIR = BUNDLE_ROOT / "configs"

@@ -82,6 +82,37 @@ def test_synth_check_datalist(tmp_path, capsys):
     assert len(datalist["training"]) + len(datalist["validation"]) == 3
 
 
+def test_prepare_caches_the_good_cases_and_reports_the_incomplete_one(tmp_path, capsys):
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    axunet("synth", data, "--n", 3, "--size", 64, "--depth", 16)
+    incomplete = sorted(data.iterdir())[0]
+    next(incomplete.glob("*_t2.nii.gz")).unlink()
+    with pytest.raises(SystemExit) as done:
+        axunet("prepare", data, cache, "--workers", 1, "--roi_size", "[64,64]")
+    assert done.value.code == 1
+    printed = capsys.readouterr().out
+    assert "2 cases prepared, 0 already cached, 1 failed" in printed
+    assert any(incomplete.name in line and "t2" in line for line in printed.splitlines())
+    cached = sorted(p.name for p in cache.iterdir() if p.is_dir())
+    assert cached == sorted(p.name for p in data.iterdir())[1:]
+    assert all((cache / case_id / "image.npy").is_file() for case_id in cached)
+
+
+def test_network_reports_size_and_output_shape(capsys):
+    axunet("network", "--batch", 1, "--size", 64)
+    printed = capsys.readouterr().out
+    assert "M parameters" in printed and "-> logits (1, 3, 64, 64)" in printed
+
+
+def test_overlay_draws_a_case_and_its_segmentation(tiny_dataset, tmp_path):
+    case = sorted(p for p in tiny_dataset.iterdir() if p.is_dir())[0]
+    label = next(case.glob("*_seg.nii.gz"))
+    png = tmp_path / "overlay.png"
+    axunet("overlay", case, "--seg", label, "--output", png)
+    pixels = matplotlib.image.imread(png)
+    assert pixels.ndim == 3 and min(pixels.shape[:2]) > 100
+
+
 def test_export_writes_torchscript_and_onnx_that_match(tmp_path, capsys):
     torch.manual_seed(0)
     torch.save(AXUNet().state_dict(), tmp_path / "model.pt")
