@@ -59,12 +59,19 @@ def workflow(config_files: list[str], **overrides) -> ConfigWorkflow:
     return wf
 
 
+def dataset_state(root: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under ``root`` with its content and modification time."""
+    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+
+
 def test_inference_writes_one_label_map_per_case_on_the_input_grid(tiny_dataset, tmp_path):
     out = tmp_path / "pred"
     ckpt = save_untrained_axunet(tmp_path / "model.pt")
+    inputs_before = dataset_state(tiny_dataset)
     wf = workflow(INFERENCE, dataset_dir=str(tiny_dataset), output_dir=str(out), ckpt_path=str(ckpt))
     wf.run()
     wf.finalize()
+    assert dataset_state(tiny_dataset) == inputs_before  # inputs are never modified (nor files added beside them)
 
     cases = find_cases(tiny_dataset)
     written = sorted(p.name for p in out.iterdir())
