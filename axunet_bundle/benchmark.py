@@ -47,7 +47,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .progress import progress
 
-
 __all__ = [
     "BenchmarkSettings",
     "TARGETS",
