@@ -291,17 +291,23 @@ def _break_cases(root: Path) -> dict[str, str]:
     return expected
 
 
+def run_expecting_left_out_cases(configs: list[str], data: Path, out: Path, tmp_path: Path) -> None:
+    """Run a workflow with the constant network over ``data``: it must process the good cases and end with exit
+    status 1 for the bad ones."""
+    ckpt = save_constant_net(tmp_path / "model.pt", CONSTANT_LOGIT)
+    wf = workflow(configs, dataset_dir=str(data), output_dir=str(out), ckpt_path=str(ckpt), network_def=CONSTANT_NET)
+    with pytest.raises(SystemExit) as exit_info:
+        wf.run()
+    assert exit_info.value.code == 1
+
+
 def test_inference_over_many_cases_reports_bad_ones_and_segments_the_good(tmp_path, capsys):
     data = tmp_path / "data"
     write_synthetic_dataset(data, n=9, seed=3, shape=TINY_SHAPE, progress=False)
     expected = _break_cases(data)
     good = sorted(set(case.case_id for case in find_cases(data)) - set(expected))
     out = tmp_path / "pred"
-    ckpt = save_constant_net(tmp_path / "model.pt", CONSTANT_LOGIT)
-    wf = workflow(INFERENCE, dataset_dir=str(data), output_dir=str(out), ckpt_path=str(ckpt), network_def=CONSTANT_NET)
-    with pytest.raises(SystemExit) as exit_info:
-        wf.run()
-    assert exit_info.value.code == 1
+    run_expecting_left_out_cases(INFERENCE, data, out, tmp_path)
     assert sorted(p.name for p in out.iterdir()) == [f"{case_id}_seg.nii.gz" for case_id in good]
     log = capsys.readouterr().out  # the bundle's logging.conf logs to stdout
     summary = log[log.index(f"{len(expected)} case(s) were not processed") :]
@@ -319,11 +325,7 @@ def test_evaluation_leaves_out_a_case_with_labels_outside_the_convention(tmp_pat
     values[0, 0, 0] = 3  # a BraTS 2023 value in a BraTS 2021 dataset
     nib.save(nib.Nifti1Image(values, label.affine), bad.label)
     out = tmp_path / "eval"
-    ckpt = save_constant_net(tmp_path / "model.pt", CONSTANT_LOGIT)
-    wf = workflow(EVALUATION, dataset_dir=str(data), output_dir=str(out), ckpt_path=str(ckpt), network_def=CONSTANT_NET)
-    with pytest.raises(SystemExit) as exit_info:
-        wf.run()
-    assert exit_info.value.code == 1
+    run_expecting_left_out_cases(EVALUATION, data, out, tmp_path)
     rows, _ = read_report(out)
     assert sorted(rows) == [case.case_id for case in good]
     log = capsys.readouterr().out
