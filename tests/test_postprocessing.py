@@ -51,24 +51,9 @@ def test_flip_tta_averages_the_probabilities_of_the_mirrored_passes():
 
 def test_training_logs_to_mlflow_with_monais_tracking_option(tiny_dataset, tmp_path):
     import mlflow
-    from conftest import CONFIGS, TINY_ROI
-    from monai.bundle import ConfigWorkflow
+    from test_bundle_train import train_workflow
 
-    workflow = ConfigWorkflow(
-        workflow_type="train",
-        config_file=str(CONFIGS / "train.json"),
-        meta_file=str(CONFIGS / "metadata.json"),
-        tracking="mlflow",
-        dataset_dir=str(tiny_dataset),
-        bundle_root=str(tmp_path),
-        roi_size=TINY_ROI,
-        folds=2,
-        epochs=1,
-        batch_size=4,
-        slices_per_volume=2,
-        pretrained=False,
-        num_workers=0,
-    )
+    workflow = train_workflow(tiny_dataset, tmp_path, tracking="mlflow")
     workflow.initialize()
     workflow.run()
     workflow.finalize()
