@@ -45,6 +45,7 @@ from monai.utils import optional_import
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .inference import autocast_dtype
 from .progress import progress
 
 __all__ = [
@@ -282,15 +283,9 @@ def wait_for_quiet(max_wait_s: float, window_s: float = QUIET_WINDOW_S) -> float
             return contention.share
 
 
-def _autocast_dtype(device: str) -> torch.dtype | None:
-    if torch.device(device).type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
 def measure_matmul(size: int = 2048, device: str = "cpu", repeats: int = 5) -> float:
     """GFLOP/s of a ``size x size`` matmul (fp32 on CPU; the inference autocast dtype on CUDA)."""
-    dtype = _autocast_dtype(device) or torch.float32
+    dtype = autocast_dtype(device) or torch.float32
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     seconds = _best_time(lambda: a @ b, repeats=repeats, device=device)
@@ -342,7 +337,7 @@ def _machine_info(settings: BenchmarkSettings) -> dict[str, str]:
 
 # ----------------------------------------------------------------------------------------------------- pipelines
 def axunet_pipeline(
-    roi: Sequence[int], out_dir: str, device: str, cache_dir: str | os.PathLike | None = None
+    roi: Sequence[int], out_dir: str, cache_dir: str | os.PathLike | None = None
 ) -> tuple[Callable, Callable, Callable, list[str]]:
     """AXUNet's default whole-case path, taken from ``configs/inference.json`` (what ``monai.bundle run inference``
     runs): (preprocessing, inferer, postprocessing, modalities).
@@ -371,7 +366,7 @@ def _zoo_labels(x: torch.Tensor) -> torch.Tensor:
     )
 
 
-def segresnet_pipeline(roi: Sequence[int], out_dir: str, device: str) -> tuple[Callable, Callable, Callable, list[str]]:
+def segresnet_pipeline(roi: Sequence[int], out_dir: str) -> tuple[Callable, Callable, Callable, list[str]]:
     """The zoo's SegResNet whole-case path: (preprocessing, inferer, postprocessing, modalities)."""
     from monai.inferers import SlidingWindowInferer
     from monai.transforms import (
@@ -428,7 +423,7 @@ def case_worker(model: str, case_dirs: Sequence[str], out_dir: str, settings: di
     from monai.data import decollate_batch
 
     from .data.cases import find_cases
-    from .inference import BrainSliceInferer, autocast_dtype, brain_slice_mask
+    from .inference import BrainSliceInferer, brain_slice_mask
     from .networks import AXUNet
 
     s = BenchmarkSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
@@ -439,18 +434,18 @@ def case_worker(model: str, case_dirs: Sequence[str], out_dir: str, settings: di
         network = AXUNet().to(device).eval()
         # a fresh export cache: the warm-up case pays the one-off export, as the first run with new weights would
         cache_dir = Path(out_dir) / "onnx-cache"
-        preprocessing, inferer, postprocessing, modalities = axunet_pipeline(s.roi, out_dir, s.device, cache_dir)
+        preprocessing, inferer, postprocessing, modalities = axunet_pipeline(s.roi, out_dir, cache_dir)
         flops_per_call = count_flops(network, (1, len(modalities), *s.roi))
     else:
         network = segresnet_zoo().to(device).eval()
-        preprocessing, inferer, postprocessing, modalities = segresnet_pipeline(s.segresnet_roi, out_dir, s.device)
+        preprocessing, inferer, postprocessing, modalities = segresnet_pipeline(s.segresnet_roi, out_dir)
         flops_per_call = count_flops(network, (1, len(modalities), *s.segresnet_roi))
     calls = [0]  # SegResNet windows run (AXUNet: brain slices, counted from the preprocessed volume)
     if model != "axunet":
         network.register_forward_pre_hook(lambda module, args: calls.__setitem__(0, calls[0] + args[0].shape[0]))
     cases = {c.case_id: c for c in find_cases(Path(case_dirs[0]).parent)}
     items = [{"image": cases[Path(d).name].image_files(modalities), "case_id": Path(d).name} for d in case_dirs]
-    dtype = _autocast_dtype(s.device)
+    dtype = autocast_dtype(s.device)
 
     def one_case(item: dict) -> dict:
         best = None
@@ -594,7 +589,7 @@ def measure_training(settings: BenchmarkSettings, batch: int, steps: int = 2) ->
     optimizer = torch.optim.Adam(net.parameters())
     x = torch.randn(batch, 3, *settings.roi, device=device)
     y = torch.rand(batch, 3, *settings.roi, device=device).round()
-    dtype = _autocast_dtype(settings.device)
+    dtype = autocast_dtype(settings.device)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -698,7 +693,7 @@ def backend_rows(settings: BenchmarkSettings, repeats: int = REPEATS) -> list[di
         with tempfile.TemporaryDirectory() as tmp:
             session: OnnxSliceNetwork = build_onnx_network(net, torch.zeros(1, 3, *settings.roi), cache_dir=tmp)
         variants["ONNX Runtime"] = (session, False)
-    dtype = _autocast_dtype(settings.device)
+    dtype = autocast_dtype(settings.device)
     rows = []
     for batch in BACKEND_BATCHES:
         x = torch.randn(batch, 3, *settings.roi, device=device)

@@ -36,7 +36,6 @@ import copy
 import hashlib
 import logging
 import os
-import sys
 import tempfile
 import warnings
 import weakref
@@ -53,8 +52,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .atomic import atomic_path
 from .export import ONNX_OPSET, export_onnx
-
-tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
+from .progress import progress as show_progress
 
 __all__ = [
     "BACKENDS",
@@ -417,7 +415,7 @@ class BrainSliceInferer(Inferer):
         overlap: sliding-window overlap, only used when slices are not ``roi_size``.
         atol: absolute tolerance of the first-use check of the prepared network against the plain one.
         rtol: relative tolerance of that check.
-        progress: show a progress bar over slice batches (on a terminal).
+        progress: show the progress over slice batches (a bar on a terminal, log lines otherwise).
     """
 
     def __init__(
@@ -558,9 +556,9 @@ class BrainSliceInferer(Inferer):
         chunk = self.sw_batch_size or (
             DEFAULT_CUDA_BATCH if volumes.device.type == "cuda" else max(DEFAULT_CPU_BATCH, torch.get_num_threads())
         )
-        starts = range(0, len(index), chunk)
-        if self.progress and has_tqdm and sys.stderr.isatty():
-            starts = tqdm(starts, desc="slices", unit="batch", leave=False)
+        starts = show_progress(
+            range(0, len(index), chunk), desc="slices", unit="batch", leave=False, enabled=self.progress
+        )
         output: torch.Tensor | None = None
         predictor = None
         for start in starts:
