@@ -382,7 +382,6 @@ class TrainingCurvesWriter:
         engine.add_event_handler(Events.COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        import ignite.distributed as idist
 
         from .visualize import training_curves
 

@@ -31,8 +31,6 @@ __all__ = [
 
 #: index of the enhancing-tumour channel in (WT, TC, ET) region masks
 ET_CHANNEL = REGIONS.index("ET")
-#: ``ndimage.label`` structure connecting a voxel to all 26 neighbours (as BraTS post-processing usually does)
-FULL_CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
 #: appended to the subject given to MONAI's SaveImage, which removes one extension from it
 SUBJECT_EXTENSION = ".nii"
@@ -72,7 +70,8 @@ class RemoveSmallEnhancingd(MapTransform):
         for key in self.key_iterator(d):
             regions = d[key]
             enhancing = np.asarray(regions[ET_CHANNEL].detach().cpu() if isinstance(regions, torch.Tensor) else regions)
-            structure = FULL_CONNECTIVITY[(slice(None),) * enhancing.ndim]
+            # every neighbour, diagonals included (26 in 3D), as BraTS post-processing usually does
+            structure = ndimage.generate_binary_structure(enhancing.ndim, enhancing.ndim)
             components, count = ndimage.label(enhancing > 0, structure=structure)
             if count == 0:
                 continue

@@ -58,7 +58,6 @@ TESTING = "testing"
 SEGMENTATION_SUFFIX = "_seg.nii.gz"
 
 MIN_FOLDS = 2
-JSON_INDENT = 4
 
 logger = logging.getLogger(__name__)
 
@@ -257,7 +256,7 @@ class CaseSelection:
         raise SystemExit(1)
 
 
-def _select(cases: Sequence[Case], modalities: tuple[str, ...], read_voxels: bool, make_item) -> CaseSelection:
+def _select(cases: Sequence[Case], modalities: tuple[str, ...], read_voxels: bool) -> CaseSelection:
     """Check each case (logging each problem as one line) and keep the sound ones as items."""
     selection = CaseSelection()
     for case in cases:
@@ -267,7 +266,7 @@ def _select(cases: Sequence[Case], modalities: tuple[str, ...], read_voxels: boo
         if problems:
             selection.left_out.extend(problems)
         else:
-            selection.items.append(make_item(case))
+            selection.items.append(_item(case, modalities))
     return selection
 
 
@@ -312,7 +311,7 @@ def inference_cases(
             len(cases) - len(todo),
             output_dir,
         )
-    return _select(todo, mods, read_voxels, lambda case: {"image": case.image_files(mods), "case_id": case.case_id})
+    return _select(todo, mods, read_voxels)  # labels were dropped above: items hold image and case_id
 
 
 def evaluation_cases(
@@ -345,4 +344,4 @@ def evaluation_cases(
     labelled = [case for case in _find_cases_or_exit(dataset_dir, mods) if case.label is not None]
     if not labelled:
         raise SystemExit(f"dataset_dir: no labelled cases found in {dataset_dir}")
-    return _select(labelled, mods, read_voxels, lambda case: _item(case, mods))
+    return _select(labelled, mods, read_voxels)
