@@ -1115,7 +1115,8 @@ def evaluation_pictures(
     ``output_dir/overlays/``. A case without a segmentation (left out as bad) gets no overlay.
 
     Args:
-        items: the evaluated cases, ``{"image": [files], "label": file, "case_id": id}`` each.
+        items: the evaluated cases, ``{"image": [files], "label": file}`` each (the segmentation's name comes from the
+            first image file, as the inference writer's does).
         output_dir: the evaluation's output folder (segmentations and ``metrics.csv``).
         convention: label convention of the files.
         overlays: also draw the per-case overlays.
@@ -1124,16 +1125,19 @@ def evaluation_pictures(
         the PNGs written.
     """
     from .data.datalist import segmentation_path
+    from .handlers import METRICS_CSV
     from .progress import progress
+    from .transforms import case_id_from_path
 
     output_dir = Path(output_dir)
     written = []
-    if (output_dir / "metrics.csv").exists():
-        written.append(dice_boxplot(output_dir / "metrics.csv", output_dir / "dice_boxplot.png"))
+    if (output_dir / METRICS_CSV).exists():
+        written.append(dice_boxplot(output_dir / METRICS_CSV, output_dir / "dice_boxplot.png"))
     if overlays:
         for item in progress(items, desc="drawing overlays", unit="case"):
-            seg = segmentation_path(output_dir, str(item["case_id"]))
+            case_id = case_id_from_path(item["image"][0])  # as the writer names the segmentation (case_name_formatter)
+            seg = segmentation_path(output_dir, case_id)
             if seg.exists():
-                png = output_dir / "overlays" / f"{Path(str(item['case_id'])).name}_overlay.png"
+                png = output_dir / "overlays" / f"{case_id}_overlay.png"
                 written.append(overlay_files(item["image"], seg, png, label_file=item["label"], convention=convention))
     return written
