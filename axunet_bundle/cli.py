@@ -53,7 +53,7 @@ def demo(
     """
     from .data.datalist import write_datalist
     from .data.synth import write_synthetic_dataset
-    from .handlers import CURVES_PNG
+    from .handlers import CURVES_PNG, METRICS_CSV, SUMMARY_JSON
 
     started = time.perf_counter()
     out = Path(output_dir).resolve()
@@ -105,7 +105,7 @@ def demo(
     overlay(str(held_out), seg=str(seg), output=str(out / "overlay.png"))
     curves = out / "runs" / CURVES_PNG  # drawn by the training itself (TrainingCurvesWriter)
 
-    summary = json.loads((out / "eval" / "summary.json").read_text())
+    summary = json.loads((out / "eval" / SUMMARY_JSON).read_text())
     dice = {region: summary["dice"][region]["mean"] for region in summary["dice"]}
     minutes = (time.perf_counter() - started) / 60
     print()
@@ -114,7 +114,7 @@ def demo(
         + ", ".join(f"{r} {v:.3f}" for r, v in dice.items())
     )
     print(f"  weights          {weights}")
-    print(f"  per-case scores  {out / 'eval' / 'metrics.csv'}  (box plot: {out / 'eval' / 'dice_boxplot.png'})")
+    print(f"  per-case scores  {out / 'eval' / METRICS_CSV}  (box plot: {out / 'eval' / 'dice_boxplot.png'})")
     print(f"  case overlays    {out / 'eval' / 'overlays'}")
     print(f"  segmentation     {seg}")
     print(f"  overlay picture  {out / 'overlay.png'}")
@@ -275,7 +275,7 @@ def _bundle_run(workflow: str, overrides: dict) -> None:
     overrides = {"bundle_root": str(BUNDLE_ROOT), **overrides}
     run(
         run_id=workflow,
-        config_file=files if len(files) > 1 else files[0],
+        config_file=files,
         meta_file=str(CONFIG_DIR / "metadata.json"),
         logging_file=str(CONFIG_DIR / "logging.conf"),
         **overrides,
@@ -306,10 +306,13 @@ def evaluate(**overrides) -> None:
     --output_dir DIR, --ckpt_path FILE, --threshold 0.5, --et_min_voxels N, --flip_tta True, --overwrite True
     (replace an earlier evaluation's files in output_dir; without it an existing metrics.csv stops the run).
     """
+    from .handlers import METRICS_CSV, SUMMARY_JSON
+
     _bundle_run("evaluating", overrides)
-    output_dir = Path(overrides.get("output_dir", BUNDLE_ROOT / "eval"))
+    # inference.json's default output_dir is bundle_root + '/eval'
+    output_dir = Path(overrides.get("output_dir", Path(overrides.get("bundle_root", BUNDLE_ROOT)) / "eval"))
     print(
-        f"per-case scores: {output_dir / 'metrics.csv'}; summary: {output_dir / 'summary.json'}; "
+        f"per-case scores: {output_dir / METRICS_CSV}; summary: {output_dir / SUMMARY_JSON}; "
         f"box plot: {output_dir / 'dice_boxplot.png'}; overlays: {output_dir / 'overlays'}"
     )
 
