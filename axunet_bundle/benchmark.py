@@ -677,7 +677,8 @@ def pam_rows(settings: BenchmarkSettings) -> list[dict]:
 
 def backend_rows(settings: BenchmarkSettings, repeats: int = REPEATS) -> list[dict]:
     """ms/slice and GFLOP/s of AXUNet run each way (interleaved, best of ``repeats``) at each slice batch."""
-    from .inference import OnnxSliceNetwork, build_onnx_network, prepare_network
+    from .export import OnnxNetwork
+    from .inference import build_onnx_network, prepare_network
     from .networks import AXUNet
 
     torch.manual_seed(0)
@@ -691,7 +692,7 @@ def backend_rows(settings: BenchmarkSettings, repeats: int = REPEATS) -> list[di
     }
     if device.type == "cpu" and optional_import("onnxruntime")[1]:
         with tempfile.TemporaryDirectory() as tmp:
-            session: OnnxSliceNetwork = build_onnx_network(net, torch.zeros(1, 3, *settings.roi), cache_dir=tmp)
+            session: OnnxNetwork = build_onnx_network(net, torch.zeros(1, 3, *settings.roi), cache_dir=tmp)
         variants["ONNX Runtime"] = (session, False)
     dtype = autocast_dtype(settings.device)
     rows = []

@@ -26,6 +26,8 @@ __all__ = [
 
 #: An opset that onnxruntime and the legacy TorchScript-based exporter both support well.
 ONNX_OPSET = 17
+#: onnxruntime's ``log_severity_level`` for errors only (0 verbose ... 4 fatal)
+ONNXRUNTIME_ERRORS_ONLY = 3
 
 
 def export_torchscript(net: nn.Module, example: torch.Tensor, path: str | os.PathLike) -> Path:
@@ -73,42 +75,48 @@ def max_abs_diff_torchscript(net: nn.Module, path: str | os.PathLike, x: torch.T
 
 def max_abs_diff_onnx(net: nn.Module, path: str | os.PathLike, x: torch.Tensor) -> float:
     """Largest absolute difference between the eager ``net`` and the ONNX file at ``path`` (onnxruntime, CPU)."""
-    import onnxruntime  # optional dependency (extra "export")
-
-    session = onnxruntime.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
-    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
-    return float(np.abs(out - _eager(net, x)).max())
+    return float(np.abs(OnnxNetwork(path)(x).numpy() - _eager(net, x)).max())
 
 
 class OnnxNetwork(nn.Module):
     """
     An exported ONNX model run by onnxruntime, usable wherever the bundle expects the network (MONAI inferers and
-    engines call it like a module): ``configs/inference_onnx.json`` runs the inference workflow on it.
+    engines call it like a module): ``configs/inference_onnx.json`` runs the inference workflow on it, and the
+    default inference path (:class:`axunet_bundle.inference.BrainSliceInferer`) runs its cached exports with it.
 
     Args:
-        path: the ``.onnx`` file (from ``python -m axunet_bundle export``), exported at the slice size it will see.
+        model: the ``.onnx`` file (from ``python -m axunet_bundle export``), exported at the slice size it will see,
+            or the serialized model as bytes.
         providers: onnxruntime execution providers, in order of preference.
-        threads: intra-op threads (``None``: torch's thread count, so both paths use the machine alike).
+        threads: intra-op threads (``None``: torch's thread count, so both paths run under the same settings).
     """
 
     def __init__(
         self,
-        path: str | os.PathLike,
+        model: str | os.PathLike | bytes,
         providers: tuple[str, ...] = ("CPUExecutionProvider",),
         threads: int | None = None,
     ) -> None:
         super().__init__()
         import onnxruntime  # optional dependency (extra "export")
 
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"ONNX model not found: {path} (write it with `python -m axunet_bundle export`)")
+        if not isinstance(model, bytes):
+            model = Path(model)
+            if not model.is_file():
+                raise FileNotFoundError(
+                    f"ONNX model not found: {model} (write it with `python -m axunet_bundle export`)"
+                )
+            model = os.fspath(model)
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        self.session = onnxruntime.InferenceSession(os.fspath(path), options, providers=list(providers))
+        options.intra_op_num_threads = int(threads or torch.get_num_threads())
+        options.inter_op_num_threads = 1  # one graph branch at a time: the intra-op threads already fill the cores
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = ONNXRUNTIME_ERRORS_ONLY
+        self.session = onnxruntime.InferenceSession(model, options, providers=list(providers))
         self.input_name = self.session.get_inputs()[0].name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        data = x.as_tensor() if hasattr(x, "as_tensor") else x
-        (out,) = self.session.run(None, {self.input_name: data.detach().float().cpu().numpy()})
+        data = x.as_tensor() if hasattr(x, "as_tensor") else x  # MONAI's MetaTensor: the plain tensor
+        array = np.ascontiguousarray(data.detach().to("cpu", torch.float32).numpy())
+        (out,) = self.session.run(None, {self.input_name: array})
         return torch.from_numpy(out).to(x.device)

@@ -51,7 +51,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .atomic import atomic_path
-from .export import ONNX_OPSET, export_onnx
+from .export import ONNX_OPSET, OnnxNetwork, export_onnx
 from .progress import progress as show_progress
 
 __all__ = [
@@ -60,7 +60,6 @@ __all__ = [
     "autocast_dtype",
     "DEFAULT_BACKGROUND_LOGIT",
     "BrainSliceInferer",
-    "OnnxSliceNetwork",
     "brain_slice_mask",
     "default_cache_dir",
     "fuse_batchnorm",
@@ -255,32 +254,6 @@ def default_cache_dir() -> Path:
     return Path(base) / "axunet_bundle" / "onnx"
 
 
-class OnnxSliceNetwork:
-    """An ONNX Runtime (CPU) session called like the network: ``(N, C, H, W)`` float tensor -> logits tensor.
-
-    Args:
-        model: the ONNX model, as a file path or serialized bytes.
-        threads: intra-op threads (the same as torch's, so both paths run under the same settings).
-    """
-
-    def __init__(self, model: str | os.PathLike | bytes, threads: int | None = None) -> None:
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = int(threads or torch.get_num_threads())
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3  # errors only
-        source = model if isinstance(model, bytes) else os.fspath(model)
-        self.session = onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
-        (out,) = self.session.run(None, {self.input_name: array})
-        return torch.from_numpy(out)
-
-
 def _prune_cache(folder: Path, keep: int = MAX_CACHED_EXPORTS) -> None:
     files = sorted(folder.glob(f"*{ONNX_SUFFIX}"), key=lambda p: p.stat().st_mtime, reverse=True)
     for old in files[keep:]:
@@ -295,7 +268,7 @@ def build_onnx_network(
     example: torch.Tensor,
     cache_dir: str | os.PathLike | bool | None = None,
     threads: int | None = None,
-) -> OnnxSliceNetwork:
+) -> OnnxNetwork:
     """Export ``network`` (eval mode) to ONNX at the shape of ``example`` (dynamic batch) and open it with ONNX
     Runtime; reuse a cached export of the same weights and input shape when there is one.
 
@@ -314,7 +287,7 @@ def build_onnx_network(
         if path.is_file():
             try:
                 os.utime(path)  # most recently used: pruned last
-                return OnnxSliceNetwork(path, threads)
+                return OnnxNetwork(path, threads=threads)
             except Exception as err:  # a truncated or foreign file: export again
                 logger.warning("cached ONNX export %s unusable (%s); exporting again", path, err)
         try:
@@ -322,12 +295,12 @@ def build_onnx_network(
             with atomic_path(path) as partial:  # concurrent runs never read a half-written file
                 export_onnx(network, example, partial)
             _prune_cache(folder)
-            return OnnxSliceNetwork(path, threads)
+            return OnnxNetwork(path, threads=threads)
         except OSError as err:
             logger.info("cannot cache the ONNX export in %s (%s); using a temporary file", folder, err)
     with tempfile.TemporaryDirectory() as tmp:
         path = export_onnx(network, example, Path(tmp) / f"model{ONNX_SUFFIX}")
-        return OnnxSliceNetwork(path, threads)  # the session holds the model: the file can go
+        return OnnxNetwork(path, threads=threads)  # the session holds the model: the file can go
 
 
 def _on_cpu(network: nn.Module) -> bool:
