@@ -134,6 +134,7 @@ class BenchmarkSettings:
         quiet_wait_s: before each part, wait up to this many seconds for other processes to leave the CPU alone.
         cpu_bf16: also time AXUNet's opt-in ``precision="bfloat16"`` on one case (CPUs with native bf16 only).
         backends: also time each AXUNet backend and slice batch.
+        networks: also measure the paper's comparison networks (parameters, GFLOP and ms per slice).
     """
 
     device: str = "cpu"
@@ -156,6 +157,7 @@ class BenchmarkSettings:
     quiet_wait_s: float = QUIET_WAIT_S
     cpu_bf16: bool = True
     backends: bool = False
+    networks: bool = False
 
     @classmethod
     def quick(cls, **overrides: Any) -> BenchmarkSettings:
@@ -730,6 +732,29 @@ def backend_rows(settings: BenchmarkSettings, repeats: int = REPEATS) -> list[di
 
 
 # ----------------------------------------------------------------------------------------------------- report
+def network_rows(settings: BenchmarkSettings, repeats: int = REPEATS) -> list[dict]:
+    """Parameters, GFLOP per slice and eager ms per slice (batch 1, inference mode) of each network of
+    :data:`axunet_bundle.networks.NETWORKS`: AXUNet and the paper's comparison models."""
+    from .networks import NETWORKS, build_network
+
+    device = torch.device("cuda:0" if settings.device == "cuda" else "cpu")
+    dtype = autocast_dtype(settings.device)
+    x = torch.randn(1, 3, *settings.roi, device=device)
+    rows = []
+    for name in NETWORKS:
+        torch.manual_seed(0)
+        net = build_network(name).to(device).eval()
+
+        def forward() -> None:
+            with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                net(x)
+
+        seconds = _best_time(forward, repeats, settings.device)
+        params = sum(p.numel() for p in net.parameters())
+        rows.append({"network": name, "params": params, "flops": count_flops(net, x.shape), "ms": seconds * 1e3})
+    return rows
+
+
 def _mean(values: Sequence[float]) -> float:
     return statistics.fmean(values) if values else float("nan")
 
@@ -847,6 +872,13 @@ def _backend_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _network_table(rows: list[dict], roi: Sequence[int]) -> list[str]:
+    size = "×".join(map(str, roi))
+    lines = [f"| network | parameters (M) | GFLOP per {size} slice | ms per slice (batch 1) |", "|---|---:|---:|---:|"]
+    lines += [f"| {r['network']} | {r['params'] / 1e6:.2f} | {r['flops'] / 1e9:.2f} | {r['ms']:.0f} |" for r in rows]
+    return lines
+
+
 def render(results: dict, command: str) -> str:
     """The generated Markdown: date, command, machine, the table (and the backend table when measured)."""
     lines = [
@@ -870,6 +902,9 @@ def render(results: dict, command: str) -> str:
             "",
         ]
         lines += _backend_table(results["backends"])
+    if results.get("networks"):
+        lines += ["", "AXUNet and the paper's comparison networks, eager forward pass (random input):", ""]
+        lines += _network_table(results["networks"], results["settings"].roi)
     return "\n".join(lines) + "\n"
 
 
@@ -945,6 +980,9 @@ def _run_benchmark(
         if s.backends:
             _section(s, "AXUNet backends × slice batch")
             results["backends"] = backend_rows(s)
+        if s.networks:
+            _section(s, "comparison networks")
+            results["networks"] = network_rows(s)
     whole_run.__exit__(None, None, None)
     results["load_average"] = (load_before, os.getloadavg()[0])
     results["other_cpu"] = whole_run.share
@@ -968,6 +1006,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", default=str(DEFAULT_OUTPUT), help="Markdown file to write ('' for none)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test; numbers mean nothing)")
     parser.add_argument("--backends", action="store_true", help="also time each AXUNet backend and slice batch")
+    parser.add_argument("--networks", action="store_true", help="also measure the paper's comparison networks")
     parser.add_argument("--workdir", default=None, help="folder for generated cases (default: a temporary one)")
     parser.add_argument("--worker", nargs=2, metavar=("KIND", "JSON"), help=argparse.SUPPRESS)
     return parser
@@ -983,7 +1022,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             result = pam_worker(payload["kernel"], payload["size"], payload["channels"], payload.get("device", "cpu"))
         print(json.dumps(result))
         return
-    overrides: dict[str, Any] = dict(device=args.device, threads=args.threads, backends=args.backends)
+    overrides: dict[str, Any] = dict(
+        device=args.device, threads=args.threads, backends=args.backends, networks=args.networks
+    )
     if args.cases is not None:
         overrides["cases"] = args.cases
     if args.train_batch is not None:

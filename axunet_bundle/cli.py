@@ -483,6 +483,7 @@ def bench(
     threads: int | None = None,
     quick: bool = False,
     backends: bool = False,
+    networks: bool = False,
     output: str = "docs/benchmarks.md",
 ) -> None:
     """Benchmark whole-case inference (AXUNet vs the model zoo's SegResNet, same cases, same process settings),
@@ -495,6 +496,7 @@ def bench(
         threads: torch / ONNX Runtime threads (default: torch's).
         quick: tiny sizes, a smoke test whose numbers mean nothing.
         backends: also time each AXUNet backend and slice batch.
+        networks: also measure the paper's comparison networks (parameters, GFLOP and ms per slice).
         output: Markdown file to write ("" for none).
     """
     from .benchmark import main as benchmark_main
@@ -504,6 +506,7 @@ def bench(
     argv += ["--threads", str(threads)] if threads is not None else []
     argv += ["--quick"] if quick else []
     argv += ["--backends"] if backends else []
+    argv += ["--networks"] if networks else []
     benchmark_main(argv)
 
 

@@ -37,7 +37,7 @@ from axunet_bundle.inference import (
     prepare_network,
     weights_fingerprint,
 )
-from axunet_bundle.networks import ChannelAttention, PositionAttention
+from axunet_bundle.networks import NETWORKS, ChannelAttention, PositionAttention
 
 #: fast logits must match plain ones within this fraction of the largest plain logit
 TOLERANCE = 1e-3
@@ -296,7 +296,7 @@ def test_write_markdown_keeps_text_outside_the_markers(tmp_path):
 def test_benchmark_quick_smoke(tmp_path, capfd):
     """Tiny sizes, every measurement once; checks the table's rows, never the numbers."""
     output = tmp_path / "benchmarks.md"
-    settings = BenchmarkSettings.quick()
+    settings = BenchmarkSettings.quick(networks=True)
     text = run_benchmark(settings, output=output, command="benchmark --quick", workdir=tmp_path)
     log = capfd.readouterr().err
     for model in ("axunet", "segresnet"):  # progress of the timed cases, one line each off a terminal
@@ -321,5 +321,7 @@ def test_benchmark_quick_smoke(tmp_path, capfd):
         "| PAM softplus 8²",
         "| PAM softplus 32²",
         "| PAM softmax 32²",
+        "| network | parameters (M) | GFLOP per 64×64 slice",
+        *(f"| {name} | " for name in NETWORKS),
     ):
         assert expected in text, expected
