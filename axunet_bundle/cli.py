@@ -435,9 +435,12 @@ def export(
     output_dir: str | None = None,
     size: int = DEMO_SLICE_SIZE,
     onnx: bool = True,
+    **overrides,
 ) -> None:
     """Export models/model.pt to TorchScript (MONAI's ckpt_export, by tracing: the timm encoder cannot be scripted)
     and ONNX; each is loaded back and compared with the eager network on the same input (max abs difference).
+    The network is configs/inference.json's network_def, so the overrides it was trained with apply here too
+    (e.g. --modalities "['t1','t1ce','t2','flair']" for a 4-channel model).
 
     Args:
         ckpt_path: plain state dict to export (default: models/model.pt).
@@ -446,16 +449,20 @@ def export(
         onnx: also write the ONNX model.
     """
     import torch
-    from monai.bundle import ckpt_export
+    from monai.bundle import ConfigParser, ckpt_export
 
     from .export import export_onnx, max_abs_diff_onnx, max_abs_diff_torchscript
-    from .networks import AXUNet
     from .weights import load_plain_weights
 
     ckpt = Path(ckpt_path or BUNDLE_ROOT / "models" / "model.pt")
     out = Path(output_dir or BUNDLE_ROOT / "models")
     if not ckpt.is_file():
         raise SystemExit(f"no weights at {ckpt}: train first, or give --ckpt_path")
+    overrides = {"bundle_root": str(BUNDLE_ROOT), **overrides}
+    config = ConfigParser()
+    config.read_config(str(CONFIG_DIR / "inference.json"))
+    config.update(overrides)
+    channels = len(config.get_parsed_content("modalities"))
     out.mkdir(parents=True, exist_ok=True)
     ts_path = out / "model.ts"
     ckpt_export(
@@ -464,13 +471,13 @@ def export(
         ckpt_file=str(ckpt),
         meta_file=str(CONFIG_DIR / "metadata.json"),
         config_file=str(CONFIG_DIR / "inference.json"),
-        bundle_root=str(BUNDLE_ROOT),
         use_trace=True,
-        input_shape=[1, 3, size, size],
+        input_shape=[1, channels, size, size],
+        **overrides,
     )
-    net = AXUNet().eval()
+    net = config.get_parsed_content("network_def").eval()
     net.load_state_dict(load_plain_weights(ckpt, map_location="cpu"))
-    x = torch.randn(1, 3, size, size)
+    x = torch.randn(1, channels, size, size)
     print(f"TorchScript {ts_path}: max |eager - exported| = {max_abs_diff_torchscript(net, ts_path, x):.2e}")
     if onnx:
         onnx_path = export_onnx(net, x, out / "model.onnx")

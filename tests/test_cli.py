@@ -121,3 +121,26 @@ def test_export_writes_torchscript_and_onnx_that_match(tmp_path, capsys):
     assert (tmp_path / "model.ts").is_file() and (tmp_path / "model.onnx").is_file()
     diffs = [float(line.rsplit("=", 1)[1]) for line in printed.splitlines() if "max |eager - exported|" in line]
     assert len(diffs) == 2 and max(diffs) <= 1e-4
+
+
+def test_export_builds_the_configured_network(tmp_path, capsys):
+    """A model trained with four modalities exports with four input channels (the bundle's network_def)."""
+    torch.manual_seed(0)
+    torch.save(AXUNet(in_channels=4).state_dict(), tmp_path / "model.pt")
+    modalities = "['t1','t1ce','t2','flair']"
+    axunet(
+        "export",
+        "--ckpt_path",
+        tmp_path / "model.pt",
+        "--output_dir",
+        tmp_path,
+        "--size",
+        64,
+        "--onnx",
+        "False",
+        "--modalities",
+        modalities,
+    )
+    assert "max |eager - exported|" in capsys.readouterr().out
+    traced = torch.jit.load(str(tmp_path / "model.ts"))
+    assert traced(torch.randn(1, 4, 64, 64)).shape == (1, 3, 64, 64)
