@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import glob
 import io
+import logging
 import os
 import random
 from collections.abc import Callable, Mapping, Sequence
@@ -38,6 +39,8 @@ __all__ = [
     "VALIDATION_IMAGE_TAG",
     "CURVES_PNG",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: ``CheckpointSaver(file_prefix=...)`` of the resumable training checkpoint in ``configs/train.json``.
 CHECKPOINT_PREFIX = "checkpoint"
@@ -116,12 +119,18 @@ class RandomStates:
     ``transform`` (used when transforms run in the main process, ``num_workers=0``). Everything is stored as
     tensors and plain numbers, so checkpoints still load with ``torch.load(weights_only=True)``.
 
+    Under ``torch.distributed`` every process draws its own streams (``set_determinism(seed + rank)``) but only
+    rank 0 saves checkpoints: :meth:`attach` the object to the trainer on every rank, before the checkpoint saver,
+    and each epoch's checkpoint holds every rank's states; on resume each rank restores its own.
+
     Args:
         transform: a transform (for example ``Compose``) whose randomizable transforms' states are included.
     """
 
     def __init__(self, transform: Any = None) -> None:
         self.transform = transform
+        #: every rank's states, gathered at the end of the last epoch (``None`` outside ``torch.distributed``)
+        self._gathered: list[dict] | None = None
 
     def _randomizables(self) -> list[Randomizable]:
         """Every randomizable object of the chain, in a stable order: dictionary transforms keep their generator in
@@ -144,7 +153,20 @@ class RandomStates:
                 todo.extend(vars(item).values())
         return found
 
-    def state_dict(self) -> dict:
+    def attach(self, engine: Engine) -> None:
+        """Gather every rank's states at each epoch's end (a collective: attach on every rank, after the other
+        epoch-end handlers such as validation, and before the checkpoint saver, so the states are those saved)."""
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.gather)
+
+    def gather(self, engine: Engine | None = None) -> None:
+        """Collect every rank's states (no-op in a single process)."""
+        if idist.get_world_size() > 1:
+            gathered: list[Any] = [None] * idist.get_world_size()
+            torch.distributed.all_gather_object(gathered, self.local_state_dict())
+            self._gathered = [_to_cpu(state) for state in gathered]
+
+    def local_state_dict(self) -> dict:
+        """This process's states."""
         return {
             "python": random.getstate(),
             "numpy": _numpy_state(np.random.get_state()),
@@ -153,7 +175,23 @@ class RandomStates:
             "transforms": [_numpy_state(t.R.get_state()) for t in self._randomizables()],
         }
 
+    def state_dict(self) -> dict:
+        if self._gathered is not None:
+            return {"ranks": self._gathered}
+        return self.local_state_dict()
+
     def load_state_dict(self, state: Mapping) -> None:
+        if "ranks" in state:
+            ranks, world, rank = state["ranks"], idist.get_world_size(), idist.get_rank()
+            if len(ranks) != world:
+                logger.warning(
+                    "checkpoint saved by %d processes, resuming with %d: random states not restored (each process "
+                    "keeps its fresh seed)",
+                    len(ranks),
+                    world,
+                )
+                return
+            state = ranks[rank]
         version, internal, gauss = state["python"]
         random.setstate((version, tuple(internal), gauss))
         np.random.set_state(_numpy_state_back(state["numpy"]))
@@ -164,6 +202,17 @@ class RandomStates:
         if len(randomizables) == len(state["transforms"]):  # same transform chain as the saved run
             for t, saved in zip(randomizables, state["transforms"]):
                 t.R.set_state(_numpy_state_back(saved))
+
+
+def _to_cpu(value: Any) -> Any:
+    """``value`` with every tensor on the CPU (states gathered over NCCL arrive on the GPU)."""
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, Mapping):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(v) for v in value)
+    return value
 
 
 def _numpy_state(state: tuple) -> dict:

@@ -213,7 +213,8 @@ def test_evaluation_applies_the_brats_empty_region_conventions(tiny_dataset, tmp
 
 
 def test_two_process_gloo_training_finishes_on_both_ranks(tiny_dataset, tmp_path):
-    """``torchrun --nproc_per_node=2`` with multi_gpu_train.json on CPU (gloo): both ranks finish, rank 0 saves."""
+    """``torchrun --nproc_per_node=2`` with multi_gpu_train.json on CPU (gloo): both ranks finish, rank 0 saves a
+    checkpoint with every rank's random states, and ``--resume True`` continues on both ranks."""
     command = [
         sys.executable,
         "-m",
@@ -255,7 +256,24 @@ def test_two_process_gloo_training_finishes_on_both_ranks(tiny_dataset, tmp_path
     assert result.returncode == 0, log[-3000:]
     assert log.count("SupervisedTrainer - INFO - Engine run finished") == 2  # one per rank
     AXUNet().load_state_dict(torch.load(tmp_path / "models" / "model.pt", weights_only=True))
-    assert len(list((tmp_path / "models").glob("checkpoint_*.pt"))) == 1
+    (checkpoint,) = (tmp_path / "models").glob("checkpoint_*.pt")
+    ranks = torch.load(checkpoint, weights_only=True)["random_states"]["ranks"]
+    assert len(ranks) == 2 and not torch.equal(ranks[0]["torch"], ranks[1]["torch"])  # each rank's own streams
+    # resume on both ranks for a second epoch
+    resumed = subprocess.run(
+        command + ["--epochs", "2", "--resume", "True"],
+        cwd=BUNDLE_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    log = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, log[-3000:]
+    assert log.count("Restored all variables from") == 2  # the checkpoint, on each rank
+    assert log.count("SupervisedTrainer - INFO - Epoch[2] Complete") == 2  # both ranks continue at epoch 2 ...
+    assert "SupervisedTrainer - INFO - Epoch[1] Complete" not in log  # ... without repeating epoch 1
+    assert log.count("SupervisedTrainer - INFO - Engine run finished") == 2
 
 
 def _break_cases(root: Path) -> dict[str, str]:

@@ -3,7 +3,9 @@ with the same seed on CPU give identical losses."""
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import re
 import signal
 import subprocess
@@ -11,11 +13,15 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import BUNDLE_ROOT, CONFIGS, TINY_ROI
+from ignite.engine import Engine
+from monai.transforms import Compose, RandAffined, RandFlipd
+from monai.utils import set_determinism
 
-from axunet_bundle.handlers import latest_checkpoint
+from axunet_bundle.handlers import RandomStates, latest_checkpoint
 
 EPOCHS = 3
 #: one volume per batch and two training volumes: two iterations per epoch, so "after iteration 1" is mid-epoch
@@ -23,6 +29,7 @@ BATCH_SIZE = 2
 SLICES_PER_VOLUME = 2
 KILL_AT = (EPOCHS, 1)  # (epoch, iteration) after whose log line the run is killed
 RUN_TIMEOUT_S = 600
+SEED = 0
 ITERATION_LINE = re.compile(r"Epoch: (\d+)/\d+, Iter: (\d+)/\d+ -- train_loss: ([0-9.]+)")
 
 
@@ -121,3 +128,55 @@ def test_two_cpu_runs_with_the_same_seed_give_identical_losses(tiny_dataset, tmp
     reference = losses(reference_log)
     assert len(again) == len(reference) // EPOCHS > 0
     assert again == reference[: len(again)]  # exactly equal, not approximately
+
+
+# ------------------------------------------------------------------------------------ torch.distributed (gloo)
+WORLD_SIZE = 2
+DRAWS = 4
+
+
+def _draws(transform) -> list[float]:
+    """What the next epoch would draw from every generator a training consumes."""
+    values = torch.rand(DRAWS).tolist() + np.random.rand(DRAWS).tolist() + [random.random() for _ in range(DRAWS)]
+    return values + [float(t.R.rand()) for t in RandomStates(transform)._randomizables()]
+
+
+def _rank_worker(rank: int, init_file: str, out_dir: str) -> None:
+    """One rank of a 2-process run: epoch end gathers every rank's states, rank 0 saves them, every rank loads the
+    checkpoint after its generators were scrambled and records whether its own next draws came back."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE)
+    set_determinism(seed=SEED + rank)  # as multi_gpu_train.json seeds each rank
+    transform = Compose([RandFlipd(keys="x", prob=0.5), RandAffined(keys="x", prob=0.5, rotate_range=0.1)])
+    states = RandomStates(transform)
+    engine = Engine(lambda engine, batch: None)
+    states.attach(engine)
+    engine.run([0], max_epochs=1)
+    checkpoint = Path(out_dir) / "checkpoint.pt"
+    if rank == 0:
+        torch.save({"random_states": states.state_dict()}, checkpoint)
+    expected = _draws(transform)
+    torch.distributed.barrier()
+    set_determinism(seed=12345)
+    RandomStates(transform).load_state_dict(torch.load(checkpoint, weights_only=True)["random_states"])
+    (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps({"expected": expected, "restored": _draws(transform)}))
+    torch.distributed.destroy_process_group()
+
+
+def test_each_rank_resumes_its_own_random_streams(tmp_path, caplog):
+    """Only rank 0 writes checkpoints, yet every rank must get its own generators back (not rank 0's, which would
+    make all ranks draw the same augmentations after a resume)."""
+    torch.multiprocessing.spawn(_rank_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD_SIZE)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD_SIZE)]
+    for rank in ranks:
+        assert rank["restored"] == rank["expected"]
+    assert ranks[0]["expected"] != ranks[1]["expected"]  # the streams differ per rank
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["random_states"]
+    assert len(saved["ranks"]) == WORLD_SIZE
+    # resuming with another number of processes keeps the fresh seeds, and says so
+    set_determinism(seed=SEED)
+    expected = torch.rand(DRAWS).tolist()
+    set_determinism(seed=SEED)
+    with caplog.at_level("WARNING"):
+        RandomStates().load_state_dict(saved)
+    assert torch.rand(DRAWS).tolist() == expected
+    assert "saved by 2 processes, resuming with 1" in caplog.text
