@@ -130,12 +130,14 @@ def check_checkpoint_loaders(handlers: Iterable[object]) -> None:
 
 
 def load_plain_weights(path: str | os.PathLike, what: str = "checkpoint", **load_kwargs: object) -> object:
-    """``torch.load(path, weights_only=True)`` after :func:`check_plain_weights` (one clear line for a crafted file).
+    """``torch.load(path, weights_only=True)``, with one clear line (:class:`UnsafeWeightsError`) for a crafted file.
 
     Args:
         path: a ``torch.save`` weights or checkpoint file.
         what: what the file is meant to be, for the message.
         load_kwargs: other arguments of ``torch.load`` (``map_location``, ``mmap``).
     """
-    check_plain_weights(path, what=what)
-    return torch.load(path, weights_only=True, **load_kwargs)
+    try:
+        return torch.load(path, weights_only=True, **load_kwargs)
+    except pickle.UnpicklingError as err:  # a weights-only refusal: name the file and what it carries, briefly
+        raise UnsafeWeightsError(unsafe_weights_message(path, find_unsafe_globals(path) or (), what)) from err
