@@ -85,34 +85,29 @@ class OnnxNetwork(nn.Module):
     default inference path (:class:`axunet_bundle.inference.BrainSliceInferer`) runs its cached exports with it.
 
     Args:
-        model: the ``.onnx`` file (from ``python -m axunet_bundle export``), exported at the slice size it will see,
-            or the serialized model as bytes.
+        path: the ``.onnx`` file (from ``python -m axunet_bundle export``), exported at the slice size it will see.
         providers: onnxruntime execution providers, in order of preference.
         threads: intra-op threads (``None``: torch's thread count, so both paths run under the same settings).
     """
 
     def __init__(
         self,
-        model: str | os.PathLike | bytes,
+        path: str | os.PathLike,
         providers: tuple[str, ...] = ("CPUExecutionProvider",),
         threads: int | None = None,
     ) -> None:
         super().__init__()
         import onnxruntime  # optional dependency (extra "export")
 
-        if not isinstance(model, bytes):
-            model = Path(model)
-            if not model.is_file():
-                raise FileNotFoundError(
-                    f"ONNX model not found: {model} (write it with `python -m axunet_bundle export`)"
-                )
-            model = os.fspath(model)
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ONNX model not found: {path} (write it with `python -m axunet_bundle export`)")
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = int(threads or torch.get_num_threads())
         options.inter_op_num_threads = 1  # one graph branch at a time: the intra-op threads already fill the cores
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = ONNXRUNTIME_ERRORS_ONLY
-        self.session = onnxruntime.InferenceSession(model, options, providers=list(providers))
+        self.session = onnxruntime.InferenceSession(os.fspath(path), options, providers=list(providers))
         self.input_name = self.session.get_inputs()[0].name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -163,7 +163,7 @@ class RandomStates:
         if idist.get_world_size() > 1:
             gathered: list[Any] = [None] * idist.get_world_size()
             torch.distributed.all_gather_object(gathered, self.local_state_dict())
-            self._gathered = [_to_cpu(state) for state in gathered]
+            self._gathered = gathered
 
     def local_state_dict(self) -> dict:
         """This process's states."""
@@ -202,17 +202,6 @@ class RandomStates:
         if len(randomizables) == len(state["transforms"]):  # same transform chain as the saved run
             for t, saved in zip(randomizables, state["transforms"]):
                 t.R.set_state(_numpy_state_back(saved))
-
-
-def _to_cpu(value: Any) -> Any:
-    """``value`` with every tensor on the CPU (states gathered over NCCL arrive on the GPU)."""
-    if isinstance(value, torch.Tensor):
-        return value.cpu()
-    if isinstance(value, Mapping):
-        return {k: _to_cpu(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to_cpu(v) for v in value)
-    return value
 
 
 def _numpy_state(state: tuple) -> dict:
@@ -431,7 +420,6 @@ class TrainingCurvesWriter:
         engine.add_event_handler(Events.COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-
         from .visualize import training_curves
 
         if idist.get_rank() > 0:

@@ -434,21 +434,20 @@ class BrainSliceInferer(Inferer):
         self.active_backend: str | None = None
 
     # ---------------------------------------------------------------------------------------- preparation
-    def _candidates(self, network: nn.Module, device: torch.device) -> list[str]:
+    def _candidates(self, network: nn.Module, device: torch.device, dtype: torch.dtype | None) -> list[str]:
         if self.backend == "eager" or network.training:  # BN folding and export assume eval mode
             return ["eager"]
         order = {"auto": ["onnxruntime", "torch"], "onnxruntime": ["onnxruntime", "torch"], "torch": ["torch"]}
         names = order[self.backend]
-        low_precision = autocast_dtype(device, self.precision) is not None  # the ONNX export runs float32
+        low_precision = dtype is not None  # the ONNX export runs float32
         if device.type != "cpu" or low_precision or not _on_cpu(network) or not optional_import("onnxruntime")[1]:
             names = [n for n in names if n != "onnxruntime"]
         return names + ["eager"]
 
-    def _build(self, name: str, network: nn.Module, example: torch.Tensor) -> _Predictor:
+    def _build(self, name: str, network: nn.Module, example: torch.Tensor, dtype: torch.dtype | None) -> _Predictor:
         if name == "onnxruntime":
             session = build_onnx_network(network, example, cache_dir=self.cache_dir)
             return _Predictor(name, session)
-        dtype = autocast_dtype(example.device, self.precision)
         if name == "torch":
             return _Predictor(name, prepare_network(network), channels_last=True, dtype=dtype)
         return _Predictor(name, network, dtype=dtype)
@@ -460,11 +459,12 @@ class BrainSliceInferer(Inferer):
         if cached is network and token == self._token and self._predictor is not None:
             return self._predictor
         self._predictor, self._pending_check = None, False
-        for name in self._candidates(network, example.device):
+        dtype = autocast_dtype(example.device, self.precision)  # once: it warns when the CPU lacks bf16
+        for name in self._candidates(network, example.device, dtype):
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    self._predictor = self._build(name, network, example)
+                    self._predictor = self._build(name, network, example, dtype)
                 break
             except Exception as err:  # an export or session failure must never stop inference
                 logger.warning("inference backend %s unavailable (%s: %s); falling back", name, type(err).__name__, err)

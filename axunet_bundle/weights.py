@@ -105,9 +105,9 @@ def check_plain_weights(path: str | os.PathLike, what: str = "weights file") -> 
         raise UnsafeWeightsError(unsafe_weights_message(path, unsafe, what))
     if unsafe is None:
         try:
-            torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:
-            raise UnsafeWeightsError(unsafe_weights_message(path, what=what)) from err
+            load_plain_weights(path, what=what, map_location="cpu")
+        except UnsafeWeightsError:
+            raise
         except Exception:  # noqa: BLE001 - not a pickle problem: the real loader gives its own error
             return
 

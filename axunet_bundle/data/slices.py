@@ -44,7 +44,6 @@ MANIFEST = "manifest.json"
 IMAGE_FILE = "image.npy"
 LABEL_FILE = "label.npy"
 SLICES_FILE = "slices.json"
-JSON_INDENT = 4
 
 
 def fingerprint(params: Mapping[str, Any]) -> str:
@@ -71,7 +70,7 @@ def _prepare_case(args: tuple[Mapping[str, Any], str, Callable]) -> tuple[str, s
             np.save(partial / IMAGE_FILE, image)
             if label is not None:
                 np.save(partial / LABEL_FILE, label)
-            (partial / SLICES_FILE).write_text(json.dumps(_slice_flags(image, label), indent=JSON_INDENT) + "\n")
+            write_json_atomic(partial / SLICES_FILE, _slice_flags(image, label))
     except CaseError as err:
         return case_id, str(err)
     except Exception as err:  # one bad case must not stop the others; report it precisely
