@@ -4,8 +4,8 @@
 :func:`run_benchmark` generates BraTS-size cases (240 x 240 x 155) and measures, in one run:
 
 - whole-case inference wall time (NIfTI files in -> segmentation NIfTI out) of AXUNet through the bundle's default
-  path (the ``volume_transforms`` of ``configs/train.json``, :class:`~axunet_bundle.inference.BrainSliceInferer`,
-  sigmoid, inverse of the preprocessing, threshold, BraTS labels, save) and of SegResNet in the zoo's
+  path (the ``preprocessing``, ``inferer`` and ``postprocessing`` of ``configs/inference.json``: what
+  ``monai.bundle run inference`` runs) and of SegResNet in the zoo's
   ``brats_mri_segmentation`` configuration, each in a fresh process with the same thread settings;
 - model GFLOPs per case and the FLOP rate achieved during AXUNet inference against a matmul measured in this run;
 - AXUNet training slices/s (forward + backward) and the slice cache's random-slice data-loader slices/s;
@@ -13,7 +13,8 @@
 - peak resident memory of each whole-case process;
 
 and writes one Markdown table (plus machine information) to ``docs/benchmarks.md``. ``backends=True`` adds a table
-of per-slice time for each way of running AXUNet (eager, channels_last, folded BN, ONNX Runtime) and slice batch.
+of per-slice time for each way of running AXUNet (eager, channels_last, folded BN, ONNX Runtime) and slice batch;
+``networks=True`` one of the paper's comparison networks.
 The module also runs as the measuring subprocess (``python -m axunet_bundle.benchmark --worker ...``).
 """
 
@@ -339,12 +340,13 @@ def _machine_info(settings: BenchmarkSettings) -> dict[str, str]:
 
 # ----------------------------------------------------------------------------------------------------- pipelines
 def axunet_pipeline(
-    roi: Sequence[int], out_dir: str, cache_dir: str | os.PathLike | None = None
+    roi: Sequence[int], out_dir: str, cache_dir: str | os.PathLike | None = None, precision: str = "auto"
 ) -> tuple[Callable, Callable, Callable, list[str]]:
     """AXUNet's default whole-case path, taken from ``configs/inference.json`` (what ``monai.bundle run inference``
     runs): (preprocessing, inferer, postprocessing, modalities).
 
-    ``cache_dir`` is the inferer's ONNX export cache (default: the user's cache folder). Post-processing: sigmoid,
+    ``cache_dir`` is the inferer's ONNX export cache (default: the user's cache folder); ``precision`` the config's
+    (``"bfloat16"``: the opt-in). Post-processing: sigmoid,
     inverse of the preprocessing back to the original grid, threshold, regions -> BraTS labels, save as NIfTI.
     """
     from monai.bundle import ConfigParser
@@ -352,7 +354,13 @@ def axunet_pipeline(
     parser = ConfigParser()
     parser.read_config(INFERENCE_CONFIG)
     parser.update(
-        {"roi_size": list(roi), "output_dir": out_dir, "overwrite": True, "slice_inferer#cache_dir": cache_dir}
+        {
+            "roi_size": list(roi),
+            "output_dir": out_dir,
+            "overwrite": True,
+            "slice_inferer#cache_dir": cache_dir,
+            "precision": precision,
+        }
     )
     return (
         parser.get_parsed_content("preprocessing"),
@@ -425,7 +433,7 @@ def case_worker(model: str, case_dirs: Sequence[str], out_dir: str, settings: di
     from monai.data import decollate_batch
 
     from .data.cases import find_cases
-    from .inference import BrainSliceInferer, brain_slice_mask
+    from .inference import brain_slice_mask
     from .networks import AXUNet
 
     s = BenchmarkSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
@@ -508,7 +516,7 @@ def case_worker(model: str, case_dirs: Sequence[str], out_dir: str, settings: di
     if device.type == "cuda":
         result["peak_gpu"] = torch.cuda.max_memory_allocated(device)
     if model == "axunet" and s.cpu_bf16 and device.type == "cpu" and autocast_dtype(device, "bfloat16"):
-        inferer = BrainSliceInferer(roi_size=s.roi, precision="bfloat16")  # the opt-in, for comparison
+        _, inferer, _, _ = axunet_pipeline(s.roi, out_dir, cache_dir, precision="bfloat16")  # the opt-in
         timed_case(items[0])  # warm-up: prepares the network
         result["bf16_case"] = one_case(items[0])
         result["bf16_backend"] = inferer.active_backend
@@ -731,7 +739,6 @@ def backend_rows(settings: BenchmarkSettings, repeats: int = REPEATS) -> list[di
     return rows
 
 
-# ----------------------------------------------------------------------------------------------------- report
 def network_rows(settings: BenchmarkSettings, repeats: int = REPEATS) -> list[dict]:
     """Parameters, GFLOP per slice and eager ms per slice (batch 1, inference mode) of each network of
     :data:`axunet_bundle.networks.NETWORKS`: AXUNet and the paper's comparison models."""
@@ -755,6 +762,7 @@ def network_rows(settings: BenchmarkSettings, repeats: int = REPEATS) -> list[di
     return rows
 
 
+# ----------------------------------------------------------------------------------------------------- report
 def _mean(values: Sequence[float]) -> float:
     return statistics.fmean(values) if values else float("nan")
 

@@ -54,6 +54,7 @@ def demo(
     from .data.datalist import write_datalist
     from .data.synth import write_synthetic_dataset
     from .handlers import CURVES_PNG, METRICS_CSV, SUMMARY_JSON
+    from .visualize import DICE_BOXPLOT_PNG, OVERLAYS_DIR
 
     started = time.perf_counter()
     out = Path(output_dir).resolve()
@@ -114,8 +115,8 @@ def demo(
         + ", ".join(f"{r} {v:.3f}" for r, v in dice.items())
     )
     print(f"  weights          {weights}")
-    print(f"  per-case scores  {out / 'eval' / METRICS_CSV}  (box plot: {out / 'eval' / 'dice_boxplot.png'})")
-    print(f"  case overlays    {out / 'eval' / 'overlays'}")
+    print(f"  per-case scores  {out / 'eval' / METRICS_CSV}  (box plot: {out / 'eval' / DICE_BOXPLOT_PNG})")
+    print(f"  case overlays    {out / 'eval' / OVERLAYS_DIR}")
     print(f"  segmentation     {seg}")
     print(f"  overlay picture  {out / 'overlay.png'}")
     print(f"  training curves  {curves}  (TensorBoard: tensorboard --logdir {out / 'runs'})")
@@ -307,13 +308,14 @@ def evaluate(**overrides) -> None:
     (replace an earlier evaluation's files in output_dir; without it an existing metrics.csv stops the run).
     """
     from .handlers import METRICS_CSV, SUMMARY_JSON
+    from .visualize import DICE_BOXPLOT_PNG, OVERLAYS_DIR
 
     _bundle_run("evaluating", overrides)
     # inference.json's default output_dir is bundle_root + '/eval'
     output_dir = Path(overrides.get("output_dir", Path(overrides.get("bundle_root", BUNDLE_ROOT)) / "eval"))
     print(
         f"per-case scores: {output_dir / METRICS_CSV}; summary: {output_dir / SUMMARY_JSON}; "
-        f"box plot: {output_dir / 'dice_boxplot.png'}; overlays: {output_dir / 'overlays'}"
+        f"box plot: {output_dir / DICE_BOXPLOT_PNG}; overlays: {output_dir / OVERLAYS_DIR}"
     )
 
 

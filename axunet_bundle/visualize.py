@@ -83,6 +83,8 @@ __all__ = [
     "attention_activity",
     "attention_maps",
     "evaluation_pictures",
+    "DICE_BOXPLOT_PNG",
+    "OVERLAYS_DIR",
 ]
 
 ScalarLog = Mapping[str, Sequence[tuple[float, float]]]
@@ -117,6 +119,9 @@ ATTENTION_COLUMN_INCHES = 3.5  # image plus colour bar
 ATTENTION_ROW_INCHES = 3.0
 ATTENTION_TITLE_INCHES = 0.5
 RENDER_PIXELS_PER_VOXEL = 4  # default magnification of render_panel
+#: what an evaluation draws in its output folder: the Dice box plot and a folder of per-case overlays
+DICE_BOXPLOT_PNG = "dice_boxplot.png"
+OVERLAYS_DIR = "overlays"
 TENSORBOARD_PIXELS_PER_VOXEL = 2  # axial_overlay: 224 x 224 slices give 448-pixel panels, small event files
 _PIXEL_GUARD = 0.5  # added to pixel sizes converted to inches, so that float round-off cannot truncate a pixel
 
@@ -1132,12 +1137,12 @@ def evaluation_pictures(
     output_dir = Path(output_dir)
     written = []
     if (output_dir / METRICS_CSV).exists():
-        written.append(dice_boxplot(output_dir / METRICS_CSV, output_dir / "dice_boxplot.png"))
+        written.append(dice_boxplot(output_dir / METRICS_CSV, output_dir / DICE_BOXPLOT_PNG))
     if overlays:
         for item in progress(items, desc="drawing overlays", unit="case"):
             case_id = case_id_from_path(item["image"][0])  # as the writer names the segmentation (case_name_formatter)
             seg = segmentation_path(output_dir, case_id)
             if seg.exists():
-                png = output_dir / "overlays" / f"{case_id}_overlay.png"
+                png = output_dir / OVERLAYS_DIR / f"{case_id}_overlay.png"
                 written.append(overlay_files(item["image"], seg, png, label_file=item["label"], convention=convention))
     return written
