@@ -7,5 +7,5 @@ Region channels are always in the order WT (whole tumour), TC (tumour core), ET 
 from . import data, handlers, inferers, metrics, networks, transforms
 from .networks import AXUNet
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["AXUNet", "__version__", "data", "handlers", "inferers", "metrics", "networks", "transforms"]

@@ -1,7 +1,12 @@
-"""Shared fixtures: tiny generated BraTS-like datasets and the bundle's configs."""
+"""Shared fixtures: tiny generated BraTS-like datasets, the bundle's configs, the model-zoo bundle it ships, and a
+Python that has this environment's packages but not this project."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import sysconfig
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +15,7 @@ from axunet_bundle.data.synth import write_synthetic_dataset
 
 BUNDLE_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = BUNDLE_ROOT / "configs"
+SCHEMA = BUNDLE_ROOT.parent / "shared" / "monai" / "meta_schema_20240725.json"
 #: small enough for 2 CPU cores, large enough for Xception's stride-32 map (64 -> 2x2)
 TINY_SHAPE = (64, 64, 16)
 TINY_ROI = [64, 64]
@@ -21,3 +27,48 @@ def tiny_dataset(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("brats")
     write_synthetic_dataset(root, n=4, seed=0, shape=TINY_SHAPE, progress=False)
     return root
+
+
+def make_venv(path: Path, with_pip: bool = False) -> Path:
+    """A virtual environment that sees this test environment's installed packages through a ``.pth`` file (no
+    second torch on disk) but not this project: the editable install's own ``.pth`` hook is not run for a folder a
+    ``.pth`` file adds, so ``import axunet_bundle`` fails there. Returns its python."""
+    subprocess.run([sys.executable, "-m", "venv", *([] if with_pip else ["--without-pip"]), str(path)], check=True)
+    python = path / "bin" / "python"
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    ours = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
+    (Path(site) / "test_environment.pth").write_text("".join(f"{p}\n" for p in ours))
+    return python
+
+
+@pytest.fixture(scope="session")
+def bare_python(tmp_path_factory) -> Path:
+    """A Python with this environment's packages that cannot import ``axunet_bundle`` (except from the current
+    folder, as a bundle folder provides it)."""
+    python = make_venv(tmp_path_factory.mktemp("bare") / "venv")
+    probe = subprocess.run([str(python), "-c", "import axunet_bundle"], capture_output=True, text=True, cwd="/")
+    assert probe.returncode != 0 and "No module named 'axunet_bundle'" in probe.stderr
+    return python
+
+
+@pytest.fixture(scope="session")
+def zoo_bundle(tmp_path_factory) -> tuple[Path, Path]:
+    """What ``axunet bundle OUT`` writes without weights: the bundle folder and its zip."""
+    from axunet_bundle.cli.zoo_bundle import write_bundle
+
+    return write_bundle(tmp_path_factory.mktemp("zoo"))
+
+
+@pytest.fixture(scope="session")
+def unzipped_bundle(zoo_bundle, tmp_path_factory) -> Path:
+    """The bundle zip unzipped into a folder of its own, where no other file of this repository is."""
+    folder, zip_path = zoo_bundle
+    out = tmp_path_factory.mktemp("unzipped")
+    with zipfile.ZipFile(zip_path) as archive:
+        archive.extractall(out)
+    return out / folder.name

@@ -26,7 +26,6 @@ from monai.inferers import SliceInferer
 from monai.transforms import Compose
 
 from axunet_bundle import AXUNet
-from axunet_bundle.benchmark import BEGIN_MARKER, END_MARKER, BenchmarkSettings, run_benchmark, write_markdown
 from axunet_bundle.data.cases import find_cases
 from axunet_bundle.inference import (
     DEFAULT_BACKGROUND_LOGIT,
@@ -38,6 +37,7 @@ from axunet_bundle.inference import (
     weights_fingerprint,
 )
 from axunet_bundle.networks import NETWORKS, ChannelAttention, PositionAttention
+from tools.benchmark import BEGIN_MARKER, END_MARKER, BenchmarkSettings, run_benchmark, write_markdown
 
 #: fast logits must match plain ones within this fraction of the largest plain logit
 TOLERANCE = 1e-3

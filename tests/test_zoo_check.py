@@ -1,5 +1,5 @@
 # Copyright (c) AXUNet bundle developers. Licensed under the Apache License, Version 2.0.
-"""The model zoo's checks (axunet_bundle.zoo): all pass on this bundle; each failure case fails on a copy of it."""
+"""The model zoo's checks (tools/zoo_check.py): all pass on this bundle; each failure case fails on a copy of it."""
 
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import BUNDLE_ROOT
+from conftest import BUNDLE_ROOT, SCHEMA
 
-from axunet_bundle.zoo import CHECKS, FAIL, PASS, SKIP, WARN, find_schema, main, run_zoo_checks
+from tools.zoo_check import CHECKS, FAIL, PASS, SKIP, WARN, find_schema, main, run_zoo_checks
 
-SCHEMA = BUNDLE_ROOT.parent / "shared" / "monai" / "meta_schema_20240725.json"
 #: what a bundle copy needs for the cheap checks (no code, no weights)
 COPIED = ("configs", "LICENSE", "large_files.yml", ".gitignore")
 #: the one allowed WARN: the BraTS weights have no download url yet

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Creates (or refreshes) .venv-monailabel at the repository root: the real MONAI Label server package from PyPI
-# plus this package (editable), in a virtual environment of its own, apart from .venv.
+# plus the packages the bundle's configs/metadata.json requires, in a virtual environment of its own, apart from
+# .venv. This package itself is NOT installed there: MONAI Label runs the model-zoo bundle folder that
+# `axunet bundle` writes, which carries its own code, as a MONAI Label user would.
 #
-#   bash scripts/setup_monailabel_env.sh          # idempotent: a second run with nothing changed takes seconds
-#   .venv-monailabel/bin/python scripts/monailabel_check.py
+#   bash tools/setup_monailabel_env.sh          # idempotent: a second run with nothing changed takes seconds
+#   .venv-monailabel/bin/python tools/monailabel_check.py --bundle BUNDLE_FOLDER
 #
 # Why a venv of its own: monailabel drags in a large set of server dependencies (fastapi, uvicorn, pydicom,
 # dicomweb-client, girder-client, sam2, mlflow, ...) that the bundle itself does not need, and one of them
-# (pydicom-seg) pins old numpy/jsonschema.  monailabel 0.8.5 needs monai>=1.4, as this package does.
+# (pydicom-seg) pins old numpy/jsonschema.  monailabel 0.8.5 needs monai>=1.4, as the bundle does.
 #
 # torch is NOT pinned: pip resolves torch and torchvision together from the registry (an exact torch pin can
 # select a torch for which no importable torchvision exists).  A CUDA build of torch runs fine on a CPU-only host.
@@ -28,17 +30,23 @@ STAMP="$VENV/.axunet-setup-stamp"
 want_stamp="$(
     {
         echo "$MONAILABEL_SPEC"
-        cat pyproject.toml
-        cat scripts/setup_monailabel_env.sh
+        cat configs/metadata.json
+        cat tools/setup_monailabel_env.sh
     } | sha256sum | cut -d' ' -f1
 )"
 
 imports_ok() {
     "$VENV/bin/python" - <<'EOF' >/dev/null 2>&1
-import monailabel, monai, torch, torchvision, timm, axunet_bundle  # noqa: F401
+import importlib.util, json, os, sys
+import monailabel, monai, torch, torchvision  # noqa: F401
 from monailabel.tasks.infer.bundle import BundleInferTask  # noqa: F401
 from monailabel.tasks.train.bundle import BundleTrainTask  # noqa: F401
 import monailabel.interfaces.app  # noqa: F401  (the server's imports, pydicom-seg included)
+from importlib.metadata import version
+for name in json.load(open("configs/metadata.json"))["required_packages_version"]:
+    version(name)  # installed
+sys.path = [p for p in sys.path if p not in ("", os.getcwd())]  # this checkout's own folder does not count
+assert importlib.util.find_spec("axunet_bundle") is None, "axunet_bundle must come from the bundle folder only"
 EOF
 }
 
@@ -54,23 +62,23 @@ fi
 rm -f "$STAMP"
 # pip alone first: the venv's pip 23.2 prints a spurious "ERROR: Exception" when it also upgrades packaging/wheel.
 "$VENV/bin/python" -m pip install --upgrade pip
-# Two resolver runs, not one: monailabel 0.8.5 requires pydicom-seg 0.4.1 (the newest), which pins
-# jsonschema<4 and numpy<2, while this package requires jsonschema>=4.0, so a single
-# `pip install monailabel -e .` is ResolutionImpossible.  Installing monailabel first (numpy 1.x,
-# jsonschema 3.2) and this package second lifts jsonschema to 4.x and keeps numpy 1.x (this package accepts
-# numpy>=1.24).  pydicom-seg is only used for DICOM SEG export, which the checks do not use; it imports fine
-# with jsonschema 4.  torch/torchvision come in with the first step (monai[torchvision]), resolved together.
 # pydicom<3: pydicom-seg 0.4.1 imports pydicom._storage_sopclass_uids, which pydicom 3 removed, and the server
 # imports pydicom-seg at start-up (monailabel.datastore.utils.convert), so with pydicom 3 `monailabel
 # start_server` dies with ModuleNotFoundError.  monailabel's metadata says only pydicom>=2.4.4.
+# torch/torchvision come in with monailabel (monai[torchvision]), resolved together.
 "$VENV/bin/python" -m pip install "$MONAILABEL_SPEC" "pydicom<3"
-"$VENV/bin/python" -m pip install -e .
-# pip then prints "pydicom-seg 0.4.1 requires jsonschema<4.0.0,>=3.2.0, but you have jsonschema 4.x": expected.
+# What the bundle's code needs, by name as configs/metadata.json lists them (the versions there are the ones it was
+# tested with; pinning them here could fight monailabel's own pins).
+required=$("$VENV/bin/python" -c 'import json; print(" ".join(json.load(open("configs/metadata.json"))["required_packages_version"]))')
+# shellcheck disable=SC2086
+"$VENV/bin/python" -m pip install $required
+# An environment made by an earlier version of this script had this package installed: remove it.
+"$VENV/bin/python" -m pip uninstall -y axunet_bundle >/dev/null 2>&1 || true
 # (`pip check` is not run: it crashes on itk 5.4.7's wheel tag "cp311-abi3", InvalidTag.)
 
 if ! imports_ok; then
     echo "setup_monailabel_env: imports fail in $VENV" >&2
-    "$VENV/bin/python" -c "import monailabel, torch, torchvision, axunet_bundle" || true
+    "$VENV/bin/python" -c "import monailabel, torch, torchvision" || true
     exit 1
 fi
 echo "$want_stamp" >"$STAMP"

@@ -1,5 +1,5 @@
 # Copyright (c) AXUNet bundle developers. Licensed under the Apache License, Version 2.0.
-"""The MONAI model zoo's checks, run on this bundle with MONAI's own functions: ``python -m axunet_bundle.zoo``.
+"""The MONAI model zoo's checks, run on a bundle folder with MONAI's own functions: ``python tools/zoo_check.py``.
 
 The checks and their order follow Project-MONAI/model-zoo ``ci/verify_bundle.py`` (``verify``: large files,
 directory, version, metadata, properties, data shape, TorchScript), then what the zoo's other PR jobs check: ONNX
@@ -80,7 +80,7 @@ MAX_FILE_KB = 1024
 JSON_INDENT = 4
 # model-zoo setup.cfg / pyproject.toml / runtests.sh; flags as in this project's pyproject.toml
 LINE_LENGTH = 120
-CODE_DIRS = ("axunet_bundle", "scripts", "tests")
+CODE_DIRS = ("axunet_bundle", "scripts", "tools", "tests")
 FORMAT_TOOLS = ("black", "isort", "flake8")
 #: offline copies of the metadata schema: the zoo's ci/prepare_schema.py puts it at eval/schema.json; this
 #: project keeps MONAI's schemas in ../shared/monai beside the checkout
@@ -344,11 +344,14 @@ def bundle_files(bundle_root: str | os.PathLike) -> tuple[list[str], str]:
 
 
 def _would_be_committed(root: Path, rel: str) -> bool:
-    """Whether ``rel`` (present or not) is tracked or not ignored: ``git check-ignore``, else .gitignore patterns."""
+    """Whether ``rel`` (present or not) is tracked or not ignored: ``git check-ignore``, else .gitignore patterns.
+    A folder outside git without a ``.gitignore`` (an unzipped bundle) says nothing about commits: False."""
     if _git_files(root) is not None:
         tracked = subprocess.run(["git", "-C", str(root), "ls-files", "--error-unmatch", rel], capture_output=True)
         ignored = subprocess.run(["git", "-C", str(root), "check-ignore", "-q", "--no-index", rel])
         return tracked.returncode == 0 or ignored.returncode != 0
+    if not (root / ".gitignore").is_file():
+        return False
     patterns = _ignore_patterns(root)
     parts = rel.split("/")
     return not any(_ignored("/".join(parts[: i + 1]), i < len(parts) - 1, patterns) for i in range(len(parts)))
@@ -581,7 +584,7 @@ def _check_onnx(bundle: _Bundle) -> str:
     missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
     if missing:
         raise _Failed(f"{' and '.join(missing)} not installed: pip install -e .[test]")
-    from .export import export_onnx, max_abs_diff_onnx
+    from axunet_bundle.export import export_onnx, max_abs_diff_onnx  # the bundle's own copy: its root is on sys.path
 
     ckpt, origin = bundle.ckpt_file()
     net = _eager_network(bundle, ckpt)
@@ -823,8 +826,8 @@ def zoo_check(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m axunet_bundle.zoo [BUNDLE_ROOT] [--schema FILE] ...``: see :func:`zoo_check`."""
-    parser = argparse.ArgumentParser(prog="python -m axunet_bundle.zoo", description=__doc__.splitlines()[0])
+    """``python tools/zoo_check.py [BUNDLE_ROOT] [--schema FILE] ...``: see :func:`zoo_check`."""
+    parser = argparse.ArgumentParser(prog="python tools/zoo_check.py", description=__doc__.splitlines()[0])
     parser.add_argument("bundle_root", nargs="?", default=None, help="the bundle (default: this repository)")
     parser.add_argument("--schema", help="local metadata schema JSON (nothing is downloaded)")
     parser.add_argument("--model-dir", help="folder of model.pt (default: BUNDLE_ROOT/models)")

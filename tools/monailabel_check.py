@@ -11,17 +11,22 @@
 """
 Check the bundle with the real MONAI Label (the ``monailabel`` package from PyPI), offline and on CPU.
 
-Run it with the interpreter of the MONAI Label environment (``bash scripts/setup_monailabel_env.sh`` makes it)::
+Run it with the interpreter of the MONAI Label environment (``bash tools/setup_monailabel_env.sh`` makes it), on the
+model-zoo bundle folder that ``axunet bundle OUT`` writes::
 
-    .venv-monailabel/bin/python scripts/monailabel_check.py [--workdir DIR] [--keep] [--skip-server]
+    .venv-monailabel/bin/python tools/monailabel_check.py --bundle OUT/brats_axunet_2d_segmentation [--workdir DIR]
 
-What it does, in a temporary folder (nothing in the repository changes):
+That environment has MONAI Label and the packages the bundle's ``metadata.json`` requires, but not the
+``axunet_bundle`` package: the bundle's own code runs, from the app's model folder, as it would for a MONAI Label
+user who downloaded the bundle.
+
+What it does, in a temporary folder (nothing in the repository or the given folder changes):
 
 1. copies MONAI Label's own ``monaibundle`` sample app out of the installed package
    (``monailabel apps --download --name monaibundle``; it ships in the wheel, no GitHub needed) and places a copy
-   of this bundle at ``<app>/model/<name>`` (configs, docs, LICENSE, models). When the repository has no
-   ``models/model.pt``, an untrained plain state dict is written, its last-layer bias calibrated so that the label
-   maps hold all of 1, 2 and 4;
+   of the bundle folder at ``<app>/model/<bundle folder name>``. When the bundle has no ``models/model.pt``, an
+   untrained plain state dict is written, its last-layer bias calibrated so that the label maps hold all of 1, 2
+   and 4;
 2. writes generated BraTS-like cases as MONAI Label's local datastore wants them: one 4D NIfTI per case
    (the bundle's ``modalities``, T1CE, T2, FLAIR, stacked on the last axis) in the studies folder and the BraTS
    label map in ``labels/final``;
@@ -68,10 +73,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
 BRATS_VALUES = {0, 1, 2, 4}
 DEFAULT_MODALITIES = ("t1ce", "t2", "flair")  # input channels, in order, when inference.json names none
-BUNDLE_ITEMS = ("configs", "docs", "LICENSE", "models")
 SAMPLE_APP = "monaibundle"
 
 # Keeps training on CPU small: 64 x 64 slices, few per volume, no worker processes, no ImageNet download.
@@ -284,7 +287,7 @@ def make_untrained_weights(bundle: Path, case_files: list[Path]) -> None:
         )
     torch.save(state, bundle / "models" / "model.pt")
     log.info(
-        "models/model.pt: none in the repository; wrote an untrained plain state dict (%s; %s)",
+        "models/model.pt: none in the bundle; wrote an untrained plain state dict (%s; %s)",
         type(net).__name__,
         note,
     )
@@ -319,22 +322,22 @@ def apply_config_edits(bundle: Path, edits: list[str]) -> None:
         log.info("bundle copy: %s: %s = %s", file_name, config_id, json.dumps(parsed))
 
 
-def install_bundle(app: Path, name: str, case_files: list[Path]) -> Path:
-    bundle = app / "model" / name
-    bundle.mkdir(parents=True)
-    for item in BUNDLE_ITEMS:
-        src = REPO / item
-        if src.is_dir():
-            shutil.copytree(src, bundle / item, ignore=shutil.ignore_patterns("__pycache__", "*.ts", "*.onnx"))
-        elif src.is_file():
-            shutil.copy2(src, bundle / item)
+def install_bundle(app: Path, source: Path) -> Path:
+    """A copy of the bundle folder at ``<app>/model/<its name>``, with its code first on ``sys.path`` (as MONAI Label
+    puts it there for its tasks), so that this script, too, uses only the bundle's own code."""
+    bundle = app / "model" / source.name
+    shutil.copytree(source, bundle, ignore=shutil.ignore_patterns("__pycache__", "*.ts", "*.onnx"))
     (bundle / "models").mkdir(exist_ok=True)
-    if not (bundle / "models" / "model.pt").is_file():
-        make_untrained_weights(bundle, case_files)
-    else:
-        log.info("models/model.pt: copied from the repository")
-    log.info("bundle: %s", bundle)
+    sys.path.insert(0, str(bundle))
+    log.info("bundle: %s (copied from %s)", bundle, source)
     return bundle
+
+
+def ensure_weights(bundle: Path, case_files: list[Path]) -> None:
+    if (bundle / "models" / "model.pt").is_file():
+        log.info("models/model.pt: the bundle's own")
+    else:
+        make_untrained_weights(bundle, case_files)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -619,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--workdir", help="folder for the app, data and outputs (default: a new temporary folder)")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder")
-    p.add_argument("--name", default="axunet", help="bundle folder name under <app>/model (default: axunet)")
+    p.add_argument("--bundle", required=True, help="the bundle folder (from `axunet bundle OUT`), copied into the app")
     p.add_argument("--cases", type=int, default=3, help="generated cases (default: 3: 2 train, 1 validation)")
     p.add_argument("--shape", type=int, nargs=3, default=[64, 64, 16], help="case shape (default: 64 64 16)")
     p.add_argument("--skip-train", action="store_true", help="skip the BundleTrainTask check")
@@ -654,8 +657,10 @@ def main(argv: list[str] | None = None) -> int:
         np.__version__,
         sys.version.split()[0],
     )
-    inference = REPO / "configs" / "inference.json"
-    require(inference.is_file(), f"{inference} is missing")
+    source = Path(args.bundle).resolve()
+    inference = source / "configs" / "inference.json"
+    require(inference.is_file(), f"{inference} is missing: --bundle must be a bundle folder")
+    require("segmentation" in source.name, f"{source.name}: MONAI Label wants 'segmentation' in the bundle's name")
 
     tmp = None
     if args.workdir:
@@ -665,7 +670,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         tmp = tempfile.mkdtemp(prefix="monailabel_check_")
         root = Path(tmp)
-    ctx: dict = {"root": root, "name": args.name}
+    ctx: dict = {"root": root, "name": source.name}
 
     # (c) runs before (b): training changes models/model.pt, and (c) compares with (a)'s label map
     checks = [("(a) BundleInferTask infers a case", check_infer_task)]
@@ -682,10 +687,16 @@ def main(argv: list[str] | None = None) -> int:
     results: list[tuple[str, bool, str]] = []
     try:
         modalities = tuple(json.loads(inference.read_text()).get("modalities", DEFAULT_MODALITIES))
-        ctx["studies"], ctx["ids"], ctx["brats"] = write_studies(root, args.cases, tuple(args.shape), modalities)
         ctx["app"] = install_app(root)
+        ctx["bundle"] = install_bundle(ctx["app"], source)
+        ctx["studies"], ctx["ids"], ctx["brats"] = write_studies(root, args.cases, tuple(args.shape), modalities)
+        import axunet_bundle
+
+        code = Path(axunet_bundle.__file__).resolve()
+        require(code.is_relative_to(ctx["bundle"].resolve()), f"axunet_bundle came from {code}, not the bundle")
+        log.info("bundle code: %s", code.parent)
         first = ctx["brats"] / ctx["ids"][0]
-        ctx["bundle"] = install_bundle(ctx["app"], args.name, [first / f"{first.name}_{m}.nii.gz" for m in modalities])
+        ensure_weights(ctx["bundle"], [first / f"{first.name}_{m}.nii.gz" for m in modalities])
         apply_config_edits(ctx["bundle"], args.set)
         for title, fn in checks:
             t0 = time.time()

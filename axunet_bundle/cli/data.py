@@ -1,0 +1,125 @@
+# Copyright (c) AXUNet bundle developers. Licensed under the Apache License, Version 2.0.
+"""``axunet synth | check | datalist | prepare``: generated cases, dataset checks, datalists and the slice cache."""
+
+from __future__ import annotations
+
+import sys
+
+from .zoo_bundle import config_dir
+
+__all__ = ["check", "datalist", "prepare", "split_names", "synth"]
+
+
+def split_names(values: str | tuple | list) -> list[str]:
+    """``"t1ce,t2,flair"`` (or a list fire already parsed) -> ``["t1ce", "t2", "flair"]``."""
+    return [v.strip() for v in values.split(",")] if isinstance(values, str) else list(values)
+
+
+def synth(output_dir: str, n: int = 4, seed: int = 0, layout: str = "2021", size: int = 240, depth: int = 155) -> None:
+    """Write N generated BraTS-like cases (4 modalities + seg, gzipped NIfTI) in the BraTS 2021 or 2023 layout.
+
+    Args:
+        output_dir: folder to write the case folders into.
+        n: number of cases.
+        seed: cases are deterministic per seed.
+        layout: "2021" (t1/t1ce/t2/flair, labels 1/2/4) or "2023" (t1n/t1c/t2w/t2f, labels 1/2/3).
+        size: in-plane size (BraTS: 240).
+        depth: number of axial slices (BraTS: 155).
+    """
+    from ..data.synth import write_synthetic_dataset
+
+    paths = write_synthetic_dataset(output_dir, n=n, seed=seed, layout=str(layout), shape=(size, size, depth))
+    print(f"wrote {len(paths)} cases to {output_dir}")
+
+
+def check(dataset_dir: str, modalities: str = "t1,t1ce,t2,flair") -> None:
+    """Check every case of a BraTS folder; one line per problem (case, file, reason); exit 0 only when clean.
+
+    Args:
+        dataset_dir: the BraTS folder.
+        modalities: comma-separated modalities that must be present.
+    """
+    from ..data.integrity import run_check
+
+    sys.exit(run_check(dataset_dir, modalities=split_names(modalities)))
+
+
+def datalist(
+    dataset_dir: str,
+    output: str = "datalist.json",
+    folds: int = 5,
+    fold: int = 0,
+    val_fraction: float | None = None,
+    test_fraction: float = 0.0,
+    seed: int = 0,
+    modalities: str = "t1ce,t2,flair",
+) -> None:
+    """Write a MONAI decathlon-style datalist (training / validation / testing), split by patient, seeded.
+
+    Args:
+        dataset_dir: the BraTS folder.
+        output: JSON file to write.
+        folds: number of cross-validation folds.
+        fold: which fold is the validation set.
+        val_fraction: a random validation fraction instead of folds.
+        test_fraction: fraction of labelled patients held out for testing.
+        seed: split seed.
+        modalities: comma-separated image channels, in order.
+    """
+    from ..data.datalist import write_datalist
+
+    result = write_datalist(
+        dataset_dir,
+        output,
+        modalities=split_names(modalities),
+        folds=folds,
+        fold=fold,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        seed=seed,
+    )
+    sizes = ", ".join(f"{len(v)} {k}" for k, v in result.items())
+    print(f"wrote {output}: {sizes}")
+
+
+def prepare(dataset_dir: str, output: str, workers: int = 2, config_file: str | None = None, **overrides) -> None:
+    """Preprocess every labelled case once into a slice cache for fast training (resumable, both cores).
+
+    Uses the ``volume_transforms`` of the bundle's ``configs/train.json`` (override its values with
+    ``--roi_size "[224,224]"``, ``--modalities "['t1ce','t2','flair']"`` ...). Train from it with
+    ``--slice_cache_dir OUTPUT``.
+
+    Args:
+        dataset_dir: the BraTS folder.
+        output: the cache folder.
+        workers: parallel processes.
+        config_file: the training config (default: the bundle's configs/train.json).
+    """
+    from monai.bundle import ConfigParser
+    from monai.transforms import Compose
+
+    from ..data.cases import CaseError, find_cases
+    from ..data.slices import prepare_slice_cache
+
+    parser = ConfigParser()
+    parser.read_config(config_file or config_dir(overrides.get("bundle_root")) / "train.json")
+    parser.update({"dataset_dir": dataset_dir, **overrides})
+    modalities = parser.get_parsed_content("modalities")
+    items, incomplete = [], []
+    for case in (c for c in find_cases(dataset_dir) if c.label is not None):
+        try:
+            items.append({"image": case.image_files(modalities), "label": str(case.label), "case_id": case.case_id})
+        except CaseError as err:  # a missing modality: reported with the other problems, the rest is prepared
+            incomplete.append(str(err))
+    report = prepare_slice_cache(
+        items,
+        output,
+        transform=Compose(parser.get_parsed_content("volume_transforms")),
+        params=parser.get_parsed_content("preprocessing_params"),
+        workers=workers,
+    )
+    problems = incomplete + list(report.problems)
+    print(f"{len(report.prepared)} cases prepared, {len(report.skipped)} already cached, {len(problems)} failed")
+    for problem in problems:
+        print(problem)
+    sys.exit(1 if problems else 0)

@@ -1,0 +1,154 @@
+# Copyright (c) AXUNet bundle developers. Licensed under the Apache License, Version 2.0.
+"""``axunet network | overlay | attention``: the network's size and speed, and pictures of one case."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from .data import split_names
+from .zoo_bundle import config_dir
+
+__all__ = ["DEFAULT_WEIGHTS", "SLICE_SIZE", "attention", "network", "one_case", "overlay"]
+
+#: the paper's slice size
+SLICE_SIZE = 224
+#: where the training workflow writes the best weights, relative to the current folder (its bundle_root)
+DEFAULT_WEIGHTS = Path("models") / "model.pt"
+
+
+def one_case(case_dir: str):
+    """The one BraTS case in `case_dir`, or exit with a message."""
+    from ..data.cases import find_cases
+
+    cases = find_cases(case_dir)
+    if len(cases) != 1:
+        raise SystemExit(f"{case_dir}: expected the folder of one case, found {len(cases)} cases")
+    return cases[0]
+
+
+def network(batch: int = 2, size: int = SLICE_SIZE) -> None:
+    """Build the paper's AXUNet and run it on random slices; print its size and speed.
+
+    Args:
+        batch: slices per forward pass.
+        size: slice height and width.
+    """
+    import torch
+
+    from ..networks import AXUNet
+
+    net = AXUNet().eval()
+    params = sum(p.numel() for p in net.parameters()) / 1e6
+    x = torch.randn(batch, 3, size, size)
+    with torch.inference_mode():
+        net(x)  # warm-up
+        start = time.perf_counter()
+        out = net(x)
+        seconds = time.perf_counter() - start
+    print(f"AXUNet: {params:.2f} M parameters; input {tuple(x.shape)} (T1CE, T2, FLAIR) -> logits {tuple(out.shape)}")
+    per_slice_ms = seconds / batch * 1e3
+    threads = torch.get_num_threads()
+    print(f"output channels: WT, TC, ET; {per_slice_ms:.0f} ms per {size}x{size} slice, {threads} threads")
+
+
+def overlay(
+    case_dir: str,
+    seg: str | None = None,
+    output: str | None = None,
+    modalities: str = "t1ce,t2,flair",
+    convention: str = "brats2021",
+) -> None:
+    """Draw a case's modalities with the WT/TC/ET contours of a segmentation (dashed) and of the case's own
+    label when it has one (solid), on the axial, coronal and sagittal slices with the most tumour.
+
+    Args:
+        case_dir: folder of one BraTS case (its modality files, and optionally its seg).
+        seg: the predicted label map (default: the case's own label only).
+        output: PNG to write (default: <case_id>_overlay.png in the current folder).
+        modalities: comma-separated modalities to show, in order.
+        convention: label convention of the files ("brats2021" 1/2/4 or "brats2023" 1/2/3).
+    """
+    from ..visualize import overlay_files
+
+    case = one_case(case_dir)
+    mods = split_names(modalities)
+    if seg is None and case.label is None:
+        raise SystemExit(f"{case.case_id}: no --seg given and the case has no label to draw")
+    png = overlay_files(
+        case.image_files(mods),
+        seg if seg is not None else case.label,
+        output or f"{case.case_id}_overlay.png",
+        label_file=case.label if seg is not None else None,
+        convention=convention,
+        modality_names=[m.upper() for m in mods],
+    )
+    print(f"wrote {png}")
+
+
+def attention(
+    case_dir: str,
+    ckpt_path: str | None = None,
+    output: str | None = None,
+    modalities: str = "t1ce,t2,flair",
+    size: int = SLICE_SIZE,
+    slice_index: int | None = None,
+) -> None:
+    """Draw what AXUNet's attention looks at for one case: a PNG with, per attention level (1 = fine ... 4 = coarse),
+    the input slice, the PAM (position attention) activity and the CAM (channel attention) activity. The case is
+    preprocessed as for training (RAS, brain crop, z-score, SIZE x SIZE in-plane) and shown on the axial slice with
+    the most tumour (of its label; the middle slice without one).
+
+    Args:
+        case_dir: folder of one BraTS case.
+        ckpt_path: trained weights (plain state dict); default ./models/model.pt, or untrained (random) weights with
+            a warning when that does not exist.
+        output: PNG to write (default: <case_id>_attention.png in the current folder).
+        modalities: comma-separated network input channels, in order (as the weights were trained).
+        size: in-plane size of the network input (the training's roi_size).
+        slice_index: axial slice to show (in the preprocessed volume) instead of the one with the most tumour.
+    """
+    from monai.bundle import ConfigParser
+    from monai.transforms import Compose
+
+    from ..networks import AXUNet
+    from ..visualize import attention_maps, most_tumour_slices
+    from ..weights import load_plain_weights
+
+    case = one_case(case_dir)
+    mods = split_names(modalities)
+    ckpt = Path(ckpt_path) if ckpt_path else DEFAULT_WEIGHTS if DEFAULT_WEIGHTS.is_file() else None
+    net = AXUNet(in_channels=len(mods)).eval()
+    if ckpt is None:
+        logging.getLogger(__name__).warning(
+            "no weights at %s and no --ckpt_path: showing an UNTRAINED network (random weights)", DEFAULT_WEIGHTS
+        )
+    elif not ckpt.is_file():
+        raise SystemExit(f"no weights at {ckpt}")
+    else:
+        net.load_state_dict(load_plain_weights(ckpt, map_location="cpu"))
+
+    # the training's own preprocessing, so that the network sees what it was trained on
+    parser = ConfigParser()
+    parser.read_config(config_dir() / "train.json")
+    parser.update({"modalities": mods, "roi_size": [size, size], "label_convention": case.convention})
+    item = {"image": case.image_files(mods), "case_id": case.case_id}
+    if case.label is not None:
+        item["label"] = str(case.label)
+    data = Compose(parser.get_parsed_content("volume_transforms"))(item)
+    image = data["image"]
+    if slice_index is None:
+        position = most_tumour_slices(data["label"][0]) if "label" in data else None
+        slice_index = position[2] if position is not None else image.shape[-1] // 2
+    where = "most tumour" if "label" in data else "middle"
+    weights = ckpt.name if ckpt is not None else "untrained"
+    png = attention_maps(
+        net,
+        image[..., slice_index],
+        output or f"{case.case_id}_attention.png",
+        modality_names=[m.upper() for m in mods],
+        show_prediction=ckpt is not None,
+        title=f"{case.case_id}, axial slice {slice_index} ({where}), weights: {weights}",
+    )
+    print(f"wrote {png}")

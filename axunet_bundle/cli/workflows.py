@@ -1,0 +1,148 @@
+# Copyright (c) AXUNet bundle developers. Licensed under the Apache License, Version 2.0.
+"""``axunet train | evaluate | infer | export``: the bundle's workflows, run as ``python -m monai.bundle run`` runs
+them, with the package's configs (or those of the bundle folder given as ``--bundle_root``).
+
+Outputs go where the configs put them, under ``bundle_root``: the current folder unless ``--bundle_root DIR`` is
+given (``./models``, ``./runs``, ``./eval``), never into the installed package.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from .zoo_bundle import config_dir
+
+__all__ = ["WORKFLOW_CONFIGS", "bundle_run", "evaluate", "export", "infer", "train"]
+
+logger = logging.getLogger(__name__)
+
+#: the config files of each workflow, in merge order (later files override earlier ones)
+WORKFLOW_CONFIGS = {
+    "training": ["train.json"],
+    "evaluating": ["inference.json", "evaluate.json"],
+    "inference": ["inference.json"],
+}
+#: ``bundle_root`` of the configs: relative paths and the default output folders are the current folder's
+DEFAULT_BUNDLE_ROOT = "."
+EXPORT_SLICE_SIZE = 224
+
+
+def bundle_run(workflow: str, overrides: dict) -> None:
+    """``python -m monai.bundle run <workflow>`` with the bundle's configs, metadata and logging; ``overrides`` are the
+    bundle ids to change (``epochs=2``, ``dataset_dir=...``)."""
+    from monai.bundle import run
+
+    configs = config_dir(overrides.get("bundle_root"))
+    logger.info("configs: %s", configs)
+    run(
+        run_id=workflow,
+        config_file=[str(configs / name) for name in WORKFLOW_CONFIGS[workflow]],
+        meta_file=str(configs / "metadata.json"),
+        logging_file=str(configs / "logging.conf"),
+        **overrides,
+    )
+
+
+def train(**overrides) -> None:
+    """Train AXUNet with the bundle's configs/train.json (= python -m monai.bundle run training ...).
+
+    Any bundle id can be overridden: --dataset_dir DIR (a BraTS folder), --datalist FILE, --epochs 40,
+    --batch_size 64, --learning_rate 1e-4, --roi_size "[224,224]", --modalities "['t1ce','t2','flair']",
+    --slice_cache_dir DIR (from `axunet prepare`), --pretrained False or --pretrained_path FILE (ImageNet weights),
+    --resume True, --device "$torch.device('cpu')", --amp False. Weights go to ./models/model.pt (best validation
+    Dice) and ./models/checkpoint_epoch=N.pt (resumable); TensorBoard logs (loss, validation Dice, a validation
+    case's overlay image per validation) to ./runs/, and the loss/Dice curves to ./runs/training_curves.png at the
+    end. --bundle_root DIR puts them under DIR instead (and runs DIR's configs when it is a bundle folder);
+    --ckpt_dir / --output_dir set each folder.
+    """
+    bundle_run("training", overrides)
+
+
+def evaluate(**overrides) -> None:
+    """Evaluate ./models/model.pt on whole labelled volumes (= monai.bundle run evaluating with inference.json +
+    evaluate.json): per-case Dice and HD95 of WT, TC, ET in ./eval/metrics.csv, mean/median/std in
+    ./eval/summary.json, the segmentations, a Dice box plot ./eval/dice_boxplot.png and one overlay per case in
+    ./eval/overlays/ (--overlays False: none).
+
+    Overrides: --dataset_dir DIR (every labelled case) or --datalist FILE with --datalist_split validation,
+    --output_dir DIR, --ckpt_path FILE, --threshold 0.5, --et_min_voxels N, --flip_tta True, --overwrite True
+    (replace an earlier evaluation's files in output_dir; without it an existing metrics.csv stops the run).
+    """
+    from ..handlers import METRICS_CSV, SUMMARY_JSON
+    from ..visualize import DICE_BOXPLOT_PNG, OVERLAYS_DIR
+
+    bundle_run("evaluating", overrides)
+    # inference.json's default output_dir is bundle_root + '/eval'
+    output_dir = Path(overrides.get("output_dir", Path(overrides.get("bundle_root", DEFAULT_BUNDLE_ROOT)) / "eval"))
+    print(
+        f"per-case scores: {output_dir / METRICS_CSV}; summary: {output_dir / SUMMARY_JSON}; "
+        f"box plot: {output_dir / DICE_BOXPLOT_PNG}; overlays: {output_dir / OVERLAYS_DIR}"
+    )
+
+
+def infer(**overrides) -> None:
+    """Segment every case of a BraTS folder (= monai.bundle run inference with configs/inference.json): one
+    <case_id>_seg.nii.gz label map per case, on the input's grid, labels 0/1/2/4 (brats2021; --label_convention
+    brats2023 writes 0/1/2/3). Cases already segmented are skipped unless --overwrite True.
+
+    Overrides: --dataset_dir DIR, --output_dir DIR (default ./eval), --ckpt_path FILE (default
+    ./models/model.pt), --threshold 0.5, --et_min_voxels N (ET components smaller than N voxels become necrosis),
+    --flip_tta True.
+    """
+    bundle_run("inference", overrides)
+
+
+def export(
+    ckpt_path: str | None = None,
+    output_dir: str | None = None,
+    size: int = EXPORT_SLICE_SIZE,
+    onnx: bool = True,
+    **overrides,
+) -> None:
+    """Export ./models/model.pt to TorchScript (MONAI's ckpt_export, by tracing: the timm encoder cannot be
+    scripted) and ONNX; each is loaded back and compared with the eager network on the same input (max abs
+    difference). The network is configs/inference.json's network_def, so the overrides it was trained with apply
+    here too (e.g. --modalities "['t1','t1ce','t2','flair']" for a 4-channel model).
+
+    Args:
+        ckpt_path: plain state dict to export (default: ./models/model.pt).
+        output_dir: where model.ts and model.onnx go (default: ./models).
+        size: slice size of the example input.
+        onnx: also write the ONNX model.
+    """
+    import torch
+    from monai.bundle import ConfigParser, ckpt_export
+
+    from ..export import export_onnx, max_abs_diff_onnx, max_abs_diff_torchscript
+    from ..weights import load_plain_weights
+
+    bundle_root = Path(overrides.get("bundle_root", DEFAULT_BUNDLE_ROOT))
+    ckpt = Path(ckpt_path or bundle_root / "models" / "model.pt")
+    out = Path(output_dir or bundle_root / "models")
+    if not ckpt.is_file():
+        raise SystemExit(f"no weights at {ckpt}: train first, or give --ckpt_path")
+    configs = config_dir(overrides.get("bundle_root"))
+    config = ConfigParser()
+    config.read_config(str(configs / "inference.json"))
+    config.update(overrides)
+    channels = len(config.get_parsed_content("modalities"))
+    out.mkdir(parents=True, exist_ok=True)
+    ts_path = out / "model.ts"
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(ts_path),
+        ckpt_file=str(ckpt),
+        meta_file=str(configs / "metadata.json"),
+        config_file=str(configs / "inference.json"),
+        use_trace=True,
+        input_shape=[1, channels, size, size],
+        **overrides,
+    )
+    net = config.get_parsed_content("network_def").eval()
+    net.load_state_dict(load_plain_weights(ckpt, map_location="cpu"))
+    x = torch.randn(1, channels, size, size)
+    print(f"TorchScript {ts_path}: max |eager - exported| = {max_abs_diff_torchscript(net, ts_path, x):.2e}")
+    if onnx:
+        onnx_path = export_onnx(net, x, out / "model.onnx")
+        print(f"ONNX {onnx_path}: max |eager - exported| = {max_abs_diff_onnx(net, onnx_path, x):.2e}")

@@ -1,0 +1,245 @@
+# Copyright (c) AXUNet bundle developers. Licensed under the Apache License, Version 2.0.
+"""Where the bundle's files are (a source checkout or the installed package) and the model-zoo bundle folder and zip
+that ``axunet bundle`` writes.
+
+The bundle's configs, model card (with the documents it links), data licence, ``LICENSE`` and ``large_files.yml``
+are kept once, at the root of the source checkout (which is itself a MONAI bundle). A wheel carries copies of them
+in ``axunet_bundle/bundle_files`` (``pyproject.toml`` maps that package folder onto the checkout's root), so every
+command finds its configs wherever the package is installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import zipfile
+from pathlib import Path
+
+import yaml
+
+from ..atomic import atomic_directory, atomic_path
+
+__all__ = [
+    "BUNDLE_NAME",
+    "BundleError",
+    "bundle_source",
+    "config_dir",
+    "runtime_code_files",
+    "write_bundle",
+]
+
+logger = logging.getLogger(__name__)
+
+#: the folder name of the model-zoo bundle: the zoo's naming (task, data, "segmentation"); MONAI Label derives the
+#: task type from "segmentation" in it
+BUNDLE_NAME = "brats_axunet_2d_segmentation"
+#: the bundle's files other than code and weights, relative to the bundle root, as the model zoo lays them out (the
+#: model card links architecture.md and benchmarks.md)
+BUNDLE_FILES = (
+    "configs",
+    "docs/README.md",
+    "docs/data_license.txt",
+    "docs/architecture.md",
+    "docs/benchmarks.md",
+    "LICENSE",
+    "large_files.yml",
+)
+LARGE_FILES = "large_files.yml"
+WEIGHTS = "models/model.pt"
+METADATA = "configs/metadata.json"
+#: package folders and modules that only the ``axunet`` command line uses: the configs never import them
+COMMAND_LINE_ONLY = ("cli", "bundle_files", "__main__.py")
+#: as the zoo's release (ci/utils.py compress_bundle: ``touch -t 202205300000``): the same files give the same zip
+ZIP_DATE_TIME = (2022, 5, 30, 0, 0, 0)
+ZIP_LEVEL = 9
+WEIGHTS_HASH_TYPE = "sha256"
+HASH_CHUNK = 1 << 20
+
+_PACKAGE = Path(__file__).resolve().parents[1]
+_PACKAGED = _PACKAGE / "bundle_files"  # present in an installed wheel only
+_CHECKOUT = _PACKAGE.parent  # a source checkout (editable install): the repository root is the bundle
+
+
+class BundleError(RuntimeError):
+    """The bundle cannot be read or written: a missing file, weights that do not fit, an existing output."""
+
+
+def bundle_source() -> Path:
+    """The folder holding the bundle's ``configs/``, ``docs/``, ``LICENSE`` and ``large_files.yml``: the packaged
+    copy in an installed wheel, else the root of the source checkout.
+
+    Raises:
+        BundleError: when neither holds ``configs/metadata.json`` (a broken install).
+    """
+    for folder in (_PACKAGED, _CHECKOUT):
+        if (folder / METADATA).is_file():
+            return folder
+    raise BundleError(f"the bundle's configs are missing: neither {_PACKAGED} nor {_CHECKOUT} holds {METADATA}")
+
+
+def config_dir(bundle_root: str | os.PathLike | None = None) -> Path:
+    """The configs a workflow runs: those of the bundle folder ``bundle_root`` when it has ``configs/metadata.json``
+    (an unzipped model-zoo bundle, say), else the package's own.
+
+    Args:
+        bundle_root: the bundle folder the user selected with ``--bundle_root``, or ``None``.
+    """
+    if bundle_root is not None and (Path(bundle_root) / METADATA).is_file():
+        return Path(bundle_root) / "configs"
+    return bundle_source() / "configs"
+
+
+def runtime_code_files() -> list[Path]:
+    """The package's modules that the configs import (everything but the command line), relative to the folder
+    that holds the package, e.g. ``axunet_bundle/networks/axunet.py``."""
+    files = []
+    for path in sorted(_PACKAGE.rglob("*.py")):
+        relative = path.relative_to(_PACKAGE)
+        if relative.parts[0] not in COMMAND_LINE_ONLY:
+            files.append(Path(_PACKAGE.name) / relative)
+    return files
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(HASH_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_weights(weights: Path, configs: Path) -> None:
+    """The weights must be a plain state dict that loads into the bundle's ``network_def`` as configured."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    from ..weights import load_plain_weights
+
+    if not weights.is_file():
+        raise BundleError(f"--weights {weights}: no such file")
+    state = load_plain_weights(weights, what="weights file", map_location="cpu")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise BundleError(
+            f"--weights {weights}: not a plain state dict (the model zoo and MONAI Label load models/model.pt as "
+            "names -> tensors): save network.state_dict(), as the training's models/model.pt is"
+        )
+    parser = ConfigParser()
+    parser.read_config(str(configs / "inference.json"))
+    network = parser.get_parsed_content("network_def")
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise BundleError(
+            f"--weights {weights} do not fit the bundle's network_def ({first}); a model trained with other "
+            "settings (e.g. --modalities) needs those settings in the bundle's configs"
+        ) from None
+
+
+def _large_files_yml(source: Path, weights_hash: str | None) -> str:
+    """The bundle's ``large_files.yml``: the source's entries, with the hash of the given weights."""
+    entries = yaml.safe_load(source.read_text(encoding="utf-8"))["large_files"]
+    if weights_hash is not None:
+        for entry in entries:
+            if entry.get("path") == WEIGHTS:
+                entry.update(hash_val=weights_hash, hash_type=WEIGHTS_HASH_TYPE)
+    header = (
+        "# Large files of the bundle (model zoo format: path, url, hash_val, hash_type). Add the url where the\n"
+        "# weights are hosted before submitting the bundle to the zoo: its CI downloads every entry first.\n"
+    )
+    return header + yaml.safe_dump({"large_files": entries}, sort_keys=False)
+
+
+def _write_zip(folder: Path, zip_path: Path, leave_out: set[str]) -> None:
+    """``<name>_v<version>.zip`` holding ``<name>/...`` as the zoo's release does (deflate, fixed dates)."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder).as_posix() not in leave_out)
+    with atomic_path(zip_path) as tmp, zipfile.ZipFile(tmp, "w") as archive:
+        for path in files:
+            info = zipfile.ZipInfo(f"{folder.name}/{path.relative_to(folder).as_posix()}", ZIP_DATE_TIME)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, path.read_bytes(), compresslevel=ZIP_LEVEL)
+
+
+def write_bundle(
+    output_dir: str | os.PathLike,
+    weights: str | os.PathLike | None = None,
+    name: str = BUNDLE_NAME,
+    overwrite: bool = False,
+) -> tuple[Path, Path]:
+    """Write the model-zoo bundle folder ``<output_dir>/<name>`` and its release zip ``<name>_v<version>.zip``.
+
+    The folder holds the zoo's layout: ``configs/``, ``docs/README.md``, ``docs/data_license.txt``, ``LICENSE``,
+    ``large_files.yml``, ``models/`` (``model.pt`` when ``weights`` are given) and the runtime code the configs
+    import (``axunet_bundle/`` without its command line), so ``python -m monai.bundle run`` and MONAI Label run it
+    from that folder without this package installed. As in the zoo's release zip, ``large_files.yml`` is left out
+    of the zip when the weights it lists are inside.
+
+    Args:
+        output_dir: where the folder and the zip go.
+        weights: a plain state dict for ``models/model.pt`` (checked to load into ``network_def``), or ``None``.
+        name: the bundle folder's name; it must contain ``segmentation`` (MONAI Label's task type).
+        overwrite: replace an existing folder and zip of the same name.
+
+    Returns:
+        the folder and the zip.
+
+    Raises:
+        BundleError: for a name without ``segmentation``, an existing output without ``overwrite``, or weights that
+            are not a plain state dict of the bundle's network.
+    """
+    if "segmentation" not in name or Path(name).name != name:
+        raise BundleError(f"bundle name {name!r}: a plain folder name containing 'segmentation' (MONAI Label's task)")
+    source = bundle_source()
+    version = json.loads((source / METADATA).read_text(encoding="utf-8"))["version"]
+    folder = Path(output_dir) / name
+    zip_path = Path(output_dir) / f"{name}_v{version}.zip"
+    existing = [p for p in (folder, zip_path) if p.exists()]
+    if existing and not overwrite:
+        raise BundleError(f"{existing[0]} exists: pass --overwrite True to replace it, or another output folder")
+    weights_path = Path(weights) if weights is not None else None
+    if weights_path is not None:
+        _check_weights(weights_path, source / "configs")
+
+    with atomic_directory(folder) as tmp:
+        for item in BUNDLE_FILES:
+            src, dst = source / item, tmp / item
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if src.is_dir():
+                shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy2(src, dst)
+        weights_hash = None
+        (tmp / "models").mkdir()
+        if weights_path is not None:
+            shutil.copy2(weights_path, tmp / WEIGHTS)
+            weights_hash = _sha256(tmp / WEIGHTS)
+        (tmp / LARGE_FILES).write_text(_large_files_yml(source / LARGE_FILES, weights_hash), encoding="utf-8")
+        for relative in runtime_code_files():
+            (tmp / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(_PACKAGE.parent / relative, tmp / relative)
+    _write_zip(folder, zip_path, leave_out={LARGE_FILES} if weights_path is not None else set())
+    return folder, zip_path
+
+
+def bundle(output_dir: str, weights: str | None = None, name: str = BUNDLE_NAME, overwrite: bool = False) -> None:
+    """Write the MONAI model-zoo bundle: the folder OUTPUT_DIR/brats_axunet_2d_segmentation (configs/, docs/,
+    LICENSE, large_files.yml, models/, and the runtime code its configs import) and its release zip
+    OUTPUT_DIR/brats_axunet_2d_segmentation_v<version>.zip. The folder runs with `python -m monai.bundle run ...`
+    and in MONAI Label (<app>/model/<name>) without this package installed.
+
+    Args:
+        output_dir: folder to write the bundle folder and the zip into.
+        weights: trained weights (a plain state dict, e.g. models/model.pt) to ship as models/model.pt; without
+            them the bundle has no weights (the zip stays small).
+        name: the bundle's folder name (must contain "segmentation").
+        overwrite: replace an existing bundle folder and zip.
+    """
+    folder, zip_path = write_bundle(output_dir, weights=weights, name=name, overwrite=overwrite)
+    with zipfile.ZipFile(zip_path) as archive:
+        count = len(archive.namelist())
+    print(f"wrote {folder}")
+    print(f"wrote {zip_path} ({count} files, {zip_path.stat().st_size / 1024:.0f} KiB)")
