@@ -82,7 +82,7 @@ class OnnxNetwork(nn.Module):
     """
     An exported ONNX model run by onnxruntime, usable wherever the bundle expects the network (MONAI inferers and
     engines call it like a module): ``configs/inference_onnx.json`` runs the inference workflow on it, and the
-    default inference path (:class:`axunet_bundle.inference.BrainSliceInferer`) runs its cached exports with it.
+    default inference path (:class:`axunet_bundle.inferers.BrainSliceInferer`) runs its cached exports with it.
 
     Args:
         path: the ``.onnx`` file (from ``python -m axunet_bundle export``), exported at the slice size it will see.

@@ -2,7 +2,7 @@
 """The fast default inference path gives the plain path's outputs; the benchmark runs (smoke test, no timings).
 
 The plain path is MONAI ``SliceInferer`` on the eager network in eval mode. The fast path
-(:class:`~axunet_bundle.inference.BrainSliceInferer`) must give, on every slice that holds brain, the same logits
+(:class:`~axunet_bundle.inferers.BrainSliceInferer`) must give, on every slice that holds brain, the same logits
 within ``TOLERANCE`` (relative to the largest plain logit; ONNX Runtime and folded BatchNorm round differently from
 eager torch) and therefore the same thresholded masks wherever the plain logit is not within that tolerance of the
 threshold; every all-zero (no-brain) slice gets the constant background logit, i.e. an empty segmentation.
@@ -27,7 +27,7 @@ from monai.transforms import Compose
 
 from axunet_bundle import AXUNet
 from axunet_bundle.data.cases import find_cases
-from axunet_bundle.inference import (
+from axunet_bundle.inferers import (
     DEFAULT_BACKGROUND_LOGIT,
     BrainSliceInferer,
     autocast_dtype,
@@ -106,10 +106,15 @@ def assert_same_segmentation(fast: torch.Tensor, reference: torch.Tensor, brain:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_fast_path_equals_plain_path(net, volume, onnx_cache, backend):
+def test_fast_path_equals_plain_path(net, volume, onnx_cache, backend, caplog):
     inferer = BrainSliceInferer(roi_size=(SIZE, SIZE), sw_batch_size=2, backend=backend, cache_dir=onnx_cache)
-    fast = inferer(volume, net)
+    with caplog.at_level(logging.INFO, logger="axunet_bundle.inferers"):
+        fast = inferer(volume, net)
     assert inferer.active_backend == EXPECTED_BACKEND[backend]
+    # the log says which backend ran, at which precision, and why; a prepared one was checked against the plain one
+    assert f"inference backend: {EXPECTED_BACKEND[backend]}, float32 on cpu (backend '{backend}')" in caplog.text
+    if backend != "eager":
+        assert f"inference backend {EXPECTED_BACKEND[backend]} matches the plain network" in caplog.text
     reference = plain(net, volume)
     assert fast.shape == reference.shape == (1, 3, SIZE, SIZE, DEPTH)
     brain = [d for d in range(DEPTH) if d != EMPTY_SLICE]
@@ -181,22 +186,23 @@ def test_training_mode_network_runs_as_given(volume):
 
 
 def test_failing_backend_falls_back(net, volume, monkeypatch, caplog):
-    import axunet_bundle.inference as inference
+    import axunet_bundle.inferers.slices as inference
 
     def broken(*args, **kwargs):
         raise RuntimeError("export failed")
 
     monkeypatch.setattr(inference, "build_onnx_network", broken)
     inferer = BrainSliceInferer(roi_size=(SIZE, SIZE), backend="onnxruntime")
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO):
         fast = inferer(volume, net)
     assert inferer.active_backend == "torch"
     assert "falling back" in caplog.text
+    assert "inference backend: torch, float32 on cpu (backend 'onnxruntime')" in caplog.text
     assert_same_segmentation(fast, plain(net, volume), [0, 1, 3, 4, 5])
 
 
 def test_wrong_prepared_network_is_caught_by_the_first_use_check(net, volume, monkeypatch, caplog):
-    import axunet_bundle.inference as inference
+    import axunet_bundle.inferers.slices as inference
 
     def wrong(network, **kwargs):
         prepared = prepare_network(network, **kwargs)

@@ -47,7 +47,7 @@ from monai.utils import optional_import
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from axunet_bundle.inference import autocast_dtype
+from axunet_bundle.inferers import autocast_dtype
 from axunet_bundle.progress import progress
 
 __all__ = [
@@ -434,7 +434,7 @@ def case_worker(model: str, case_dirs: Sequence[str], out_dir: str, settings: di
     from monai.data import decollate_batch
 
     from axunet_bundle.data.cases import find_cases
-    from axunet_bundle.inference import brain_slice_mask
+    from axunet_bundle.inferers import brain_slice_mask
     from axunet_bundle.networks import AXUNet
 
     s = BenchmarkSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
@@ -689,7 +689,7 @@ def pam_rows(settings: BenchmarkSettings) -> list[dict]:
 def backend_rows(settings: BenchmarkSettings, repeats: int = REPEATS) -> list[dict]:
     """ms/slice and GFLOP/s of AXUNet run each way (interleaved, best of ``repeats``) at each slice batch."""
     from axunet_bundle.export import OnnxNetwork
-    from axunet_bundle.inference import build_onnx_network, prepare_network
+    from axunet_bundle.inferers import build_onnx_network, prepare_network
     from axunet_bundle.networks import AXUNet
 
     torch.manual_seed(0)

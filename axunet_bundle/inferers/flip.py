@@ -1,5 +1,5 @@
 # Copyright (c) AXUNet bundle developers. Licensed under the Apache License, Version 2.0.
-"""Inferers for whole 3D volumes: test-time augmentation around any MONAI inferer."""
+"""Flip test-time augmentation around any MONAI inferer."""
 
 from __future__ import annotations
 
