@@ -1,8 +1,8 @@
 # Copyright (c) AXUNet bundle developers. Licensed under the Apache License, Version 2.0.
-"""The faster, numerically equivalent ways of running a 2D network that :class:`~axunet_bundle.inferers.BrainSliceInferer`
-prepares once per set of weights: ONNX Runtime on CPU (the export cached on disk, keyed by a hash of the weights),
-or a copy of the network with BatchNorm folded into the convolutions in ``channels_last`` format (with bf16/fp16
-autocast on CUDA).
+"""The faster, numerically equivalent ways of running a 2D network that
+:class:`~axunet_bundle.inferers.BrainSliceInferer` prepares once per set of weights: ONNX Runtime on CPU (the
+export cached on disk, keyed by a hash of the weights), or a copy of the network with BatchNorm folded into the
+convolutions in ``channels_last`` format (with bf16/fp16 autocast on CUDA).
 
 The BatchNorm folding knows timm Xception's modules by their class names (``Xception``, ``Block``,
 ``SeparableConv2d``): ``tests/test_fast_inference.py`` checks that every BatchNorm of AXUNet is folded, so a timm

@@ -33,6 +33,7 @@ takes ~165-210 ms per slice, the folded ``channels_last`` copy ~120-130 ms and O
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
