@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 import nibabel as nib
@@ -179,6 +180,23 @@ def test_header_only_check_skips_voxel_problems(tmp_path):
     header_level |= {"BraTS2021_00007", "BraTS2021_00012", "BraTS2021_00013"}
     assert found == header_level
     assert found < set(expected)
+
+
+@pytest.mark.parametrize("ext", [".nii.gz", ".nii"])
+def test_a_header_claiming_more_voxels_than_the_file_holds_is_refused_before_any_read(tmp_path, ext):
+    """nibabel allocates a header's whole claim before reading: a damaged 1 kB file claiming a 24 GB volume must be
+    refused from its length (the fuzz test found one that got a test process killed for memory)."""
+    directory = write_case(tmp_path, "BraTS2021_00000", ext=ext)
+    flair = file_of(directory, "flair", ext=ext)
+    header = nib.load(flair).header.copy()
+    header._structarr["dim"] = [3, 2048, 2048, 1536, 1, 1, 1, 1]  # 24 GiB of float32 (raw: nibabel refuses to set it)
+    image = nib.Nifti1Image(np.zeros((1, 1, 1), np.float32), np.eye(4), header)
+    image.header._structarr["dim"] = header._structarr["dim"]
+    data = image.header.binaryblock + b"\0" * 4 + np.zeros(SHAPE, np.float32).tobytes()
+    flair.write_bytes(gzip.compress(data) if ext == ".nii.gz" else data)
+    (case,) = find_cases(tmp_path)
+    (problem,) = check_case(case, read_voxels=False)
+    assert problem.file == flair and problem.reason.startswith("truncated file")
 
 
 def test_several_problems_in_one_case_are_all_reported(tmp_path):

@@ -75,6 +75,9 @@ EXIT_UNUSABLE = 2  # the dataset directory is missing, empty or cannot be enumer
 SPATIAL_DIMS = 3
 NIFTI1_HEADER_BYTES = 348  # the smallest NIfTI header (NIfTI-1); a file shorter than this was cut inside it
 _GZIP_MAGIC = b"\x1f\x8b"
+_GZIP_ISIZE_BYTES = 4  # the last 4 bytes of a gzip member: its uncompressed length modulo 2**32
+_GZIP_ISIZE_MODULUS = 2**32
+_COUNT_CHUNK_BYTES = 1 << 20
 _MAX_LISTED_VALUES = 10  # a continuous image saved as "seg" would otherwise list millions of values
 
 
@@ -149,13 +152,43 @@ def _open_header(path: Path) -> tuple[Any, str | None]:
         return None, _header_failure(path, compressed)
     except Exception as exc:  # never raise for a bad file
         return None, f"unreadable NIfTI header ({_first_line(exc)})"
-    if not compressed:
-        # an uncompressed file's length is known from its header: a cut file is found without reading voxels
+    try:
         proxy = img.dataobj  # nibabel's ArrayProxy knows where the voxels start and their on-disk dtype
         expected = int(proxy.offset) + math.prod(proxy.shape) * np.dtype(proxy.dtype).itemsize
-        if size < expected:
-            return None, f"truncated file: {size} bytes where the header needs {expected}"
+    except Exception as exc:  # never raise for a bad file
+        return None, f"unreadable NIfTI header ({_first_line(exc)})"
+    # A header can claim more voxels than the file holds. nibabel allocates the whole claim before reading, so a cut
+    # or damaged file is refused here, from its length, without reading (or allocating) any voxels.
+    if not compressed and size < expected:
+        return None, f"truncated file: {size} bytes where the header needs {expected}"
+    if compressed and not _decompresses_to(path, expected):
+        return None, f"truncated file: the compressed data holds less than the {expected} bytes the header needs"
     return img, None
+
+
+def _decompresses_to(path: Path, needed: int) -> bool:
+    """Whether a gzip file decompresses to at least ``needed`` bytes.
+
+    The gzip trailer's ISIZE (the uncompressed length modulo 2**32) answers without decompressing for a file of one
+    gzip member; otherwise (a short ISIZE, a claim of 4 GiB or more, several members) the data are decompressed in
+    chunks and counted, stopping at ``needed``, so memory stays small whatever the header claims.
+    """
+    try:
+        with open(path, "rb") as f:
+            f.seek(-_GZIP_ISIZE_BYTES, os.SEEK_END)
+            isize = int.from_bytes(f.read(_GZIP_ISIZE_BYTES), "little")
+        if needed < _GZIP_ISIZE_MODULUS and isize >= needed:
+            return True
+        remaining = needed
+        with gzip.open(path, "rb") as f:
+            while remaining > 0:
+                chunk = f.read(min(remaining, _COUNT_CHUNK_BYTES))
+                if not chunk:
+                    return False
+                remaining -= len(chunk)
+        return True
+    except (OSError, EOFError, zlib.error):
+        return False  # a damaged stream cannot hold the volume either
 
 
 def _spatial_shape(shape: tuple[int, ...]) -> tuple[tuple[int, ...] | None, str | None]:
