@@ -4,8 +4,22 @@
 Region channels are always in the order WT (whole tumour), TC (tumour core), ET (enhancing tumour).
 """
 
-from . import data, handlers, inferers, metrics, networks, transforms
+from . import data, errors, export, handlers, inferers, metrics, networks, outputs, progress, transforms, weights
 from .networks import AXUNet
 
 __version__ = "0.2.0"
-__all__ = ["AXUNet", "__version__", "data", "handlers", "inferers", "metrics", "networks", "transforms"]
+__all__ = [
+    "AXUNet",
+    "__version__",
+    "data",
+    "errors",
+    "export",
+    "handlers",
+    "inferers",
+    "metrics",
+    "networks",
+    "outputs",
+    "progress",
+    "transforms",
+    "weights",
+]

@@ -3,15 +3,20 @@ Python that has this environment's packages but not this project."""
 
 from __future__ import annotations
 
+import logging
+import re
 import subprocess
 import sys
 import sysconfig
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from axunet_bundle.data.synth import write_synthetic_dataset
+from axunet_bundle.errors import AxunetError, user_error
 
 BUNDLE_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = BUNDLE_ROOT / "configs"
@@ -72,3 +77,27 @@ def unzipped_bundle(zoo_bundle, tmp_path_factory) -> Path:
     with zipfile.ZipFile(zip_path) as archive:
         archive.extractall(out)
     return out / folder.name
+
+
+@contextmanager
+def raises_user_error(kind: type[AxunetError] = AxunetError, match: str | None = None) -> Iterator[None]:
+    """Expect an :class:`AxunetError` of ``kind`` (itself, or wrapped by MONAI's config parser) whose one-line
+    message matches ``match``: what the error boundary prints."""
+    with pytest.raises(Exception) as info:
+        yield
+    error = user_error(info.value)
+    assert isinstance(error, kind), f"expected {kind.__name__}, got {info.value!r}"
+    assert "\n" not in str(error)
+    if match is not None:
+        assert re.search(match, str(error)), str(error)
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """A workflow configures logging from configs/logging.conf with a handler on the stream of the test that ran it;
+    later tests must not log into that closed stream."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import BUNDLE_ROOT
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint
 
 from axunet_bundle import atomic
 from axunet_bundle.atomic import PARTIAL_PREFIX, atomic_directory, remove_partials, write_json_atomic, write_text_atomic
-from axunet_bundle.handlers import AtomicCheckpointSaver, latest_checkpoint
+from axunet_bundle.handlers import AtomicDiskSaver, latest_checkpoint
 from axunet_bundle.transforms import AtomicNibabelWriter
 from axunet_bundle.visualize import dice_boxplot
 
@@ -35,9 +36,12 @@ def write_segmentation(path: Path) -> None:
 def write_checkpoint(path: Path) -> None:
     model = torch.nn.Linear(2, 2)
     to_save = {"model": model, "optimizer": torch.optim.SGD(model.parameters(), lr=0.1)}  # named "checkpoint_*"
-    saver = AtomicCheckpointSaver(save_dir=str(path.parent), save_dict=to_save, save_interval=1)
+    # as configs/train.json's resumable checkpoint
+    saver = Checkpoint(
+        to_save, AtomicDiskSaver(path.parent), score_function=lambda e: e.state.epoch, score_name="epoch"
+    )
     engine = Engine(lambda engine, batch: None)
-    saver.attach(engine)
+    engine.add_event_handler(Events.EPOCH_COMPLETED, saver)
     engine.run([0], max_epochs=1)  # saves checkpoint_epoch=1.pt
 
 

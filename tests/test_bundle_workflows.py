@@ -13,13 +13,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import BUNDLE_ROOT, CONFIGS, TINY_ROI, TINY_SHAPE
+from conftest import BUNDLE_ROOT, CONFIGS, TINY_ROI, TINY_SHAPE, raises_user_error
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 from axunet_bundle import AXUNet
 from axunet_bundle.data.cases import find_cases
 from axunet_bundle.data.labels import label_values, labels_to_regions
 from axunet_bundle.data.synth import write_synthetic_dataset
+from axunet_bundle.errors import DatasetError, LeftOutCasesError
+from axunet_bundle.evaluation import ReportExistsError
 from axunet_bundle.metrics import HD95_EMPTY_PENALTY, compute_brats_dice, compute_brats_hd95
 
 INFERENCE = [str(CONFIGS / "inference.json")]
@@ -182,7 +184,7 @@ def test_evaluation_scores_equal_a_direct_computation(tiny_dataset, tmp_path):
 
     # an earlier evaluation's results are not overwritten unless asked, and nothing is evaluated before refusing
     before = (out / "metrics.csv").read_bytes()
-    with pytest.raises(SystemExit, match="metrics.csv exists.*--overwrite True"):
+    with raises_user_error(ReportExistsError, match="metrics.csv exists.*--overwrite True"):
         workflow(EVALUATION, dataset_dir=str(tiny_dataset), output_dir=str(out), ckpt_path=str(ckpt)).run()
     assert (out / "metrics.csv").read_bytes() == before
 
@@ -314,9 +316,8 @@ def run_expecting_left_out_cases(configs: list[str], data: Path, out: Path, tmp_
     status 1 for the bad ones."""
     ckpt = save_constant_net(tmp_path / "model.pt", CONSTANT_LOGIT)
     wf = workflow(configs, dataset_dir=str(data), output_dir=str(out), ckpt_path=str(ckpt), network_def=CONSTANT_NET)
-    with pytest.raises(SystemExit) as exit_info:
+    with raises_user_error(LeftOutCasesError, match="case\\(s\\) were not processed"):
         wf.run()
-    assert exit_info.value.code == 1
 
 
 def test_inference_over_many_cases_reports_bad_ones_and_segments_the_good(tmp_path, capsys):
@@ -356,7 +357,7 @@ def test_inference_on_a_missing_or_empty_folder_ends_with_one_line(tmp_path, sta
     if state == "empty":
         folder.mkdir()
     reason = "does not exist" if state == "missing" else "no BraTS cases found"
-    with pytest.raises(SystemExit, match=f"^dataset_dir: .*{reason}"):
+    with raises_user_error(DatasetError, match=reason):
         workflow(INFERENCE, dataset_dir=str(folder), output_dir=str(tmp_path / "out")).run()
     assert not (tmp_path / "out").exists()
 

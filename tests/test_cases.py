@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from axunet_bundle.data.cases import DEFAULT_MODALITIES, MODALITIES, Case, CaseError, find_cases, parse_file_name
+from axunet_bundle.data.cases import (
+    DEFAULT_MODALITIES,
+    MODALITIES,
+    Case,
+    CaseError,
+    DatasetPathError,
+    find_cases,
+    parse_file_name,
+)
 
 SUFFIXES_2021 = {"t1": "t1", "t1ce": "t1ce", "t2": "t2", "flair": "flair"}
 SUFFIXES_2023 = {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f"}
@@ -131,16 +139,16 @@ def test_modalities_select_collected_images(tmp_path):
     assert set(case.images) == {"t1ce", "flair"}
 
 
-def test_missing_root_raises_file_not_found(tmp_path):
+def test_missing_root_raises_a_dataset_path_error(tmp_path):
     missing = tmp_path / "nope"
-    with pytest.raises(FileNotFoundError) as err:
+    with pytest.raises(DatasetPathError, match="does not exist") as err:
         find_cases(missing)
     assert str(missing) in str(err.value) and "\n" not in str(err.value)
 
 
 def test_root_that_is_a_file_raises(tmp_path):
     (tmp_path / "f.txt").touch()
-    with pytest.raises(NotADirectoryError):
+    with pytest.raises(DatasetPathError, match="is a file, not a directory"):
         find_cases(tmp_path / "f.txt")
 
 

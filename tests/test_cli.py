@@ -14,8 +14,8 @@ from tensorboard.backend.event_processing.event_accumulator import IMAGES, Event
 
 from axunet_bundle import AXUNet
 from axunet_bundle.cli import COMMANDS
-from axunet_bundle.handlers import CURVES_PNG, VALIDATION_IMAGE_TAG
 from axunet_bundle.networks.axunet import ALL_LEVELS
+from axunet_bundle.outputs import CURVES_PNG, VALIDATION_IMAGE_TAG
 from axunet_bundle.visualize import ATTENTION_COLUMN_INCHES, ATTENTION_ROW_INCHES, ATTENTION_TITLE_INCHES, FIGURE_DPI
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from monai.data import load_decathlon_datalist
 
-from axunet_bundle.data.cases import DEFAULT_MODALITIES
+from axunet_bundle.data.cases import DEFAULT_MODALITIES, DatasetPathError
 from axunet_bundle.data.datalist import make_datalist, write_datalist
 
 SHAPE = (8, 8, 4)
@@ -158,7 +158,7 @@ def test_argument_errors(dataset_2021, kwargs, message):
 
 
 def test_missing_dataset_dir(tmp_path):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(DatasetPathError, match="does not exist"):
         make_datalist(tmp_path / "nope")
 
 

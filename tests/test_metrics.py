@@ -11,24 +11,13 @@
 
 from __future__ import annotations
 
-import csv
 import math
 
 import pytest
 import torch
-from ignite.engine import Engine
-from monai.handlers import MetricsSaver, from_engine
 from monai.metrics import compute_hausdorff_distance
 
-from axunet_bundle.metrics import (
-    HD95_EMPTY_PENALTY,
-    BratsDice,
-    BratsDiceMetric,
-    BratsHD95,
-    BratsHD95Metric,
-    compute_brats_dice,
-    compute_brats_hd95,
-)
+from axunet_bundle.metrics import HD95_EMPTY_PENALTY, compute_brats_dice, compute_brats_hd95
 
 SIZE = 16  # side of the test volumes
 N_REGIONS = 3
@@ -141,51 +130,3 @@ def test_accepts_bool_and_rejects_bad_shapes():
         compute_brats_dice(pred, true[..., :-1])
     with pytest.raises(ValueError):
         compute_brats_hd95(pred[0, 0], true[0, 0])  # no batch and channel dimensions
-
-
-def test_cumulative_metrics_aggregate_over_cases():
-    dice_metric, hd_metric = BratsDiceMetric(), BratsHD95Metric(spacing=(2.0, 1.0, 1.0))
-    pred, true = _plates(3)
-    pred, true = pred.repeat(1, N_REGIONS, 1, 1, 1), true.repeat(1, N_REGIONS, 1, 1, 1)
-    empty = _empty()
-    for metric in (dice_metric, hd_metric):
-        metric(y_pred=pred, y=true)  # plates 3 voxels apart: Dice 0, HD95 3 voxels = 6 mm
-        metric(y_pred=[empty[0], pred[0]], y=[empty[0], empty[0]])  # list of channel-first: both-empty, one-empty
-    assert dice_metric.aggregate(reduction="none").shape == (3, N_REGIONS)
-    torch.testing.assert_close(dice_metric.aggregate(reduction="mean_batch"), torch.full((N_REGIONS,), 1 / 3))
-    assert dice_metric.aggregate().item() == pytest.approx(1 / 3)
-    expected_hd = (6.0 + 0.0 + HD95_EMPTY_PENALTY) / 3
-    torch.testing.assert_close(hd_metric.aggregate(reduction="mean_batch"), torch.full((N_REGIONS,), expected_hd))
-    # a spacing given with the call overrides the metric's default
-    hd_metric.reset()
-    hd_metric(y_pred=pred, y=true, spacing=(0.5, 1.0, 1.0))
-    assert hd_metric.aggregate().item() == pytest.approx(1.5)
-
-
-def test_ignite_handlers_and_metrics_saver(tmp_path):
-    pred, true = _plates(2)
-    pred, true = pred.repeat(2, N_REGIONS, 1, 1, 1), true.repeat(2, N_REGIONS, 1, 1, 1)
-    pred[1], true[1] = 0, 0  # second case: all regions empty in both
-    batches = [{"pred": pred, "label": true, "name": ["case0", "case1"]}]
-
-    engine = Engine(lambda _engine, batch: batch)
-    transform = from_engine(["pred", "label"])
-    BratsDice(output_transform=transform).attach(engine, "dice")
-    BratsHD95(spacing=(1.5, 1.0, 1.0), reduction="mean_batch", output_transform=transform).attach(engine, "hd95")
-    MetricsSaver(
-        save_dir=str(tmp_path),
-        metrics="*",
-        metric_details="*",
-        batch_transform=lambda batch: [{"filename_or_obj": n} for n in batch["name"]],
-        summary_ops="mean",
-    ).attach(engine)
-    engine.run(batches, max_epochs=1)
-
-    assert engine.state.metrics["dice"] == pytest.approx(0.5)  # case 0 scores 0, case 1 scores 1
-    torch.testing.assert_close(torch.as_tensor(engine.state.metrics["hd95"]), torch.full((N_REGIONS,), 1.5))
-    assert engine.state.metric_details["dice"].shape == (2, N_REGIONS)
-    with open(tmp_path / "hd95_raw.csv") as f:
-        rows = list(csv.reader(f))
-    assert [r[0] for r in rows[1:]] == ["case0", "case1"]
-    assert [float(v) for v in rows[1][1:][:N_REGIONS]] == [3.0] * N_REGIONS
-    assert (tmp_path / "dice_summary.csv").exists()

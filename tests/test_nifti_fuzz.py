@@ -26,10 +26,10 @@ from conftest import CONFIGS
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from monai.bundle import ConfigParser
-from monai.transforms import Compose
+from monai.transforms import Compose, LoadImaged
 
 from axunet_bundle.data.cases import DEFAULT_MODALITIES, LABEL_SUFFIX, CaseError, find_cases
-from axunet_bundle.data.integrity import check_case
+from axunet_bundle.data.integrity import ValidateCased, check_case
 
 CASE_ID = "BraTS2021_00000"
 SHAPE = (8, 8, 4)  # tiny: the property is about parsing, not size
@@ -97,10 +97,12 @@ def _file_name(kind: str, compressed: bool) -> str:
 
 
 def _pipeline() -> Compose:
-    """``LoadImaged`` + ``ValidateCased`` as configured in the bundle, for images and label (evaluation)."""
+    """``LoadImaged`` + ``ValidateCased`` as the training configures them, for images and label."""
     parser = ConfigParser()
-    parser.read_config([str(CONFIGS / "inference.json"), str(CONFIGS / "evaluate.json")])
-    return Compose([parser.get_parsed_content(f"preprocessing#transforms#{i}") for i in (0, 1)])
+    parser.read_config(str(CONFIGS / "train.json"))
+    steps = [t for t in parser.get_parsed_content("volume_transforms") if isinstance(t, (LoadImaged, ValidateCased))]
+    assert len(steps) == 2
+    return Compose(steps)
 
 
 PIPELINE = _pipeline()

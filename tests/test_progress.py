@@ -79,17 +79,34 @@ def test_engine_handler_counts_only_what_is_left_of_a_resumed_run(caplog):
 
 
 def test_multi_process_training_keeps_rank_0_only_handlers_off_other_ranks():
-    """multi_gpu_train.json drops the last N training handlers on ranks > 0: they must be exactly the ones that
-    write (stats, TensorBoard, progress, curves), so that only rank 0 logs and draws while every rank validates."""
-    import json
-
+    """On ranks > 0 the handlers that write (stats, TensorBoard, progress, curves, pictures) are disabled by the
+    ``rank`` id that multi_gpu_train.json sets, so that only rank 0 logs and draws while every rank trains and
+    validates; rank 0 keeps them all."""
     from conftest import CONFIGS
+    from monai.bundle import ConfigParser
 
-    handlers = json.loads((CONFIGS / "train.json").read_text())["train"]["handlers"]
-    multi = json.loads((CONFIGS / "multi_gpu_train.json").read_text())["train#trainer#train_handlers"]
-    dropped = int(re.search(r"\[: -(\d+) if dist.get_rank\(\) > 0", multi)[1])
-    kept = [h["_target_"].rsplit(".", 1)[-1] for h in handlers[:-dropped]]
-    assert kept == ["LrScheduleHandler", "ValidationHandler"]
+    def enabled(section: str, rank: int) -> list[str]:
+        parser = ConfigParser()
+        parser.read_config(str(CONFIGS / "train.json"))
+        parser["rank"] = rank
+        kept = []
+        for i, handler in enumerate(parser[section]):
+            if not ("_disabled_" in handler and parser.get_parsed_content(f"{section}#{i}#_disabled_")):
+                kept.append(handler["_target_"].rsplit(".", 1)[-1])
+        return kept
+
+    assert enabled("train#handlers", rank=1) == ["LrScheduleHandler", "ValidationHandler"]
+    assert enabled("validate#handlers", rank=1) == []
+    assert enabled("train#handlers", rank=0)[-4:] == [
+        "StatsHandler",
+        "TensorBoardStatsHandler",
+        "ProgressHandler",
+        "TrainingCurvesWriter",
+    ]
+    assert len(enabled("validate#handlers", rank=0)) == 4
+    multi = ConfigParser()
+    multi.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "multi_gpu_train.json")])
+    assert multi["rank"] == "$dist.get_rank()"
 
 
 def test_synth_and_prepare_log_progress_when_not_on_a_terminal(tiny_dataset, tmp_path, caplog):

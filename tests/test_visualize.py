@@ -380,7 +380,8 @@ def tensorboard_images(log_dir: Path, tag: str) -> list:
 def test_validation_overlay_handler_logs_the_last_case_at_the_epoch(tmp_path, noise):
     from ignite.engine import Engine
 
-    from axunet_bundle.handlers import VALIDATION_IMAGE_TAG, ValidationOverlayHandler
+    from axunet_bundle.handlers import ValidationOverlayHandler
+    from axunet_bundle.outputs import VALIDATION_IMAGE_TAG
 
     shape = (16, 12, 4)
     label = torch.zeros((3, *shape))
@@ -400,7 +401,8 @@ def test_training_curves_writer_draws_on_completion_or_warns(tmp_path, caplog):
     from ignite.engine import Engine
     from torch.utils.tensorboard import SummaryWriter
 
-    from axunet_bundle.handlers import CURVES_PNG, TrainingCurvesWriter
+    from axunet_bundle.handlers import TrainingCurvesWriter
+    from axunet_bundle.outputs import CURVES_PNG
 
     trainer = Engine(lambda engine, batch: None)
     TrainingCurvesWriter(tmp_path / "empty").attach(trainer)

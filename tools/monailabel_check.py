@@ -375,7 +375,7 @@ def native_inference(ctx: dict, image: Path) -> np.ndarray:
     """
     from monai.bundle import ConfigWorkflow
 
-    from axunet_bundle.data.datalist import segmentation_path
+    from axunet_bundle.outputs import segmentation_path
 
     bundle, case_id = ctx["bundle"], ctx["ids"][0]
     dataset_dir = ctx["root"] / "native_in"

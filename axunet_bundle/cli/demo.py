@@ -8,6 +8,7 @@ import shutil
 import time
 from pathlib import Path
 
+from .. import outputs
 from .pictures import overlay
 from .workflows import bundle_run, evaluate, infer
 
@@ -48,8 +49,6 @@ def demo(
     """
     from ..data.datalist import write_datalist
     from ..data.synth import write_synthetic_dataset
-    from ..handlers import CURVES_PNG, METRICS_CSV, SUMMARY_JSON
-    from ..visualize import DICE_BOXPLOT_PNG, OVERLAYS_DIR
 
     started = time.perf_counter()
     out = Path(output_dir).resolve()
@@ -84,7 +83,7 @@ def demo(
             "seed": seed,
         },
     )
-    weights = str(out / "models" / "model.pt")
+    weights = str(out / outputs.MODELS_DIR / outputs.WEIGHTS)
     print("[3/5] evaluating the best model on the whole validation volumes")
     evaluate(
         **common, datalist=str(out / "datalist.json"), ckpt_path=weights, output_dir=str(out / "eval"), overwrite=True
@@ -97,11 +96,12 @@ def demo(
         overwrite=True,
     )
     print("[5/5] drawing the pictures")
-    seg = out / "predictions" / f"{held_out.name}_seg.nii.gz"
+    seg = outputs.segmentation_path(out / "predictions", held_out.name)
     overlay(str(held_out), seg=str(seg), output=str(out / "overlay.png"))
-    curves = out / "runs" / CURVES_PNG  # drawn by the training itself (TrainingCurvesWriter)
+    curves = out / outputs.RUNS_DIR / outputs.CURVES_PNG  # drawn by the training itself (TrainingCurvesWriter)
 
-    summary = json.loads((out / "eval" / SUMMARY_JSON).read_text())
+    evaluation = out / outputs.EVAL_DIR
+    summary = json.loads((evaluation / outputs.SUMMARY_JSON).read_text())
     dice = {region: summary["dice"][region]["mean"] for region in summary["dice"]}
     minutes = (time.perf_counter() - started) / 60
     print()
@@ -110,8 +110,8 @@ def demo(
         + ", ".join(f"{r} {v:.3f}" for r, v in dice.items())
     )
     print(f"  weights          {weights}")
-    print(f"  per-case scores  {out / 'eval' / METRICS_CSV}  (box plot: {out / 'eval' / DICE_BOXPLOT_PNG})")
-    print(f"  case overlays    {out / 'eval' / OVERLAYS_DIR}")
+    print(f"  per-case scores  {evaluation / outputs.METRICS_CSV}  (box plot: {evaluation / outputs.DICE_BOXPLOT_PNG})")
+    print(f"  case overlays    {evaluation / outputs.OVERLAYS_DIR}")
     print(f"  segmentation     {seg}")
     print(f"  overlay picture  {out / 'overlay.png'}")
     print(f"  training curves  {curves}  (TensorBoard: tensorboard --logdir {out / 'runs'})")

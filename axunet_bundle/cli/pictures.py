@@ -7,6 +7,7 @@ import logging
 import time
 from pathlib import Path
 
+from .. import outputs
 from .data import split_names
 from .zoo_bundle import config_dir
 
@@ -15,7 +16,7 @@ __all__ = ["DEFAULT_WEIGHTS", "SLICE_SIZE", "attention", "network", "one_case", 
 #: the paper's slice size
 SLICE_SIZE = 224
 #: where the training workflow writes the best weights, relative to the current folder (its bundle_root)
-DEFAULT_WEIGHTS = Path("models") / "model.pt"
+DEFAULT_WEIGHTS = Path(outputs.MODELS_DIR) / outputs.WEIGHTS
 
 
 def one_case(case_dir: str):
@@ -79,7 +80,7 @@ def overlay(
     png = overlay_files(
         case.image_files(mods),
         seg if seg is not None else case.label,
-        output or f"{case.case_id}_overlay.png",
+        output or f"{case.case_id}{outputs.OVERLAY_SUFFIX}",
         label_file=case.label if seg is not None else None,
         convention=convention,
         modality_names=[m.upper() for m in mods],
@@ -146,7 +147,7 @@ def attention(
     png = attention_maps(
         net,
         image[..., slice_index],
-        output or f"{case.case_id}_attention.png",
+        output or f"{case.case_id}{outputs.ATTENTION_SUFFIX}",
         modality_names=[m.upper() for m in mods],
         show_prediction=ckpt is not None,
         title=f"{case.case_id}, axial slice {slice_index} ({where}), weights: {weights}",

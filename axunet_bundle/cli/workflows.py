@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from .. import outputs
 from .zoo_bundle import config_dir
 
 __all__ = ["WORKFLOW_CONFIGS", "bundle_run", "evaluate", "export", "infer", "train"]
@@ -69,15 +70,13 @@ def evaluate(**overrides) -> None:
     --output_dir DIR, --ckpt_path FILE, --threshold 0.5, --et_min_voxels N, --flip_tta True, --overwrite True
     (replace an earlier evaluation's files in output_dir; without it an existing metrics.csv stops the run).
     """
-    from ..handlers import METRICS_CSV, SUMMARY_JSON
-    from ..visualize import DICE_BOXPLOT_PNG, OVERLAYS_DIR
-
     bundle_run("evaluating", overrides)
-    # inference.json's default output_dir is bundle_root + '/eval'
-    output_dir = Path(overrides.get("output_dir", Path(overrides.get("bundle_root", DEFAULT_BUNDLE_ROOT)) / "eval"))
+    # inference.json's default output_dir is <bundle_root>/eval
+    bundle_root = Path(overrides.get("bundle_root", DEFAULT_BUNDLE_ROOT))
+    output_dir = Path(overrides.get("output_dir", bundle_root / outputs.EVAL_DIR))
     print(
-        f"per-case scores: {output_dir / METRICS_CSV}; summary: {output_dir / SUMMARY_JSON}; "
-        f"box plot: {output_dir / DICE_BOXPLOT_PNG}; overlays: {output_dir / OVERLAYS_DIR}"
+        f"per-case scores: {output_dir / outputs.METRICS_CSV}; summary: {output_dir / outputs.SUMMARY_JSON}; "
+        f"box plot: {output_dir / outputs.DICE_BOXPLOT_PNG}; overlays: {output_dir / outputs.OVERLAYS_DIR}"
     )
 
 
@@ -118,8 +117,8 @@ def export(
     from ..weights import load_plain_weights
 
     bundle_root = Path(overrides.get("bundle_root", DEFAULT_BUNDLE_ROOT))
-    ckpt = Path(ckpt_path or bundle_root / "models" / "model.pt")
-    out = Path(output_dir or bundle_root / "models")
+    ckpt = Path(ckpt_path or bundle_root / outputs.MODELS_DIR / outputs.WEIGHTS)
+    out = Path(output_dir or bundle_root / outputs.MODELS_DIR)
     if not ckpt.is_file():
         raise SystemExit(f"no weights at {ckpt}: train first, or give --ckpt_path")
     configs = config_dir(overrides.get("bundle_root"))
@@ -128,7 +127,7 @@ def export(
     config.update(overrides)
     channels = len(config.get_parsed_content("modalities"))
     out.mkdir(parents=True, exist_ok=True)
-    ts_path = out / "model.ts"
+    ts_path = out / outputs.TORCHSCRIPT
     ckpt_export(
         net_id="network_def",
         filepath=str(ts_path),
@@ -144,5 +143,5 @@ def export(
     x = torch.randn(1, channels, size, size)
     print(f"TorchScript {ts_path}: max |eager - exported| = {max_abs_diff_torchscript(net, ts_path, x):.2e}")
     if onnx:
-        onnx_path = export_onnx(net, x, out / "model.onnx")
+        onnx_path = export_onnx(net, x, out / outputs.ONNX)
         print(f"ONNX {onnx_path}: max |eager - exported| = {max_abs_diff_onnx(net, onnx_path, x):.2e}")

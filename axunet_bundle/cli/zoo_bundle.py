@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from .. import outputs
 from ..atomic import atomic_directory, atomic_path
 
 __all__ = [
@@ -48,7 +49,7 @@ BUNDLE_FILES = (
     "large_files.yml",
 )
 LARGE_FILES = "large_files.yml"
-WEIGHTS = "models/model.pt"
+WEIGHTS = f"{outputs.MODELS_DIR}/{outputs.WEIGHTS}"
 METADATA = "configs/metadata.json"
 #: package folders and modules that only the ``axunet`` command line uses: the configs never import them
 COMMAND_LINE_ONLY = ("cli", "bundle_files", "__main__.py")
@@ -213,7 +214,7 @@ def write_bundle(
             else:
                 shutil.copy2(src, dst)
         weights_hash = None
-        (tmp / "models").mkdir()
+        (tmp / outputs.MODELS_DIR).mkdir()
         if weights_path is not None:
             shutil.copy2(weights_path, tmp / WEIGHTS)
             weights_hash = _sha256(tmp / WEIGHTS)

@@ -28,6 +28,8 @@ from types import MappingProxyType
 
 from monai.utils import ensure_tuple
 
+from ..errors import AxunetError, ConfigurationError, DatasetError
+
 __all__ = [
     "MODALITIES",
     "DEFAULT_MODALITIES",
@@ -37,6 +39,7 @@ __all__ = [
     "MODALITY_ALIASES",
     "Case",
     "CaseError",
+    "DatasetPathError",
     "check_case_id",
     "find_cases",
     "parse_file_name",
@@ -93,7 +96,7 @@ _PATH_SEPARATORS = ("/", "\\", "\0")
 _DIRECTORY_NAMES = ("", ".", "..")
 
 
-class CaseError(ValueError):
+class CaseError(AxunetError, ValueError):
     """
     A problem with one file of one case.
 
@@ -121,6 +124,10 @@ class CaseError(ValueError):
     def __reduce__(self):
         # keeps the exception picklable (e.g. raised in a DataLoader worker process)
         return type(self), (self.case_id, self.file, self.reason)
+
+
+class DatasetPathError(DatasetError, OSError):
+    """The dataset folder does not exist, or is a file."""
 
 
 def check_case_id(case_id: object) -> str:
@@ -159,18 +166,18 @@ def validate_modalities(modalities: str | Iterable[str]) -> tuple[str, ...]:
         the names as a tuple, in the given order.
 
     Raises:
-        ValueError: when a name is not canonical, is repeated, or no name is given.
+        ConfigurationError: when a name is not canonical, is repeated, or no name is given.
     """
     mods = tuple(ensure_tuple(modalities))
     if not mods:
-        raise ValueError(f"at least one modality is needed, choose from {', '.join(MODALITIES)}")
+        raise ConfigurationError(f"at least one modality is needed, choose from {', '.join(MODALITIES)}")
     unknown = [m for m in mods if m not in MODALITIES]
     if unknown:
-        raise ValueError(
+        raise ConfigurationError(
             f"unknown modality {', '.join(map(repr, unknown))}: valid modalities are {', '.join(MODALITIES)}"
         )
     if len(set(mods)) != len(mods):
-        raise ValueError(f"modalities must not repeat, got {', '.join(mods)}")
+        raise ConfigurationError(f"modalities must not repeat, got {', '.join(mods)}")
     return mods
 
 
@@ -338,25 +345,25 @@ def find_cases(root: str | os.PathLike, modalities: Sequence[str] = MODALITIES) 
         the cases sorted by case id, with absolute paths.
 
     Raises:
-        FileNotFoundError: when `root` does not exist.
-        NotADirectoryError: when `root` is a file.
-        ValueError: for unknown modality names, when no BraTS case is found under `root`, or when the same case id
-            appears in more than one directory.
+        DatasetPathError: when `root` does not exist or is a file.
+        DatasetError: when no BraTS case is found under `root`, or the same case id appears in more than one
+            directory.
+        ConfigurationError: for unknown modality names.
         CaseError: when a case has two files for the same modality (e.g. both ``_t1ce`` and ``_t1c``).
     """
     mods = validate_modalities(modalities)
     root_path = Path(root).expanduser().absolute()
     if not root_path.exists():
-        raise FileNotFoundError(f"dataset directory {root_path} does not exist")
+        raise DatasetPathError(f"dataset directory {root_path} does not exist")
     if not root_path.is_dir():
-        raise NotADirectoryError(f"dataset path {root_path} is a file, not a directory")
+        raise DatasetPathError(f"dataset path {root_path} is a file, not a directory")
 
     cases: list[Case] = []
     for dir_path, dir_names, file_names in os.walk(root_path):
         dir_names[:] = sorted(d for d in dir_names if not d.startswith("."))  # deterministic walk, no hidden dirs
         cases.extend(_cases_in_directory(Path(dir_path), file_names, mods))
     if not cases:
-        raise ValueError(f"no BraTS cases found under {root_path}: expected files like {_EXAMPLE_FILE}")
+        raise DatasetError(f"no BraTS cases found under {root_path}: expected files like {_EXAMPLE_FILE}")
 
     by_id: dict[str, list[Case]] = {}
     for case in cases:
@@ -366,5 +373,5 @@ def find_cases(root: str | os.PathLike, modalities: Sequence[str] = MODALITIES) 
         cid, found = next(iter(sorted(duplicates.items())))
         where = " and ".join(str(c.directory) for c in found)
         more = f" (and {len(duplicates) - 1} more duplicated ids)" if len(duplicates) > 1 else ""
-        raise ValueError(f"case id {cid} found in more than one directory: {where}{more}")
+        raise DatasetError(f"case id {cid} found in more than one directory: {where}{more}")
     return sorted(cases, key=lambda c: c.case_id)

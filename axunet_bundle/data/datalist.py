@@ -36,26 +36,26 @@ from axunet_bundle.data.cases import (
     validate_modalities,
 )
 from axunet_bundle.data.integrity import Problem, check_case
+from axunet_bundle.errors import ConfigurationError, DatasetError, LeftOutCasesError
+from axunet_bundle.outputs import segmentation_path
 
 __all__ = [
     "TRAINING",
     "VALIDATION",
     "TESTING",
-    "SEGMENTATION_SUFFIX",
     "make_datalist",
     "write_datalist",
     "load_datalist",
     "CaseSelection",
     "inference_cases",
     "evaluation_cases",
-    "segmentation_path",
 ]
 
 TRAINING = "training"
 VALIDATION = "validation"
 TESTING = "testing"
-#: file name ending of a segmentation the inference workflow writes: ``<case_id>_seg.nii.gz``
-SEGMENTATION_SUFFIX = "_seg.nii.gz"
+#: the key of an evaluation item holding the reference label map: the inference chain never loads it
+REFERENCE = "reference"
 
 MIN_FOLDS = 2
 
@@ -64,7 +64,7 @@ logger = logging.getLogger(__name__)
 
 def _check_fraction(name: str, value: float) -> float:
     if not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {value}")
+        raise ConfigurationError(f"{name} must be in [0, 1), got {value}")
     return float(value)
 
 
@@ -121,13 +121,13 @@ def make_datalist(
     test_fraction = _check_fraction("test_fraction", test_fraction)
     if val_fraction is None:
         if isinstance(folds, bool) or not isinstance(folds, int) or folds < MIN_FOLDS:
-            raise ValueError(f"folds must be an integer >= {MIN_FOLDS}, got {folds!r}")
+            raise ConfigurationError(f"folds must be an integer >= {MIN_FOLDS}, got {folds!r}")
         if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < folds:
-            raise ValueError(f"fold must be an integer in [0, {folds - 1}] for {folds} folds, got {fold!r}")
+            raise ConfigurationError(f"fold must be an integer in [0, {folds - 1}] for {folds} folds, got {fold!r}")
     else:
         val_fraction = _check_fraction("val_fraction", val_fraction)
         if val_fraction + test_fraction >= 1.0:
-            raise ValueError(
+            raise ConfigurationError(
                 f"val_fraction + test_fraction must leave patients for training, got {val_fraction} + {test_fraction}"
             )
 
@@ -150,7 +150,7 @@ def make_datalist(
     test_ids, rest = order[:n_test], order[n_test:]
     if val_fraction is None:
         if len(rest) < folds:
-            raise ValueError(
+            raise ConfigurationError(
                 f"too few labelled patients for {folds}-fold cross-validation: {len(rest)} left after the test hold-out"
             )
         val_ids = rest[fold::folds]  # folds partition the shuffled patients, sizes differ by at most one
@@ -159,7 +159,7 @@ def make_datalist(
     held_out = set(val_ids)
     train_ids = [p for p in rest if p not in held_out]
     if not train_ids:
-        raise ValueError(f"too few labelled patients ({len(order)}) to leave any for training")
+        raise ConfigurationError(f"too few labelled patients ({len(order)}) to leave any for training")
 
     def items(patient_ids: Sequence[str]) -> list[dict[str, Any]]:
         cases = [c for p in patient_ids for c in patients[p]]
@@ -208,13 +208,13 @@ def load_datalist(
     """
     if datalist is None:
         if dataset_dir is None:
-            raise ValueError("give dataset_dir (a BraTS folder) or datalist (a datalist JSON file)")
+            raise ConfigurationError("give dataset_dir (a BraTS folder) or datalist (a datalist JSON file)")
         return make_datalist(dataset_dir, **kwargs)
     from monai.data import load_decathlon_datalist
 
     path = Path(datalist).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"datalist file not found: {path}")
+        raise DatasetError(f"datalist file not found: {path}")
     base = os.fspath(dataset_dir) if dataset_dir is not None else None
     sections = json.loads(path.read_text())
     loaded = {
@@ -246,14 +246,18 @@ class CaseSelection:
     left_out: list[Problem] = field(default_factory=list)
 
     def report(self) -> None:
-        """End of a run: list the left-out cases again and exit with status 1 when there are any."""
+        """End of a run: list the left-out cases again.
+
+        Raises:
+            LeftOutCasesError: when there are any (exit status 1 at the error boundary).
+        """
         if not self.left_out:
             return
         cases = sorted({p.case_id for p in self.left_out})
         logger.error("%d case(s) were not processed (the other %d were):", len(cases), len(self.items))
         for problem in self.left_out:
             logger.error("  %s", problem)
-        raise SystemExit(1)
+        raise LeftOutCasesError(f"{len(cases)} case(s) were not processed: {', '.join(cases)}")
 
 
 def _select(cases: Sequence[Case], modalities: tuple[str, ...], read_voxels: bool) -> CaseSelection:
@@ -268,20 +272,6 @@ def _select(cases: Sequence[Case], modalities: tuple[str, ...], read_voxels: boo
         else:
             selection.items.append(_item(case, modalities))
     return selection
-
-
-def _find_cases_or_exit(dataset_dir: str | os.PathLike, modalities: tuple[str, ...]) -> list[Case]:
-    """:func:`find_cases` for a workflow: a folder that is missing, a file or holds no case ends the run with its
-    one-line reason (``SystemExit``: MONAI's config parser would wrap an exception in a long traceback)."""
-    try:
-        return find_cases(dataset_dir, modalities=modalities)
-    except (OSError, ValueError) as err:
-        raise SystemExit(f"dataset_dir: {err}") from None
-
-
-def segmentation_path(output_dir: str | os.PathLike, case_id: str) -> Path:
-    """Where the inference workflow writes a case's label map (only the case id's last path part is used)."""
-    return Path(output_dir) / f"{Path(case_id).name}{SEGMENTATION_SUFFIX}"
 
 
 def inference_cases(
@@ -303,7 +293,7 @@ def inference_cases(
         read_voxels: check the voxel data too (one extra read of each image), not only the headers.
     """
     mods = validate_modalities(modalities)
-    cases = [replace(case, label=None) for case in _find_cases_or_exit(dataset_dir, mods)]
+    cases = [replace(case, label=None) for case in find_cases(dataset_dir, modalities=mods)]
     todo = [c for c in cases if output_dir is None or not segmentation_path(output_dir, c.case_id).is_file()]
     if len(todo) < len(cases):
         logger.info(
@@ -324,7 +314,8 @@ def evaluation_cases(
     """
     The labelled cases to evaluate: the ``split`` section of a datalist file when one is given (taken as it is),
     else every labelled case of the BraTS folder ``dataset_dir``, checked as :func:`inference_cases` does, labels
-    included.
+    included. Each item holds its label map's path under ``"reference"`` (not ``"label"``): the inference chain
+    segments the images and the evaluation scores the written segmentation against that file.
 
     Args:
         dataset_dir: the BraTS folder (base directory of a datalist's relative paths).
@@ -332,16 +323,26 @@ def evaluation_cases(
         split: the datalist section to evaluate.
         modalities: image channels, in order.
         read_voxels: check the voxel data too, not only the headers.
+
+    Raises:
+        ConfigurationError: for an unknown split, or neither a folder nor a datalist.
+        DatasetError: for a folder without labelled cases, or a datalist file that is missing.
     """
     if datalist is not None:
         items = load_datalist(dataset_dir, datalist)
         if split not in items:
-            raise ValueError(f"datalist split must be one of {sorted(items)}, got {split!r}")
-        return CaseSelection(items=items[split])
-    if dataset_dir is None:
-        raise ValueError("give dataset_dir (a BraTS folder) or datalist (a datalist JSON file)")
-    mods = validate_modalities(modalities)
-    labelled = [case for case in _find_cases_or_exit(dataset_dir, mods) if case.label is not None]
-    if not labelled:
-        raise SystemExit(f"dataset_dir: no labelled cases found in {dataset_dir}")
-    return _select(labelled, mods, read_voxels)
+            raise ConfigurationError(f"datalist split must be one of {sorted(items)}, got {split!r}")
+        selection = CaseSelection(items=items[split])
+    else:
+        if dataset_dir is None:
+            raise ConfigurationError("give dataset_dir (a BraTS folder) or datalist (a datalist JSON file)")
+        mods = validate_modalities(modalities)
+        labelled = [case for case in find_cases(dataset_dir, modalities=mods) if case.label is not None]
+        if not labelled:
+            raise DatasetError(f"no labelled cases found in {dataset_dir}")
+        selection = _select(labelled, mods, read_voxels)
+    unlabelled = [item.get("case_id", item["image"][0]) for item in selection.items if "label" not in item]
+    if unlabelled:
+        raise DatasetError(f"datalist {split} items without a label to evaluate against: {unlabelled[0]}")
+    selection.items = [{REFERENCE if k == "label" else k: v for k, v in item.items()} for item in selection.items]
+    return selection

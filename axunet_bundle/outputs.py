@@ -1,0 +1,62 @@
+# Copyright (c) AXUNet bundle developers. Licensed under the Apache License, Version 2.0.
+"""The names of everything the bundle writes, in one place: the code uses these constants and the configs refer to
+them (``"$axunet_bundle.outputs.WEIGHTS"``), so that renaming an output is a one-line change."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = [
+    "ATTENTION_SUFFIX",
+    "CHECKPOINT_PREFIX",
+    "CURVES_PNG",
+    "DICE_BOXPLOT_PNG",
+    "EVAL_DIR",
+    "METRICS_CSV",
+    "MODELS_DIR",
+    "ONNX",
+    "OVERLAYS_DIR",
+    "OVERLAY_SUFFIX",
+    "RUNS_DIR",
+    "SEGMENTATION_POSTFIX",
+    "SEGMENTATION_SUFFIX",
+    "SUMMARY_JSON",
+    "TORCHSCRIPT",
+    "VALIDATION_IMAGE_TAG",
+    "WEIGHTS",
+    "segmentation_path",
+]
+
+#: folders under ``bundle_root``: weights and checkpoints, TensorBoard logs, evaluation and inference outputs
+MODELS_DIR = "models"
+RUNS_DIR = "runs"
+EVAL_DIR = "eval"
+#: the best weights, a plain state dict: where the model zoo and MONAI Label look (``models/model.pt``)
+WEIGHTS = "model.pt"
+#: resumable training checkpoints are ``checkpoint_epoch=<N>.pt``
+CHECKPOINT_PREFIX = "checkpoint"
+#: exports of the weights (``axunet export``)
+TORCHSCRIPT = "model.ts"
+ONNX = "model.onnx"
+#: a case's label map is ``<case_id>_seg.nii.gz``, named like a BraTS reference segmentation
+SEGMENTATION_POSTFIX = "seg"
+SEGMENTATION_SUFFIX = f"_{SEGMENTATION_POSTFIX}.nii.gz"
+#: the evaluation report: per-case scores, their summary, the Dice box plot, one overlay per case
+METRICS_CSV = "metrics.csv"
+SUMMARY_JSON = "summary.json"
+DICE_BOXPLOT_PNG = "dice_boxplot.png"
+OVERLAYS_DIR = "overlays"
+#: pictures of one case: ``<case_id>_overlay.png``, ``<case_id>_attention.png``
+OVERLAY_SUFFIX = "_overlay.png"
+ATTENTION_SUFFIX = "_attention.png"
+#: the training's loss and Dice curves, drawn into its TensorBoard folder
+CURVES_PNG = "training_curves.png"
+#: TensorBoard tag of the validation overlay image
+VALIDATION_IMAGE_TAG = "val_overlay"
+
+
+def segmentation_path(output_dir: str | os.PathLike, case_id: str) -> Path:
+    """Where a case's label map is written: ``<output_dir>/<case_id>_seg.nii.gz`` (only the id's last path part is
+    used, so no output leaves ``output_dir``)."""
+    return Path(output_dir) / f"{Path(case_id).name}{SEGMENTATION_SUFFIX}"
