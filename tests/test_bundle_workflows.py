@@ -381,3 +381,14 @@ def test_inference_runs_the_exported_onnx_model(tiny_dataset, tmp_path):
         b = np.asarray(nib.load(tmp_path / "onnx" / eager.name).dataobj)
         assert len(np.unique(a)) > 1
         assert np.mean(a != b) < 1e-3  # equal up to voxels whose probability sits at the threshold
+
+
+def test_monai_bundle_run_ends_a_users_mistake_with_one_line(tmp_path):
+    """``python -m monai.bundle run`` has the command line's error boundary (installed by the configs' initialize):
+    a missing dataset folder is one line on stderr and exit status 2, no traceback."""
+    command = [sys.executable, "-m", "monai.bundle", "run", "inference", "--meta_file", str(CONFIGS / "metadata.json")]
+    command += ["--config_file", INFERENCE[0], "--dataset_dir", str(tmp_path / "nope"), "--output_dir", str(tmp_path)]
+    result = subprocess.run(command, cwd=BUNDLE_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == f"error: dataset directory {tmp_path / 'nope'} does not exist"

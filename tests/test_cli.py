@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 
-import fire
 import matplotlib.image
 import nibabel as nib
 import pytest
@@ -13,7 +12,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
 
 from axunet_bundle import AXUNet
-from axunet_bundle.cli import COMMANDS
+from axunet_bundle.cli import COMMANDS, main
 from axunet_bundle.networks.axunet import ALL_LEVELS
 from axunet_bundle.outputs import CURVES_PNG, VALIDATION_IMAGE_TAG
 from axunet_bundle.visualize import ATTENTION_COLUMN_INCHES, ATTENTION_ROW_INCHES, ATTENTION_TITLE_INCHES, FIGURE_DPI
@@ -21,7 +20,7 @@ from axunet_bundle.visualize import ATTENTION_COLUMN_INCHES, ATTENTION_ROW_INCHE
 
 def axunet(*args: str):
     """Run ``axunet ARGS`` in this process, as the console script does."""
-    return fire.Fire(COMMANDS, command=[str(a) for a in args], name="axunet")
+    return main([str(a) for a in args])
 
 
 def test_every_command_has_help_text():
@@ -66,8 +65,10 @@ def test_attention_writes_pam_and_cam_per_level(tiny_dataset, tmp_path, capsys):
         round(3 * ATTENTION_COLUMN_INCHES * FIGURE_DPI),
     )
     assert pixels.shape[:2] == expected
-    with pytest.raises(SystemExit, match="no weights"):
+    with pytest.raises(SystemExit) as refused:
         axunet("attention", case, "--ckpt_path", tmp_path / "missing.pt", "--output", png, "--size", 64)
+    assert refused.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: no weights at {tmp_path / 'missing.pt'}"
 
 
 def test_synth_check_datalist(tmp_path, capsys):

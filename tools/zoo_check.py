@@ -223,15 +223,24 @@ def _find_bundle_file(root_dir: Path, stem: str) -> str | None:
     return found
 
 
+def _parser(config_file: Path | None = None, meta_file: Path | None = None) -> Any:
+    """MONAI's ``ConfigParser`` with a bundle's config and metadata files read, as the zoo's scripts read them."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    if config_file is not None:
+        parser.read_config(f=str(config_file))
+    if meta_file is not None:
+        parser.read_meta(f=str(meta_file))
+    return parser
+
+
 def _produce_fake_weights(config_file: Path, meta_file: Path, output: Path) -> None:
     """A plain state dict of an untrained ``network_def`` (model-zoo ci/verify_bundle.py ``_produce_fake_weights``),
     with ImageNet weights off when the definition has a ``pretrained`` argument."""
     import torch
-    from monai.bundle import ConfigParser
 
-    parser = ConfigParser()
-    parser.read_config(f=str(config_file))
-    parser.read_meta(f=str(meta_file))
+    parser = _parser(config_file, meta_file)
     if isinstance(parser[NET_ID], dict) and "pretrained" in parser[NET_ID]:
         parser[f"{NET_ID}#pretrained"] = False
     with torch.random.fork_rng():  # reproducible weights, the caller's random state untouched
@@ -358,14 +367,10 @@ def _would_be_committed(root: Path, rel: str) -> bool:
 
 
 def _large_file_entries(root: Path) -> tuple[str | None, list[dict]]:
-    from monai.bundle import ConfigParser
-
     name = _find_bundle_file(root, "large_files")
     if name is None:
         return None, []
-    parser = ConfigParser()
-    parser.read_config(str(root / name))  # as model-zoo ci/utils.py download_large_files
-    entries = parser.get().get("large_files")
+    entries = _parser(root / name).get().get("large_files")  # as model-zoo ci/utils.py download_large_files
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise _Failed(f"{name}: expected a list of entries under 'large_files'")
     return name, entries
@@ -493,12 +498,9 @@ def _check_net_in_out(bundle: _Bundle) -> str:
 
 
 def _fake_input_shape(bundle: _Bundle, n: int = 1) -> tuple[int, ...]:
-    from monai.bundle import ConfigParser
     from monai.bundle.scripts import _get_fake_spatial_shape, _get_net_io_info
 
-    parser = ConfigParser()
-    parser.read_meta(f=str(bundle.meta_file))
-    channels, spatial, *_ = _get_net_io_info(parser=parser)
+    channels, spatial, *_ = _get_net_io_info(parser=_parser(meta_file=bundle.meta_file))
     return (1, channels, *_get_fake_spatial_shape(spatial, n=n))
 
 
@@ -508,11 +510,8 @@ def _shape(shape: Sequence[int]) -> str:
 
 def _eager_network(bundle: _Bundle, ckpt: Path) -> Any:
     import torch
-    from monai.bundle import ConfigParser
 
-    parser = ConfigParser()
-    parser.read_config(f=str(bundle.require_inference_config()))
-    parser.read_meta(f=str(bundle.meta_file))
+    parser = _parser(bundle.require_inference_config(), bundle.meta_file)
     parser["bundle_root"] = str(bundle.root)
     net = parser.get_parsed_content(NET_ID)
     net.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))

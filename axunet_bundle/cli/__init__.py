@@ -1,7 +1,9 @@
 # Copyright (c) AXUNet bundle developers. Licensed under the Apache License, Version 2.0.
 """The ``axunet`` command line (``python -m axunet_bundle``), built with fire: one function per command.
 
-The configs never import this package: the model-zoo bundle (``axunet bundle``) carries the runtime code only.
+:func:`main` is the error boundary: a user's mistake (an :class:`~axunet_bundle.errors.AxunetError`, raised anywhere
+below, also inside a workflow) ends in one line and its exit status, never a traceback. The configs never import
+this package: the model-zoo bundle (``axunet bundle``) carries the runtime code only.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import logging
 
 import fire
 
+from ..errors import exit_with_message, user_error
 from .data import check, datalist, prepare, synth
 from .demo import demo
 from .pictures import attention, network, overlay
@@ -35,6 +38,17 @@ COMMANDS = {
 }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Run ``axunet ARGV`` (default: the process's arguments).
+
+    Raises:
+        SystemExit: with the error's one line and status for a user's mistake; fire's for bad arguments.
+    """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    fire.Fire(COMMANDS, name="axunet")
+    try:
+        fire.Fire(COMMANDS, command=argv, name="axunet")
+    except Exception as err:
+        error = user_error(err)
+        if error is None:
+            raise  # a bug: its traceback is what a report needs
+        exit_with_message(error)

@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-from .zoo_bundle import config_dir
+from .configs import read_config
 
 __all__ = ["check", "datalist", "prepare", "split_names", "synth"]
 
@@ -95,15 +96,14 @@ def prepare(dataset_dir: str, output: str, workers: int = 2, config_file: str | 
         workers: parallel processes.
         config_file: the training config (default: the bundle's configs/train.json).
     """
-    from monai.bundle import ConfigParser
     from monai.transforms import Compose
 
     from ..data.cases import CaseError, find_cases
     from ..data.slices import prepare_slice_cache
 
-    parser = ConfigParser()
-    parser.read_config(config_file or config_dir(overrides.get("bundle_root")) / "train.json")
-    parser.update({"dataset_dir": dataset_dir, **overrides})
+    # a config file of the user's own (an absolute path) or the bundle's train.json
+    config = str(Path(config_file).resolve()) if config_file is not None else "train.json"
+    parser = read_config(config, dataset_dir=dataset_dir, **overrides)
     modalities = parser.get_parsed_content("modalities")
     items, incomplete = [], []
     for case in (c for c in find_cases(dataset_dir) if c.label is not None):

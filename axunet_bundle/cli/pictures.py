@@ -8,8 +8,9 @@ import time
 from pathlib import Path
 
 from .. import outputs
+from ..errors import ConfigurationError
+from .configs import read_config
 from .data import split_names
-from .zoo_bundle import config_dir
 
 __all__ = ["DEFAULT_WEIGHTS", "SLICE_SIZE", "attention", "network", "one_case", "overlay"]
 
@@ -25,7 +26,7 @@ def one_case(case_dir: str):
 
     cases = find_cases(case_dir)
     if len(cases) != 1:
-        raise SystemExit(f"{case_dir}: expected the folder of one case, found {len(cases)} cases")
+        raise ConfigurationError(f"{case_dir}: expected the folder of one case, found {len(cases)} cases")
     return cases[0]
 
 
@@ -76,7 +77,7 @@ def overlay(
     case = one_case(case_dir)
     mods = split_names(modalities)
     if seg is None and case.label is None:
-        raise SystemExit(f"{case.case_id}: no --seg given and the case has no label to draw")
+        raise ConfigurationError(f"{case.case_id}: no --seg given and the case has no label to draw")
     png = overlay_files(
         case.image_files(mods),
         seg if seg is not None else case.label,
@@ -110,7 +111,6 @@ def attention(
         size: in-plane size of the network input (the training's roi_size).
         slice_index: axial slice to show (in the preprocessed volume) instead of the one with the most tumour.
     """
-    from monai.bundle import ConfigParser
     from monai.transforms import Compose
 
     from ..networks import AXUNet
@@ -126,14 +126,12 @@ def attention(
             "no weights at %s and no --ckpt_path: showing an UNTRAINED network (random weights)", DEFAULT_WEIGHTS
         )
     elif not ckpt.is_file():
-        raise SystemExit(f"no weights at {ckpt}")
+        raise ConfigurationError(f"no weights at {ckpt}")
     else:
         net.load_state_dict(load_plain_weights(ckpt, map_location="cpu"))
 
     # the training's own preprocessing, so that the network sees what it was trained on
-    parser = ConfigParser()
-    parser.read_config(config_dir() / "train.json")
-    parser.update({"modalities": mods, "roi_size": [size, size], "label_convention": case.convention})
+    parser = read_config("train.json", modalities=mods, roi_size=[size, size], label_convention=case.convention)
     item = {"image": case.image_files(mods), "case_id": case.case_id}
     if case.label is not None:
         item["label"] = str(case.label)

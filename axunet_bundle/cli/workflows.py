@@ -12,7 +12,8 @@ import logging
 from pathlib import Path
 
 from .. import outputs
-from .zoo_bundle import config_dir
+from ..errors import ConfigurationError
+from .configs import config_dir, read_config
 
 __all__ = ["WORKFLOW_CONFIGS", "bundle_run", "evaluate", "export", "infer", "train"]
 
@@ -111,7 +112,7 @@ def export(
         onnx: also write the ONNX model.
     """
     import torch
-    from monai.bundle import ConfigParser, ckpt_export
+    from monai.bundle import ckpt_export
 
     from ..export import export_onnx, max_abs_diff_onnx, max_abs_diff_torchscript
     from ..weights import load_plain_weights
@@ -120,11 +121,9 @@ def export(
     ckpt = Path(ckpt_path or bundle_root / outputs.MODELS_DIR / outputs.WEIGHTS)
     out = Path(output_dir or bundle_root / outputs.MODELS_DIR)
     if not ckpt.is_file():
-        raise SystemExit(f"no weights at {ckpt}: train first, or give --ckpt_path")
+        raise ConfigurationError(f"no weights at {ckpt}: train first, or give --ckpt_path")
     configs = config_dir(overrides.get("bundle_root"))
-    config = ConfigParser()
-    config.read_config(str(configs / "inference.json"))
-    config.update(overrides)
+    config = read_config("inference.json", **overrides)
     channels = len(config.get_parsed_content("modalities"))
     out.mkdir(parents=True, exist_ok=True)
     ts_path = out / outputs.TORCHSCRIPT

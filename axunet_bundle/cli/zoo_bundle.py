@@ -1,12 +1,6 @@
 # Copyright (c) AXUNet bundle developers. Licensed under the Apache License, Version 2.0.
-"""Where the bundle's files are (a source checkout or the installed package) and the model-zoo bundle folder and zip
-that ``axunet bundle`` writes.
-
-The bundle's configs, model card (with the documents it links), data licence, ``LICENSE`` and ``large_files.yml``
-are kept once, at the root of the source checkout (which is itself a MONAI bundle). A wheel carries copies of them
-in ``axunet_bundle/bundle_files`` (``pyproject.toml`` maps that package folder onto the checkout's root), so every
-command finds its configs wherever the package is installed.
-"""
+"""The model-zoo bundle folder and release zip that ``axunet bundle`` writes: the zoo's layout, the bundle's files
+(:func:`axunet_bundle.cli.configs.bundle_source`) and the runtime code its configs import."""
 
 from __future__ import annotations
 
@@ -22,15 +16,10 @@ import yaml
 
 from .. import outputs
 from ..atomic import atomic_directory, atomic_path
+from ..errors import AxunetError
+from .configs import METADATA, bundle_source, read_config
 
-__all__ = [
-    "BUNDLE_NAME",
-    "BundleError",
-    "bundle_source",
-    "config_dir",
-    "runtime_code_files",
-    "write_bundle",
-]
+__all__ = ["BUNDLE_NAME", "BundleError", "bundle", "runtime_code_files", "write_bundle"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +39,6 @@ BUNDLE_FILES = (
 )
 LARGE_FILES = "large_files.yml"
 WEIGHTS = f"{outputs.MODELS_DIR}/{outputs.WEIGHTS}"
-METADATA = "configs/metadata.json"
 #: package folders and modules that only the ``axunet`` command line uses: the configs never import them
 COMMAND_LINE_ONLY = ("cli", "bundle_files", "__main__.py")
 #: as the zoo's release (ci/utils.py compress_bundle: ``touch -t 202205300000``): the same files give the same zip
@@ -60,37 +48,6 @@ WEIGHTS_HASH_TYPE = "sha256"
 HASH_CHUNK = 1 << 20
 
 _PACKAGE = Path(__file__).resolve().parents[1]
-_PACKAGED = _PACKAGE / "bundle_files"  # present in an installed wheel only
-_CHECKOUT = _PACKAGE.parent  # a source checkout (editable install): the repository root is the bundle
-
-
-class BundleError(RuntimeError):
-    """The bundle cannot be read or written: a missing file, weights that do not fit, an existing output."""
-
-
-def bundle_source() -> Path:
-    """The folder holding the bundle's ``configs/``, ``docs/``, ``LICENSE`` and ``large_files.yml``: the packaged
-    copy in an installed wheel, else the root of the source checkout.
-
-    Raises:
-        BundleError: when neither holds ``configs/metadata.json`` (a broken install).
-    """
-    for folder in (_PACKAGED, _CHECKOUT):
-        if (folder / METADATA).is_file():
-            return folder
-    raise BundleError(f"the bundle's configs are missing: neither {_PACKAGED} nor {_CHECKOUT} holds {METADATA}")
-
-
-def config_dir(bundle_root: str | os.PathLike | None = None) -> Path:
-    """The configs a workflow runs: those of the bundle folder ``bundle_root`` when it has ``configs/metadata.json``
-    (an unzipped model-zoo bundle, say), else the package's own.
-
-    Args:
-        bundle_root: the bundle folder the user selected with ``--bundle_root``, or ``None``.
-    """
-    if bundle_root is not None and (Path(bundle_root) / METADATA).is_file():
-        return Path(bundle_root) / "configs"
-    return bundle_source() / "configs"
 
 
 def runtime_code_files() -> list[Path]:
@@ -112,10 +69,13 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _check_weights(weights: Path, configs: Path) -> None:
+class BundleError(AxunetError):
+    """The bundle cannot be written: a name MONAI Label would not take, weights that do not fit, an existing output."""
+
+
+def _check_weights(weights: Path) -> None:
     """The weights must be a plain state dict that loads into the bundle's ``network_def`` as configured."""
     import torch
-    from monai.bundle import ConfigParser
 
     from ..weights import load_plain_weights
 
@@ -127,9 +87,7 @@ def _check_weights(weights: Path, configs: Path) -> None:
             f"--weights {weights}: not a plain state dict (the model zoo and MONAI Label load models/model.pt as "
             "names -> tensors): save network.state_dict(), as the training's models/model.pt is"
         )
-    parser = ConfigParser()
-    parser.read_config(str(configs / "inference.json"))
-    network = parser.get_parsed_content("network_def")
+    network = read_config("inference.json").get_parsed_content("network_def")
     try:
         network.load_state_dict(state)
     except RuntimeError as err:
@@ -203,7 +161,7 @@ def write_bundle(
         raise BundleError(f"{existing[0]} exists: pass --overwrite True to replace it, or another output folder")
     weights_path = Path(weights) if weights is not None else None
     if weights_path is not None:
-        _check_weights(weights_path, source / "configs")
+        _check_weights(weights_path)
 
     with atomic_directory(folder) as tmp:
         for item in BUNDLE_FILES:
