@@ -1,5 +1,6 @@
 # Copyright (c) AXUNet bundle developers. Licensed under the Apache License, Version 2.0.
-"""Refuse weights and checkpoint files that carry pickled code, with one clear line naming the file.
+"""Reading weights: refuse files that carry pickled code, with one clear line naming the file, and check that a local
+encoder weights file fits its timm backbone.
 
 Every loader in the bundle reads ``.pt`` files with ``torch.load(..., weights_only=True)`` (or safetensors), which
 never runs code from the file; this module turns PyTorch's long "Weights only load failed" text (which suggests
@@ -14,8 +15,12 @@ from collections.abc import Iterable
 
 import torch
 
+from .errors import AxunetError
+
 __all__ = [
+    "PretrainedWeightsError",
     "UnsafeWeightsError",
+    "check_encoder_weights",
     "unsafe_weights_message",
     "find_unsafe_globals",
     "refused_as_unsafe",
@@ -30,8 +35,16 @@ SAFE_SUFFIXES = (".safetensors",)
 MAX_LISTED_GLOBALS = 5
 
 
-class UnsafeWeightsError(RuntimeError):
+#: the input channels of an ImageNet stem (timm adapts it to other counts when loading)
+_IMAGENET_CHANNELS = 3
+
+
+class UnsafeWeightsError(AxunetError, RuntimeError):
     """A weights or checkpoint file holds pickled Python objects beyond tensors and plain containers."""
+
+
+class PretrainedWeightsError(AxunetError, RuntimeError):
+    """Pretrained encoder weights could not be obtained or do not fit the backbone."""
 
 
 def unsafe_weights_message(
@@ -141,3 +154,51 @@ def load_plain_weights(path: str | os.PathLike, what: str = "checkpoint", **load
         return torch.load(path, weights_only=True, **load_kwargs)
     except pickle.UnpicklingError as err:  # a weights-only refusal: name the file and what it carries, briefly
         raise UnsafeWeightsError(unsafe_weights_message(path, find_unsafe_globals(path) or (), what)) from err
+
+
+def check_encoder_weights(backbone: str, path: str) -> None:
+    """Check that ``path`` holds timm weights of ``backbone``, with a clear error naming what does not fit.
+
+    Loads with ``weights_only=True`` (through timm), so a file carrying pickled code is refused, never run.
+
+    Args:
+        backbone: timm model name.
+        path: the weights file.
+
+    Raises:
+        PretrainedWeightsError: the file is missing, unreadable, carries pickled objects beyond tensors ("not a
+            plain weights file"), or does not fit the backbone.
+    """
+    import timm
+
+    if not os.path.isfile(path):
+        raise PretrainedWeightsError(f"pretrained weights file not found: {path}")
+    try:
+        state = timm.models.load_state_dict(path, weights_only=True)
+    except Exception as err:  # torch/safetensors raise many types for a corrupt or unsafe file
+        if refused_as_unsafe(err):
+            raise PretrainedWeightsError(
+                unsafe_weights_message(path, find_unsafe_globals(path) or (), "pretrained weights file")
+            ) from err
+        raise PretrainedWeightsError(f"cannot read pretrained weights file {path}: {err}") from err
+    reference = timm.create_model(backbone, pretrained=False, num_classes=0)
+    expected = reference.state_dict()
+    classifier = reference.pretrained_cfg.get("classifier", "")
+    first_conv = reference.pretrained_cfg.get("first_conv", "")
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(k for k in set(state) - set(expected) if not k.startswith(f"{classifier}."))
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape and k != f"{first_conv}.weight"
+    ]
+    stem = state.get(f"{first_conv}.weight")
+    if stem is not None and stem.ndim == 4 and stem.shape[1] != _IMAGENET_CHANNELS:
+        mismatched.append(f"{first_conv}.weight has {stem.shape[1]} input channels, expected ImageNet's 3")
+    if missing or unexpected or mismatched:
+        details = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
+            if keys:
+                shown = ", ".join(keys[:5]) + (f" ... ({len(keys)} in all)" if len(keys) > 5 else "")
+                details.append(f"{label}: {shown}")
+        raise PretrainedWeightsError(f"{path} does not hold timm '{backbone}' weights ({'; '.join(details)})")

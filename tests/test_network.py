@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from axunet_bundle import AXUNet
+from axunet_bundle.errors import ConfigurationError
 from axunet_bundle.export import export_onnx, export_torchscript, max_abs_diff_onnx, max_abs_diff_torchscript
 from axunet_bundle.networks import (
     NETWORKS,
@@ -245,6 +246,13 @@ def test_imagenet_download_failure_says_how_to_continue(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(PretrainedWeightsError, match="pretrained_path=.*pretrained=False"):
         AXUNet(pretrained=True)
+
+
+def test_pretrained_takes_a_bool_only():
+    """The network takes typed arguments: the string a command line passes for ``--pretrained false`` is refused in
+    one line (it would otherwise be truthy), not parsed."""
+    with pytest.raises(ConfigurationError, match="pretrained must be True or False, got 'false'"):
+        AXUNet(pretrained="false")
 
 
 def test_torchscript_export_matches_eager(tmp_path, net):

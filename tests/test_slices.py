@@ -86,6 +86,21 @@ def test_changed_parameters_invalidate_the_cache(tmp_path, chain):
     assert json.loads((tmp_path / "manifest.json").read_text())["params"]["roi_size"] == [32, 32]
 
 
+def test_any_change_to_the_volume_transforms_invalidates_the_cache(tmp_path, tiny_dataset, chain):
+    """The parameters carry a hash of the instantiated volume transforms (as MONAI's PersistentDataset can hash its
+    transforms), so a changed transform setting that no named parameter records still invalidates the cache."""
+    items, transform, params = chain
+    prepare_slice_cache(items[:1], tmp_path, transform, params, workers=1, progress=False)
+    parser = train_parser(tiny_dataset)
+    (orientation,) = [t for t in parser["volume_transforms"] if t["_target_"] == "Orientationd"]
+    orientation["axcodes"] = "LPS"
+    changed = parser.get_parsed_content("preprocessing_params")
+    assert {k for k in params if params[k] != changed[k]} == {"volume_transforms"}
+    with pytest.raises(ValueError, match="other preprocessing parameters"):
+        SliceCacheDataset(tmp_path, params=changed)
+    assert train_parser(tiny_dataset).get_parsed_content("preprocessing_params") == params  # stable when unchanged
+
+
 def test_a_bad_case_is_reported_and_the_others_prepared(tmp_path, chain):
     items, transform, params = chain
 

@@ -34,7 +34,7 @@ from monai.config import KeysCollection
 from monai.config.type_definitions import NdarrayOrTensor
 from monai.data.utils import correct_nifti_header_if_necessary
 from monai.transforms import MapTransform
-from monai.utils import ImageMetaKey, convert_to_numpy, ensure_tuple, optional_import
+from monai.utils import ImageMetaKey, convert_to_numpy, ensure_tuple
 from nibabel.filebasedimages import ImageFileError
 
 from axunet_bundle.data.cases import (
@@ -48,8 +48,7 @@ from axunet_bundle.data.cases import (
     validate_modalities,
 )
 from axunet_bundle.data.labels import DEFAULT_CONVENTION, invalid_label_values, label_values, validate_convention
-
-tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
+from axunet_bundle.progress import progress as show_progress
 
 __all__ = [
     "AFFINE_TOLERANCE",
@@ -360,11 +359,9 @@ def check_dataset(
         ValueError: when `root` holds no BraTS case, a case id is duplicated, or a modality name is unknown.
     """
     cases = find_cases(root, modalities)
-    iterator: Any = cases
-    if progress and has_tqdm and sys.stderr.isatty():
-        iterator = tqdm(cases, desc="checking cases", unit="case", file=sys.stderr)
     problems: list[Problem] = []
-    for case in iterator:
+    # a bar on a terminal; no log lines otherwise: the report itself is the check's output
+    for case in show_progress(cases, desc="checking cases", unit="case", enabled=progress and sys.stderr.isatty()):
         problems.extend(check_case(case, modalities, read_voxels=read_voxels))
     return cases, problems
 

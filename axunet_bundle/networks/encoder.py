@@ -10,9 +10,10 @@ import timm
 import torch
 from torch import nn
 
-from ..weights import find_unsafe_globals, refused_as_unsafe, unsafe_weights_message
+from ..errors import ConfigurationError
+from ..weights import PretrainedWeightsError, check_encoder_weights
 
-__all__ = ["TimmEncoder", "PretrainedWeightsError", "DEFAULT_BACKBONE"]
+__all__ = ["TimmEncoder", "DEFAULT_BACKBONE"]
 
 #: Chollet's Keras Xception (the Xception of the AXUNet paper); timm ships its ImageNet weights.
 DEFAULT_BACKBONE = "legacy_xception"
@@ -20,10 +21,6 @@ DEFAULT_BACKBONE = "legacy_xception"
 DEFAULT_OUT_INDICES = (1, 2, 3, 4)
 #: timm adapts a 3-channel ImageNet stem to other input channel counts.
 IMAGENET_CHANNELS = 3
-
-
-class PretrainedWeightsError(RuntimeError):
-    """Pretrained weights could not be obtained or do not fit the backbone."""
 
 
 class TimmEncoder(nn.Module):
@@ -42,6 +39,7 @@ class TimmEncoder(nn.Module):
 
     Raises:
         PretrainedWeightsError: the weights cannot be downloaded, or the file does not fit the backbone.
+        ConfigurationError: ``pretrained`` is not a bool (e.g. the string a command line passes for ``false``).
     """
 
     def __init__(
@@ -53,12 +51,13 @@ class TimmEncoder(nn.Module):
         pretrained_path: str | os.PathLike | None = None,
     ) -> None:
         super().__init__()
-        pretrained = as_bool(pretrained, "pretrained")
+        if not isinstance(pretrained, bool):
+            raise ConfigurationError(f"pretrained must be True or False, got {pretrained!r}")
         kwargs = dict(features_only=True, out_indices=tuple(out_indices), in_chans=in_channels)
         self.backbone = backbone
         if pretrained_path is not None:
             pretrained_path = os.fspath(pretrained_path)
-            check_weights_file(backbone, pretrained_path)
+            check_encoder_weights(backbone, pretrained_path)
             kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=pretrained_path))
         elif pretrained:
             kwargs.update(pretrained=True)
@@ -92,58 +91,3 @@ class TimmEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.body(x)
-
-
-def as_bool(value: bool | str, name: str) -> bool:
-    """``value`` as a bool; also accepts the strings a command line gives (``--pretrained false``)."""
-    if isinstance(value, str):
-        if value.strip().lower() not in ("true", "false"):
-            raise ValueError(f"{name} must be true or false, got {value!r}")
-        return value.strip().lower() == "true"
-    return bool(value)
-
-
-def check_weights_file(backbone: str, path: str) -> None:
-    """Check that ``path`` holds timm weights of ``backbone``, with a clear error naming what does not fit.
-
-    Loads with ``weights_only=True`` (through timm), so a file carrying pickled code is refused, never run.
-
-    Args:
-        backbone: timm model name.
-        path: the weights file.
-
-    Raises:
-        PretrainedWeightsError: the file is missing, unreadable, carries pickled objects beyond tensors ("not a
-            plain weights file"), or does not fit the backbone.
-    """
-    if not os.path.isfile(path):
-        raise PretrainedWeightsError(f"pretrained weights file not found: {path}")
-    try:
-        state = timm.models.load_state_dict(path, weights_only=True)
-    except Exception as err:  # torch/safetensors raise many types for a corrupt or unsafe file
-        if refused_as_unsafe(err):
-            raise PretrainedWeightsError(
-                unsafe_weights_message(path, find_unsafe_globals(path) or (), "pretrained weights file")
-            ) from err
-        raise PretrainedWeightsError(f"cannot read pretrained weights file {path}: {err}") from err
-    reference = timm.create_model(backbone, pretrained=False, num_classes=0)
-    expected = reference.state_dict()
-    classifier = reference.pretrained_cfg.get("classifier", "")
-    first_conv = reference.pretrained_cfg.get("first_conv", "")
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(k for k in set(state) - set(expected) if not k.startswith(f"{classifier}."))
-    mismatched = [
-        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape and k != f"{first_conv}.weight"
-    ]
-    stem = state.get(f"{first_conv}.weight")
-    if stem is not None and stem.ndim == 4 and stem.shape[1] != IMAGENET_CHANNELS:
-        mismatched.append(f"{first_conv}.weight has {stem.shape[1]} input channels, expected ImageNet's 3")
-    if missing or unexpected or mismatched:
-        details = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
-            if keys:
-                shown = ", ".join(keys[:5]) + (f" ... ({len(keys)} in all)" if len(keys) > 5 else "")
-                details.append(f"{label}: {shown}")
-        raise PretrainedWeightsError(f"{path} does not hold timm '{backbone}' weights ({'; '.join(details)})")
