@@ -19,6 +19,7 @@ from scipy import ndimage
 from .atomic import atomic_path
 from .data.cases import parse_file_name
 from .data.labels import REGIONS
+from .errors import ConfigurationError
 
 __all__ = [
     "is_nonzero",
@@ -60,7 +61,7 @@ class RemoveSmallEnhancingd(MapTransform):
     def __init__(self, keys: KeysCollection, min_voxels: int = 0, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         if min_voxels < 0:
-            raise ValueError(f"min_voxels must be >= 0, got {min_voxels}")
+            raise ConfigurationError(f"et_min_voxels must be >= 0, got {min_voxels}")
         self.min_voxels = int(min_voxels)
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:

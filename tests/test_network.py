@@ -171,13 +171,13 @@ def test_ablation_switches_build_what_they_say():
     pam_only = AXUNet(attention="pam", pam_kernel="softmax")
     assert all(m.cam is None and m.pam.kernel == "softmax" for m in pam_only.attention)
     assert all(m.pam is None and m.cam is not None for m in AXUNet(attention="cam").attention)
-    with pytest.raises(ValueError, match="attention_levels"):
+    with pytest.raises(ConfigurationError, match="attention_levels"):
         AXUNet(attention_levels=(0, 5))
-    with pytest.raises(ValueError, match="attention must be one of"):
+    with pytest.raises(ConfigurationError, match="attention must be one of"):
         AXUNet(attention="gates")
-    with pytest.raises(ValueError, match="PAM kernel"):
+    with pytest.raises(ConfigurationError, match="pam_kernel must be one of"):
         AXUNet(pam_kernel="relu")
-    with pytest.raises(ValueError, match="unknown network"):
+    with pytest.raises(ConfigurationError, match="unknown network"):
         build_network("segformer")
 
 

@@ -32,6 +32,8 @@ from monai.config.type_definitions import NdarrayOrTensor
 from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_numpy
 
+from ..errors import ConfigurationError
+
 __all__ = [
     "REGIONS",
     "LABEL_CONVENTIONS",
@@ -82,10 +84,10 @@ def validate_convention(convention: str) -> str:
         `convention` unchanged.
 
     Raises:
-        ValueError: naming the valid conventions when `convention` is not one of them.
+        ConfigurationError: naming the valid conventions when `convention` is not one of them.
     """
     if not isinstance(convention, str) or convention not in LABEL_CONVENTIONS:
-        raise ValueError(
+        raise ConfigurationError(
             f"unknown label convention {convention!r}: valid conventions are {', '.join(LABEL_CONVENTIONS)}"
         )
     return convention

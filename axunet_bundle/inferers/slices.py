@@ -44,6 +44,7 @@ from monai.inferers import Inferer, sliding_window_inference
 from monai.utils import convert_to_dst_type, ensure_tuple, optional_import
 from torch import nn
 
+from ..errors import ConfigurationError
 from ..progress import progress as show_progress
 from .backends import PRECISIONS, Predictor, autocast_dtype, build_onnx_network, prepare_network
 
@@ -135,9 +136,9 @@ class BrainSliceInferer(Inferer):
     ) -> None:
         super().__init__()
         if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+            raise ConfigurationError(f"inference_backend must be one of {BACKENDS}, got {backend!r}")
         if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+            raise ConfigurationError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if spatial_dim not in (0, 1, 2):
             raise ValueError(f"spatial_dim must be 0, 1 or 2, got {spatial_dim}")
         self.roi_size = None if roi_size is None else tuple(int(s) for s in ensure_tuple(roi_size))

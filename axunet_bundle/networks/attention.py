@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigurationError
+
 __all__ = ["PositionAttention", "ChannelAttention", "DualAttention", "PAM_KERNELS"]
 
 #: PAM kernels: ``softplus`` is MANet's linear-cost kernel attention, ``softmax`` DANet's quadratic dot product.
@@ -51,7 +53,7 @@ class PositionAttention(nn.Module):
     ) -> None:
         super().__init__()
         if kernel not in PAM_KERNELS:
-            raise ValueError(f"PAM kernel must be one of {PAM_KERNELS}, got {kernel!r}.")
+            raise ConfigurationError(f"pam_kernel must be one of {PAM_KERNELS}, got {kernel!r}")
         qk_channels = max(1, in_channels // qk_reduction)
         self.kernel = kernel
         self.eps = eps

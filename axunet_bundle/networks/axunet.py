@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..errors import ConfigurationError
 from .attention import DEFAULT_QK_REDUCTION, DualAttention
 from .decoder import HEAD_CHANNELS, DeBlock, SegmentationHead, resize_to
 from .encoder import DEFAULT_BACKBONE, DEFAULT_OUT_INDICES, TimmEncoder
@@ -66,10 +67,10 @@ class AXUNet(nn.Module):
     ) -> None:
         super().__init__()
         if attention not in ATTENTION_TYPES:
-            raise ValueError(f"attention must be one of {ATTENTION_TYPES}, got {attention!r}.")
+            raise ConfigurationError(f"attention must be one of {ATTENTION_TYPES}, got {attention!r}")
         levels = tuple(attention_levels)
         if not set(levels) <= set(ALL_LEVELS):
-            raise ValueError(f"attention_levels must be a subset of {ALL_LEVELS}, got {levels}.")
+            raise ConfigurationError(f"attention_levels must be a subset of {ALL_LEVELS}, got {levels}")
         self.encoder = TimmEncoder(
             backbone,
             in_channels=in_channels,

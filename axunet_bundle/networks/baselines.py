@@ -13,6 +13,7 @@ from typing import Any
 from monai.networks.nets import AttentionUnet, BasicUNet
 from torch import nn
 
+from ..errors import ConfigurationError
 from .axunet import AXUNet
 
 __all__ = ["axunet", "xception_unet", "attention_resunet", "attention_gate_unet", "unet", "NETWORKS", "build_network"]
@@ -69,5 +70,5 @@ NETWORKS: dict[str, Callable[..., nn.Module]] = {
 def build_network(name: str, **kwargs: Any) -> nn.Module:
     """Build a network by name (one of :data:`NETWORKS`), passing ``kwargs`` to its builder."""
     if name not in NETWORKS:
-        raise ValueError(f"unknown network {name!r}; choose one of {sorted(NETWORKS)}")
+        raise ConfigurationError(f"unknown network {name!r}; choose one of {sorted(NETWORKS)}")
     return NETWORKS[name](**kwargs)
