@@ -30,7 +30,9 @@ from .atomic import write_json_atomic, write_text_atomic
 from .data.cases import CaseError
 from .data.datalist import CaseSelection
 from .data.integrity import Problem
-from .data.labels import REGIONS, invalid_label_values, labels_to_regions, validate_convention
+from .data.integrity import label_problems
+from .data.labels import REGIONS, item_convention, labels_to_regions, validate_convention
+from .data.pipeline import CHANNELS_KEY
 from .errors import AxunetError
 from .metrics import compute_brats_dice, compute_brats_hd95
 from .progress import progress
@@ -82,11 +84,11 @@ def check_report_absent(output_dir: str | os.PathLike, overwrite: bool = False) 
         )
 
 
-def read_label_map(path: str | os.PathLike, case_id: str, convention: str) -> tuple[np.ndarray, np.ndarray]:
-    """A label map's voxels (3D) and affine, checked against ``convention``.
+def read_label_map(path: str | os.PathLike, case_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """A label map's voxels (3D) and affine.
 
     Raises:
-        CaseError: for a file that cannot be read, is not 3D, or holds values outside the convention's labels.
+        CaseError: for a file that cannot be read or is not 3D.
     """
     try:
         image = nib.load(os.fspath(path))
@@ -97,9 +99,6 @@ def read_label_map(path: str | os.PathLike, case_id: str, convention: str) -> tu
         data = data[..., 0]
     if data.ndim != 3:
         raise CaseError(case_id, path, f"label map of shape {data.shape} where a 3D volume is expected")
-    invalid = invalid_label_values(data, convention)
-    if invalid:
-        raise CaseError(case_id, path, f"label values {', '.join(map(str, invalid))} outside the {convention} labels")
     return data, np.asarray(image.affine)
 
 
@@ -121,14 +120,24 @@ def score_label_maps(prediction: np.ndarray, reference: np.ndarray, convention: 
     return {f"{m}_{r.lower()}": float(scores[m][i]) for m in METRICS for i, r in enumerate(REGIONS)}
 
 
-def _score_case(case_id: str, segmentation: Path, reference: str | os.PathLike, convention: str) -> dict[str, float]:
-    prediction, pred_affine = read_label_map(segmentation, case_id, convention)
-    truth, truth_affine = read_label_map(reference, case_id, convention)
+def _score_case(
+    item: Mapping[str, Any], case_id: str, segmentation: Path, convention: str
+) -> tuple[dict[str, float], str]:
+    """Read a case's segmentation and reference, check them in the reference's convention (the one label check of the
+    bundle: an evaluation refuses what ``axunet check`` refuses), and score them; returns the scores and the
+    convention they were read in."""
+    truth, truth_affine = read_label_map(item[REFERENCE_KEY], case_id)
+    convention = item_convention(item, convention, truth)
+    prediction, pred_affine = read_label_map(segmentation, case_id)
+    for path, data in ((item[REFERENCE_KEY], truth), (segmentation, prediction)):
+        reasons = label_problems(data, convention)
+        if reasons:
+            raise CaseError(case_id, path, reasons[0])
     if prediction.shape != truth.shape:
         raise CaseError(case_id, segmentation, f"shape {prediction.shape} differs from the reference's {truth.shape}")
     if not np.allclose(pred_affine, truth_affine, atol=1e-3):
         raise CaseError(case_id, segmentation, "affine differs from the reference's: not on the same grid")
-    return score_label_maps(prediction, truth, convention)
+    return score_label_maps(prediction, truth, convention), convention
 
 
 def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -161,6 +170,7 @@ def evaluation_report(
     output_dir: str | os.PathLike,
     convention: str,
     overlays: bool = True,
+    modalities: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Score every evaluated case's segmentation in ``output_dir`` against its reference and write the report and
     pictures there (the last step of ``configs/evaluate.json``). A case whose segmentation is missing was left out
@@ -169,15 +179,17 @@ def evaluation_report(
     Args:
         cases: the evaluated cases; each item has ``image`` (files), ``reference`` (the label map) and ``case_id``.
         output_dir: where the segmentations are and the report goes.
-        convention: label convention of the segmentations and references.
+        convention: the label convention setting: ``"auto"`` for each case's dataset's (its item's
+            ``label_convention``, resolved with its reference), or a convention name.
         overlays: also draw one overlay per case in ``output_dir/overlays/``.
+        modalities: the image channels' modalities, in order, for the overlays' panel titles.
 
     Returns:
         the report's rows.
     """
     from .visualize import dice_boxplot, overlay_files  # matplotlib only when drawing
 
-    convention = validate_convention(convention)
+    convention = validate_convention(convention, allow_auto=True)
     output_dir = Path(output_dir)
     rows, scored = [], []
     for item in progress(cases.items, desc="scoring", unit="case"):
@@ -187,8 +199,9 @@ def evaluation_report(
         if not segmentation.is_file():
             continue
         try:
-            rows.append({CASE_ID: case_id, **_score_case(case_id, segmentation, item[REFERENCE_KEY], convention)})
-            scored.append((item, segmentation))
+            scores, case_convention = _score_case(item, case_id, segmentation, convention)
+            rows.append({CASE_ID: case_id, **scores})
+            scored.append((item, segmentation, case_convention))
         except CaseError as err:
             logger.warning("leaving out case %s", err)
             cases.left_out.append(Problem(err.case_id, err.file, err.reason))
@@ -197,8 +210,16 @@ def evaluation_report(
     if rows:
         dice_boxplot(output_dir / outputs.METRICS_CSV, output_dir / outputs.DICE_BOXPLOT_PNG)
     if overlays:
-        for item, segmentation in progress(scored, desc="drawing overlays", unit="case"):
+        for item, segmentation, case_convention in progress(scored, desc="drawing overlays", unit="case"):
             case_id = case_id_from_path(item["image"][0])
             png = output_dir / outputs.OVERLAYS_DIR / f"{case_id}{outputs.OVERLAY_SUFFIX}"
-            overlay_files(item["image"], segmentation, png, label_file=item[REFERENCE_KEY], convention=convention)
+            overlay_files(
+                item["image"],
+                segmentation,
+                png,
+                label_file=item[REFERENCE_KEY],
+                convention=case_convention,
+                modality_names=[m.upper() for m in modalities] if modalities is not None else None,
+                channels=item.get(CHANNELS_KEY),
+            )
     return rows

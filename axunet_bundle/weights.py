@@ -15,7 +15,7 @@ from collections.abc import Iterable
 
 import torch
 
-from .errors import AxunetError
+from .errors import AxunetError, ConfigurationError
 
 __all__ = [
     "PretrainedWeightsError",
@@ -133,12 +133,15 @@ def check_checkpoint_loaders(handlers: Iterable[object]) -> None:
         handlers: engine handlers, e.g. the bundle config's ``@handlers``.
 
     Raises:
+        ConfigurationError: a checkpoint file does not exist.
         UnsafeWeightsError: a checkpoint carries pickled objects that ``weights_only`` loading refuses.
     """
     from monai.handlers import CheckpointLoader
 
     for handler in handlers:
         if isinstance(handler, CheckpointLoader):
+            if not os.path.isfile(handler.load_path):
+                raise ConfigurationError(f"no weights at {handler.load_path}: train first, or give --ckpt_path")
             check_plain_weights(handler.load_path, what="checkpoint")
 
 

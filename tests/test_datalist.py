@@ -65,7 +65,8 @@ def test_items_and_structure(dataset_2021):
     assert ids(datalist["testing"]) == ["BraTS2021_00100", "BraTS2021_00101"]
     assert all("label" not in item for item in datalist["testing"])
     item = datalist["training"][0]
-    assert set(item) == {"image", "label", "case_id"}
+    assert set(item) == {"image", "label", "case_id", "label_convention"}
+    assert item["label_convention"] == "brats2021"  # the dataset's own, from its names
     cid = item["case_id"]
     assert item["image"] == [str(dataset_2021 / cid / f"{cid}_{m}.nii.gz") for m in DEFAULT_MODALITIES]
     assert item["label"] == str(dataset_2021 / cid / f"{cid}_seg.nii.gz")

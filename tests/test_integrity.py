@@ -13,7 +13,9 @@ from monai.data import MetaTensor
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
 from axunet_bundle.data.cases import DEFAULT_MODALITIES, MODALITIES, CaseError, find_cases
-from axunet_bundle.data.integrity import Problem, ValidateCased, check_case, check_dataset, run_check
+from axunet_bundle.data.integrity import Problem, check_case, check_dataset, run_check
+from axunet_bundle.data.pipeline import ValidateCased
+from axunet_bundle.errors import DatasetError
 
 SHAPE = (16, 16, 8)
 SUFFIXES = {
@@ -57,14 +59,22 @@ def file_of(directory: Path, kind: str, layout: str = "2021", ext: str = ".nii.g
 def test_clean_cases_of_both_layouts(tmp_path, capsys):
     write_case(tmp_path, "BraTS2021_00000")
     write_case(tmp_path, "BraTS-GLI-00000-000", layout="2023", ext=".nii")
-    write_case(tmp_path, "BraTS2021_00001", seg=False)  # inference case
-    cases, problems = check_dataset(tmp_path)
-    assert [c.case_id for c in cases] == ["BraTS-GLI-00000-000", "BraTS2021_00000", "BraTS2021_00001"]
+    cases, problems = check_dataset(tmp_path, modalities=MODALITIES)
+    assert [c.case_id for c in cases] == ["BraTS-GLI-00000-000", "BraTS2021_00000"]
     assert problems == []
     assert run_check(tmp_path) == 0
     captured = capsys.readouterr()
-    assert captured.out.splitlines() == ["3 cases checked, 0 with problems"]
+    assert captured.out.splitlines() == ["2 cases checked, 0 with problems"]
     assert captured.err == ""  # no progress bar when stderr is not a terminal
+
+
+def test_a_folder_of_inference_cases_is_clean_and_an_unlabelled_case_among_labelled_ones_is_named(tmp_path):
+    """Unlabelled cases are inference cases; one among labelled cases lacks its label, and is said to."""
+    write_case(tmp_path, "BraTS2021_00001", seg=False)
+    assert check_dataset(tmp_path)[1] == []
+    write_case(tmp_path, "BraTS2021_00000")
+    (problem,) = check_dataset(tmp_path)[1]
+    assert str(problem).startswith("BraTS2021_00001: BraTS2021_00001_seg.nii.gz: no label, where 1 of the dataset's 2")
 
 
 def test_legitimate_variants_pass(tmp_path):
@@ -155,7 +165,7 @@ def _break_cases(root: Path) -> dict[str, tuple[str, str]]:
 def test_every_problem_is_reported_and_run_continues(tmp_path, capsys):
     write_case(tmp_path, "BraTS2021_00000")  # a good case among the bad ones
     expected = _break_cases(tmp_path)
-    cases, problems = check_dataset(tmp_path)
+    cases, problems = check_dataset(tmp_path, modalities=MODALITIES)
     assert len(cases) == len(expected) + 1
     by_case: dict[str, list[Problem]] = {}
     for problem in problems:
@@ -167,18 +177,20 @@ def test_every_problem_is_reported_and_run_continues(tmp_path, capsys):
         assert reason in problem.reason, str(problem)
         assert str(problem) == f"{case_id}: {file_name}: {problem.reason}"
 
-    assert run_check(tmp_path) == 1
+    assert run_check(tmp_path, modalities=MODALITIES) == 1
     lines = capsys.readouterr().out.splitlines()
     assert lines == [str(p) for p in problems] + [f"{len(expected) + 1} cases checked, {len(expected)} with problems"]
 
 
 def test_header_only_check_skips_voxel_problems(tmp_path):
     expected = _break_cases(tmp_path)
-    cases, problems = check_dataset(tmp_path, read_voxels=False)
+    cases, problems = check_dataset(tmp_path, modalities=MODALITIES, read_voxels=False)
     found = {p.case_id for p in problems}
     header_level = {"BraTS2021_00001", "BraTS2021_00003", "BraTS2021_00004", "BraTS2021_00005", "BraTS2021_00006"}
     header_level |= {"BraTS2021_00007", "BraTS2021_00012", "BraTS2021_00013"}
-    assert found == header_level
+    # labels are always read: every step that uses a case must agree on whether its labels can be used
+    label_values = {case_id for case_id, (name, _) in expected.items() if name.endswith("seg.nii.gz")}
+    assert found == header_level | label_values
     assert found < set(expected)
 
 
@@ -217,15 +229,14 @@ def test_several_problems_in_one_case_are_all_reported(tmp_path):
 
 
 @pytest.mark.parametrize("make", ["missing", "empty"])
-def test_run_check_unusable_directory_exit_2(tmp_path, capsys, make):
+def test_run_check_unusable_directory_is_a_dataset_error(tmp_path, capsys, make):
+    """A folder that cannot be used at all: a DatasetError, which the command line prints as one line, exit 2."""
     target = tmp_path / "data"
     if make == "empty":
         target.mkdir()
-    assert run_check(target) == 2
-    captured = capsys.readouterr()
-    assert captured.out == ""
-    (line,) = captured.err.splitlines()
-    assert line.startswith("error: ") and str(target) in line
+    with pytest.raises(DatasetError, match=str(target)):
+        run_check(target)
+    assert capsys.readouterr().out == ""
 
 
 def load_case(directory: Path, modalities=DEFAULT_MODALITIES) -> dict:

@@ -244,7 +244,7 @@ def test_imagenet_download_failure_says_how_to_continue(monkeypatch, tmp_path):
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # no cached copy
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    with pytest.raises(PretrainedWeightsError, match="pretrained_path=.*pretrained=False"):
+    with pytest.raises(PretrainedWeightsError, match="--pretrained_path FILE.*--pretrained False"):
         AXUNet(pretrained=True)
 
 

@@ -29,7 +29,8 @@ from monai.bundle import ConfigParser
 from monai.transforms import Compose, LoadImaged
 
 from axunet_bundle.data.cases import DEFAULT_MODALITIES, LABEL_SUFFIX, CaseError, find_cases
-from axunet_bundle.data.integrity import ValidateCased, check_case
+from axunet_bundle.data.integrity import check_case
+from axunet_bundle.data.pipeline import ValidateCased
 
 CASE_ID = "BraTS2021_00000"
 SHAPE = (8, 8, 4)  # tiny: the property is about parsing, not size

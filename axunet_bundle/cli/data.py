@@ -17,13 +17,15 @@ def split_names(values: str | tuple | list) -> list[str]:
 
 
 def synth(output_dir: str, n: int = 4, seed: int = 0, layout: str = "2021", size: int = 240, depth: int = 155) -> None:
-    """Write N generated BraTS-like cases (4 modalities + seg, gzipped NIfTI) in the BraTS 2021 or 2023 layout.
+    """Write N generated BraTS-like cases (4 modalities + labels, gzipped NIfTI) in one of the layouts the bundle reads.
 
     Args:
-        output_dir: folder to write the case folders into.
+        output_dir: folder to write the cases into.
         n: number of cases.
         seed: cases are deterministic per seed.
-        layout: "2021" (t1/t1ce/t2/flair, labels 1/2/4) or "2023" (t1n/t1c/t2w/t2f, labels 1/2/3).
+        layout: "2021" (t1/t1ce/t2/flair, labels 1/2/4), "2023" (t1n/t1c/t2w/t2f, labels 1/2/3), "2024" (the 2023
+            names, BraTS 2024 post-treatment labels with a resection cavity, 4) or "msd" (the Decathlon's
+            Task01_BrainTumour: dataset.json, one 4D image per case, labels 1 edema / 2 non-enhancing / 3 enhancing).
         size: in-plane size (BraTS: 240).
         depth: number of axial slices (BraTS: 155).
     """
@@ -33,16 +35,19 @@ def synth(output_dir: str, n: int = 4, seed: int = 0, layout: str = "2021", size
     print(f"wrote {len(paths)} cases to {output_dir}")
 
 
-def check(dataset_dir: str, modalities: str = "t1,t1ce,t2,flair") -> None:
-    """Check every case of a BraTS folder; one line per problem (case, file, reason); exit 0 only when clean.
+def check(dataset_dir: str, modalities: str = "t1ce,t2,flair", label_convention: str = "auto") -> None:
+    """Check every case of a dataset folder (BraTS 2018-2025 names, a Decathlon Task01 folder, one multi-channel
+    NIfTI per case) and the folder itself (stray NIfTI files, unlabelled cases among labelled ones); one line per
+    problem (case, file, reason); exit 0 only when clean.
 
     Args:
-        dataset_dir: the BraTS folder.
-        modalities: comma-separated modalities that must be present.
+        dataset_dir: the dataset folder.
+        modalities: comma-separated modalities every case must have (default: the model's).
+        label_convention: how to read the labels: auto (each dataset's own), brats2021, brats2023, brats2024, msd.
     """
     from ..data.integrity import run_check
 
-    sys.exit(run_check(dataset_dir, modalities=split_names(modalities)))
+    sys.exit(run_check(dataset_dir, modalities=split_names(modalities), convention=label_convention))
 
 
 def datalist(
@@ -54,8 +59,10 @@ def datalist(
     test_fraction: float = 0.0,
     seed: int = 0,
     modalities: str = "t1ce,t2,flair",
+    label_convention: str = "auto",
 ) -> None:
-    """Write a MONAI decathlon-style datalist (training / validation / testing), split by patient, seeded.
+    """Write a MONAI decathlon-style datalist (training / validation / testing), split by patient, seeded; the cases
+    `axunet check` refuses are left out, with the same lines.
 
     Args:
         dataset_dir: the BraTS folder.
@@ -66,6 +73,7 @@ def datalist(
         test_fraction: fraction of labelled patients held out for testing.
         seed: split seed.
         modalities: comma-separated image channels, in order.
+        label_convention: how to read the labels: auto (each dataset's own), brats2021, brats2023, brats2024, msd.
     """
     from ..data.datalist import write_datalist
 
@@ -78,6 +86,7 @@ def datalist(
         val_fraction=val_fraction,
         test_fraction=test_fraction,
         seed=seed,
+        label_convention=label_convention,
     )
     sizes = ", ".join(f"{len(v)} {k}" for k, v in result.items())
     print(f"wrote {output}: {sizes}")
@@ -98,21 +107,18 @@ def prepare(dataset_dir: str, output: str, workers: int = 2, config_file: str | 
     """
     from monai.transforms import Compose
 
-    from ..data.cases import CaseError, find_cases
+    from ..data.datalist import labelled_cases
     from ..data.slices import prepare_slice_cache
 
     # a config file of the user's own (an absolute path) or the bundle's train.json
     config = str(Path(config_file).resolve()) if config_file is not None else "train.json"
     parser = read_config(config, dataset_dir=dataset_dir, **overrides)
     modalities = parser.get_parsed_content("modalities")
-    items, incomplete = [], []
-    for case in (c for c in find_cases(dataset_dir) if c.label is not None):
-        try:
-            items.append({"image": case.image_files(modalities), "label": str(case.label), "case_id": case.case_id})
-        except CaseError as err:  # a missing modality: reported with the other problems, the rest is prepared
-            incomplete.append(str(err))
+    # the cases the training can use: those `axunet check` passes, refused with the same lines
+    selection = labelled_cases(dataset_dir, modalities, label_convention=parser.get_parsed_content("label_convention"))
+    incomplete = [str(problem) for problem in selection.left_out]
     report = prepare_slice_cache(
-        items,
+        selection.items,
         output,
         transform=Compose(parser.get_parsed_content("volume_transforms")),
         params=parser.get_parsed_content("preprocessing_params"),

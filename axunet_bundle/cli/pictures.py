@@ -16,6 +16,8 @@ __all__ = ["DEFAULT_WEIGHTS", "SLICE_SIZE", "attention", "network", "one_case", 
 
 #: the paper's slice size
 SLICE_SIZE = 224
+#: the smallest slice whose stride-32 feature map is still 2 x 2 (Xception's valid-padded stem)
+MIN_SLICE_SIZE = 64
 #: where the training workflow writes the best weights, relative to the current folder (its bundle_root)
 DEFAULT_WEIGHTS = Path(outputs.MODELS_DIR) / outputs.WEIGHTS
 
@@ -41,6 +43,8 @@ def network(batch: int = 2, size: int = SLICE_SIZE) -> None:
 
     from ..networks import AXUNet
 
+    if size < MIN_SLICE_SIZE:
+        raise ConfigurationError(f"size must be at least {MIN_SLICE_SIZE} (the encoder's stride-32 map), got {size}")
     net = AXUNet().eval()
     params = sum(p.numel() for p in net.parameters()) / 1e6
     x = torch.randn(batch, 3, size, size)
@@ -60,7 +64,7 @@ def overlay(
     seg: str | None = None,
     output: str | None = None,
     modalities: str = "t1ce,t2,flair",
-    convention: str = "brats2021",
+    convention: str = "auto",
 ) -> None:
     """Draw a case's modalities with the WT/TC/ET contours of a segmentation (dashed) and of the case's own
     label when it has one (solid), on the axial, coronal and sagittal slices with the most tumour.
@@ -70,14 +74,21 @@ def overlay(
         seg: the predicted label map (default: the case's own label only).
         output: PNG to write (default: <case_id>_overlay.png in the current folder).
         modalities: comma-separated modalities to show, in order.
-        convention: label convention of the files ("brats2021" 1/2/4 or "brats2023" 1/2/3).
+        convention: label convention of the files: auto (the case's dataset's), brats2021, brats2023, brats2024, msd.
     """
     from ..visualize import overlay_files
+
+    import nibabel as nib
+    import numpy as np
+
+    from ..data.labels import resolve_convention
 
     case = one_case(case_dir)
     mods = split_names(modalities)
     if seg is None and case.label is None:
         raise ConfigurationError(f"{case.case_id}: no --seg given and the case has no label to draw")
+    label = np.asanyarray(nib.load(case.label).dataobj) if case.label is not None else None
+    convention = resolve_convention(convention, case.convention, label)
     png = overlay_files(
         case.image_files(mods),
         seg if seg is not None else case.label,
@@ -85,6 +96,7 @@ def overlay(
         label_file=case.label if seg is not None else None,
         convention=convention,
         modality_names=[m.upper() for m in mods],
+        channels=case.channel_indices(mods),
     )
     print(f"wrote {png}")
 
@@ -113,6 +125,7 @@ def attention(
     """
     from monai.transforms import Compose
 
+    from ..data.datalist import case_item
     from ..networks import AXUNet
     from ..visualize import attention_maps, most_tumour_slices
     from ..weights import load_plain_weights
@@ -131,11 +144,8 @@ def attention(
         net.load_state_dict(load_plain_weights(ckpt, map_location="cpu"))
 
     # the training's own preprocessing, so that the network sees what it was trained on
-    parser = read_config("train.json", modalities=mods, roi_size=[size, size], label_convention=case.convention)
-    item = {"image": case.image_files(mods), "case_id": case.case_id}
-    if case.label is not None:
-        item["label"] = str(case.label)
-    data = Compose(parser.get_parsed_content("volume_transforms"))(item)
+    parser = read_config("train.json", modalities=mods, roi_size=[size, size])
+    data = Compose(parser.get_parsed_content("volume_transforms"))(case_item(case, mods))
     image = data["image"]
     if slice_index is None:
         position = most_tumour_slices(data["label"][0]) if "label" in data else None

@@ -82,9 +82,11 @@ def evaluate(**overrides) -> None:
 
 
 def infer(**overrides) -> None:
-    """Segment every case of a BraTS folder (= monai.bundle run inference with configs/inference.json): one
-    <case_id>_seg.nii.gz label map per case, on the input's grid, labels 0/1/2/4 (brats2021; --label_convention
-    brats2023 writes 0/1/2/3). Cases already segmented are skipped unless --overwrite True.
+    """Segment every case of a folder (BraTS, Decathlon Task01, multi-channel NIfTI files; = monai.bundle run
+    inference with configs/inference.json): one <case_id>_seg.nii.gz label map per case, on the input's grid, in the
+    case's own dataset's labels (BraTS 2021 names 0/1/2/4, 2023+ names 0/1/2/3, Decathlon its dataset.json's;
+    --label_convention brats2021|brats2023|brats2024|msd for one). Cases already segmented are skipped unless
+    --overwrite True.
 
     Overrides: --dataset_dir DIR, --output_dir DIR (default ./eval), --ckpt_path FILE (default
     ./models/model.pt), --threshold 0.5, --et_min_voxels N (ET components smaller than N voxels become necrosis),

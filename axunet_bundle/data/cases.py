@@ -9,16 +9,24 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 """
-Discovery of BraTS cases on disk.
+Discovery of BraTS cases on disk, in every layout the bundle reads:
 
-A *case* is the set of NIfTI files in one directory that share a file-name prefix, e.g.
-``BraTS2021_00000/BraTS2021_00000_{t1,t1ce,t2,flair,seg}.nii.gz`` (BraTS 2021 naming) or
-``BraTS-GLI-00000-000/BraTS-GLI-00000-000-{t1n,t1c,t2w,t2f,seg}.nii.gz`` (BraTS 2023+ naming).
-The prefix is the case id. A case without a ``seg`` file is an inference case.
+- per-modality files sharing a file-name prefix, the case id: ``BraTS2021_00000_{t1,t1ce,t2,flair,seg}.nii.gz``
+  (BraTS 2018-2021, also ``BraTS20_Training_001_t1ce.nii``), ``BraTS-GLI-00000-000-{t1n,t1c,t2w,t2f,seg}.nii.gz``
+  (BraTS 2023+); a case without a ``seg`` file is an inference case;
+- the Medical Segmentation Decathlon's ``Task01_BrainTumour`` (``dataset.json``, one 4D image per case, channels
+  named by ``dataset.json``): :mod:`axunet_bundle.data.decathlon`;
+- one multi-channel NIfTI per case with no modality suffix (what MONAI Label sends, what converters write): its
+  channels are the model's modalities in the model's order, and a label may sit in ``labels/`` or ``labels/final/``
+  beside it (MONAI Label's datastore).
+
+A NIfTI file in a case folder that is none of these is a *stray*: :func:`discover` names it, so that a misnamed
+label (the BraTS 2020 release keeps case 355's as ``W39_1998.09.19_Segm.nii``) is never silently ignored.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -26,9 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
+import nibabel as nib
 from monai.utils import ensure_tuple
 
 from ..errors import AxunetError, ConfigurationError, DatasetError
+from .labels import convention_for_names
 
 __all__ = [
     "MODALITIES",
@@ -40,8 +50,11 @@ __all__ = [
     "Case",
     "CaseError",
     "DatasetPathError",
+    "Discovery",
     "check_case_id",
+    "discover",
     "find_cases",
+    "layout_of_file",
     "parse_file_name",
     "validate_modalities",
 ]
@@ -54,6 +67,14 @@ DEFAULT_MODALITIES: tuple[str, ...] = ("t1ce", "t2", "flair")
 
 LAYOUT_2021 = "2021"
 LAYOUT_2023 = "2023"
+#: the Medical Segmentation Decathlon's Task01_BrainTumour (one 4D image per case, channels named by dataset.json)
+LAYOUT_MSD = "msd"
+#: one multi-channel image per case, its channels the model's modalities in the model's order
+LAYOUT_MULTICHANNEL = "multichannel"
+LAYOUTS = (LAYOUT_2021, LAYOUT_2023, LAYOUT_MSD, LAYOUT_MULTICHANNEL)
+#: where MONAI Label's datastore keeps a study's label, relative to the study's folder
+LABEL_FOLDERS = ("labels", "labels/final")
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 LABEL_SUFFIX = "seg"
 
@@ -69,9 +90,11 @@ MODALITY_ALIASES: Mapping[str, str] = MappingProxyType(
         "t2w": "t2",
         "flair": "flair",
         "t2f": "flair",
+        "t2flair": "flair",
     }
 )
-"""Lower-case file-name suffix -> canonical modality name."""
+"""Lower-case file-name suffix (or channel name with its punctuation removed, ``"T2-FLAIR"`` -> ``"t2flair"``)
+-> canonical modality name."""
 
 # file-name suffix that each canonical modality has in the BraTS 2023+ naming (used for hints in messages)
 _SUFFIX_2023: Mapping[str, str] = MappingProxyType({"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f"})
@@ -208,14 +231,19 @@ def _split_file_name(name: str) -> tuple[str, str, str] | None:
 @dataclass(frozen=True)
 class Case:
     """
-    One BraTS case found on disk.
+    One case found on disk.
 
     Args:
-        case_id: the file-name prefix shared by the case's files.
-        layout: naming style, ``"2021"`` or ``"2023"``; 2023 naming means labels follow the ``brats2023`` convention.
-        images: canonical modality name -> image file; modalities that were not found are absent.
+        case_id: the case's id: the file-name prefix its files share, or its image file's name.
+        layout: one of :data:`LAYOUTS`.
+        images: canonical modality name -> image file; modalities that were not found are absent. In a multi-channel
+            layout every modality maps to the case's one image file.
         label: the segmentation file, or ``None`` for an inference case.
         directory: the directory holding the files.
+        channels: modality -> channel index in its image file (``dataset.json``'s order); ``None``: one file per
+            modality, or (:data:`LAYOUT_MULTICHANNEL`) the file's channels are the requested modalities in order.
+        convention: the label convention of the case's dataset (its names, or its ``dataset.json``); default: from
+            the layout.
     """
 
     case_id: str
@@ -223,19 +251,25 @@ class Case:
     images: Mapping[str, Path] = field(default_factory=dict, hash=False)
     label: Path | None = None
     directory: Path = Path(".")
+    channels: Mapping[str, int] | None = field(default=None, hash=False)
+    convention: str = ""
 
     def __post_init__(self) -> None:
-        if self.layout not in (LAYOUT_2021, LAYOUT_2023):
-            raise ValueError(f"layout must be {LAYOUT_2021!r} or {LAYOUT_2023!r}, got {self.layout!r}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
         # Path-typed, read-only copies so that a frozen Case cannot be changed through its mapping
         object.__setattr__(self, "images", MappingProxyType({k: Path(v) for k, v in self.images.items()}))
         object.__setattr__(self, "label", None if self.label is None else Path(self.label))
         object.__setattr__(self, "directory", Path(self.directory))
+        if self.channels is not None:
+            object.__setattr__(self, "channels", MappingProxyType(dict(self.channels)))
+        if not self.convention:
+            object.__setattr__(self, "convention", "brats2023" if self.layout == LAYOUT_2023 else "brats2021")
 
     @property
-    def convention(self) -> str:
-        """Label convention of the case's segmentation: ``"brats2021"`` or ``"brats2023"``."""
-        return "brats2023" if self.layout == LAYOUT_2023 else "brats2021"
+    def multichannel(self) -> bool:
+        """Whether the case's modalities are channels of one image file."""
+        return self.layout in (LAYOUT_MSD, LAYOUT_MULTICHANNEL)
 
     @property
     def patient_id(self) -> str:
@@ -257,13 +291,16 @@ class Case:
 
         Used to name a missing file in messages.
         """
+        if self.multichannel:
+            return f"{self.case_id}.nii.gz"
         if self.layout == LAYOUT_2023:
             return f"{self.case_id}-{_SUFFIX_2023.get(kind, kind)}.nii.gz"
         return f"{self.case_id}_{kind}.nii.gz"
 
     def missing_modalities(self, modalities: Sequence[str] = MODALITIES) -> list[str]:
         """
-        Modalities from `modalities` for which the case has no image file.
+        Modalities from `modalities` for which the case has no image file (or, in a multi-channel file whose
+        channels are named, no channel).
 
         Args:
             modalities: canonical modality names.
@@ -271,25 +308,38 @@ class Case:
         Returns:
             the missing names, in the order given.
         """
-        return [m for m in validate_modalities(modalities) if m not in self.images]
+        mods = validate_modalities(modalities)
+        if self.layout == LAYOUT_MULTICHANNEL:
+            return [] if self.images else list(mods)  # the file's channel count is checked when it is read
+        if self.channels is not None:
+            return [m for m in mods if m not in self.channels or m not in self.images]
+        return [m for m in mods if m not in self.images]
 
     def image_files(self, modalities: Sequence[str] = MODALITIES) -> list[str]:
         """
-        Image file paths in the order of `modalities` (e.g. for MONAI ``LoadImaged`` to stack as channels).
+        The image files to load, in the order of `modalities` (for MONAI ``LoadImaged`` to stack as channels): one
+        per modality, or the one file of a multi-channel case.
 
         Args:
             modalities: canonical modality names, in channel order.
 
-        Returns:
-            one path string per modality.
-
         Raises:
-            CaseError: when the case has no file for one of `modalities`.
+            CaseError: when the case has no file (or named channel) for one of `modalities`.
         """
         missing = self.missing_modalities(modalities)
         if missing:
-            raise CaseError(self.case_id, self.expected_file_name(missing[0]), f"missing {missing[0]} image")
+            what = "channel" if self.channels is not None else "image"
+            raise CaseError(self.case_id, self.expected_file_name(missing[0]), f"missing {missing[0]} {what}")
+        if self.multichannel:
+            return [str(next(iter(self.images.values())))]
         return [str(self.images[m]) for m in modalities]
+
+    def channel_indices(self, modalities: Sequence[str] = MODALITIES) -> list[int] | None:
+        """The channels of the case's multi-channel file that hold `modalities`, in order (``dataset.json``'s
+        names); ``None`` when the files are per modality or the file's channels are `modalities` in order."""
+        if self.channels is None:
+            return None
+        return [self.channels[m] for m in validate_modalities(modalities)]
 
 
 def _detect_layout(case_id: str, suffixes: Iterable[str]) -> str:
@@ -302,17 +352,69 @@ def _detect_layout(case_id: str, suffixes: Iterable[str]) -> str:
     return LAYOUT_2021
 
 
-def _cases_in_directory(directory: Path, file_names: Iterable[str], modalities: tuple[str, ...]) -> list[Case]:
+def layout_of_file(name: str | os.PathLike) -> str | None:
+    """The BraTS naming of a per-modality file name (:data:`LAYOUT_2021` or :data:`LAYOUT_2023`), ``None`` when the
+    name does not follow a BraTS naming."""
+    parsed = _split_file_name(Path(name).name)
+    return None if parsed is None else _detect_layout(parsed[0], [parsed[2]])
+
+
+def nifti_stem(name: str) -> str | None:
+    """``BRATS_001.nii.gz`` -> ``BRATS_001``; ``None`` for a name that is not a NIfTI file's."""
+    for suffix in NIFTI_SUFFIXES:
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def file_channels(path: Path) -> int:
+    """Channels of a NIfTI image from its header: 1 for a 3D volume (trailing singleton dimensions allowed), else
+    the product of the dimensions after the third (``X, Y, Z, C``, or ITK's vector layout ``X, Y, Z, 1, C``);
+    0 when the header cannot be read (the case check says why)."""
+    try:
+        shape = nib.load(path).shape  # the header only
+    except Exception:  # noqa: BLE001 - an unreadable file is reported by the case check
+        return 0
+    return math.prod(shape[3:]) if len(shape) > 3 else 1
+
+
+@dataclass
+class Discovery:
+    """What :func:`discover` found: the cases, and the stray NIfTI files (``(case id or None, file)``: the case
+    whose folder holds the file, ``None`` when the folder holds no single case)."""
+
+    cases: list[Case]
+    strays: list[tuple[str | None, Path]] = field(default_factory=list)
+
+
+def _label_beside(directory: Path, stem: str) -> Path | None:
+    for folder in LABEL_FOLDERS:
+        for suffix in NIFTI_SUFFIXES:
+            candidate = directory / folder / f"{stem}{suffix}"
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _cases_in_directory(
+    directory: Path, file_names: Iterable[str], modalities: tuple[str, ...]
+) -> tuple[list[Case], list[Path]]:
+    """The cases whose images lie in ``directory``, and the NIfTI files there that belong to none (yet)."""
     groups: dict[str, dict[str, list[tuple[str, Path]]]] = {}
+    unparsed: list[Path] = []
     for name in sorted(file_names):
         if name.startswith("."):
             continue  # hidden files, e.g. macOS "._BraTS..." resource forks next to the real files
         parsed = _split_file_name(name)
         if parsed is None:
+            if nifti_stem(name) is not None:
+                unparsed.append(directory / name)
             continue
         prefix, kind, suffix = parsed
-        if kind != LABEL_SUFFIX and kind not in modalities:
+        if kind != LABEL_SUFFIX and kind not in MODALITIES:
             continue
+        if kind != LABEL_SUFFIX and kind not in modalities:
+            continue  # a modality the run does not use: neither a case file nor a stray
         groups.setdefault(prefix, {}).setdefault(kind, []).append((suffix, directory / name))
 
     cases = []
@@ -325,46 +427,21 @@ def _cases_in_directory(directory: Path, file_names: Iterable[str], modalities: 
         label = kinds[LABEL_SUFFIX][0][1] if LABEL_SUFFIX in kinds else None
         layout = _detect_layout(prefix, [files[0][0] for files in kinds.values()])
         cases.append(Case(case_id=prefix, layout=layout, images=images, label=label, directory=directory))
-    return cases
+
+    strays = []
+    for path in unparsed:
+        if file_channels(path) > 1:  # one multi-channel image per case, channels in the model's order
+            stem = nifti_stem(path.name) or path.name
+            images = {m: path for m in modalities}
+            label = _label_beside(directory, stem)
+            convention = convention_for_names(path.name)
+            cases.append(Case(stem, LAYOUT_MULTICHANNEL, images, label, directory, convention=convention))
+        else:
+            strays.append(path)
+    return cases, strays
 
 
-def find_cases(root: str | os.PathLike, modalities: Sequence[str] = MODALITIES) -> list[Case]:
-    """
-    Find the BraTS cases under `root`, at any depth.
-
-    File names may use ``_`` or ``-`` before the modality suffix, any letter case, ``.nii`` or ``.nii.gz``, any
-    prefix (BraTS 2020 ``BraTS20_Training_001_t1ce.nii.gz``, BraTS-SSA/PED/MEN, ...) and the common modality
-    aliases in :data:`MODALITY_ALIASES`. Hidden files are ignored.
-
-    Args:
-        root: dataset directory (or the directory of a single case).
-        modalities: canonical modalities to collect into :attr:`Case.images`; image files of other modalities are
-            ignored. A case is reported even if some of these are missing (see :meth:`Case.missing_modalities`).
-
-    Returns:
-        the cases sorted by case id, with absolute paths.
-
-    Raises:
-        DatasetPathError: when `root` does not exist or is a file.
-        DatasetError: when no BraTS case is found under `root`, or the same case id appears in more than one
-            directory.
-        ConfigurationError: for unknown modality names.
-        CaseError: when a case has two files for the same modality (e.g. both ``_t1ce`` and ``_t1c``).
-    """
-    mods = validate_modalities(modalities)
-    root_path = Path(root).expanduser().absolute()
-    if not root_path.exists():
-        raise DatasetPathError(f"dataset directory {root_path} does not exist")
-    if not root_path.is_dir():
-        raise DatasetPathError(f"dataset path {root_path} is a file, not a directory")
-
-    cases: list[Case] = []
-    for dir_path, dir_names, file_names in os.walk(root_path):
-        dir_names[:] = sorted(d for d in dir_names if not d.startswith("."))  # deterministic walk, no hidden dirs
-        cases.extend(_cases_in_directory(Path(dir_path), file_names, mods))
-    if not cases:
-        raise DatasetError(f"no BraTS cases found under {root_path}: expected files like {_EXAMPLE_FILE}")
-
+def _check_duplicates(cases: Sequence[Case]) -> None:
     by_id: dict[str, list[Case]] = {}
     for case in cases:
         by_id.setdefault(case.case_id, []).append(case)
@@ -374,4 +451,61 @@ def find_cases(root: str | os.PathLike, modalities: Sequence[str] = MODALITIES) 
         where = " and ".join(str(c.directory) for c in found)
         more = f" (and {len(duplicates) - 1} more duplicated ids)" if len(duplicates) > 1 else ""
         raise DatasetError(f"case id {cid} found in more than one directory: {where}{more}")
-    return sorted(cases, key=lambda c: c.case_id)
+
+
+def discover(root: str | os.PathLike, modalities: Sequence[str] = MODALITIES) -> Discovery:
+    """
+    Find the cases under `root`, at any depth, and the NIfTI files that belong to none.
+
+    Per-modality file names may use ``_`` or ``-`` before the modality suffix, any letter case, ``.nii`` or
+    ``.nii.gz``, any prefix (BraTS 2020 ``BraTS20_Training_001_t1ce.nii``, BraTS-SSA/PED/MEN, ...) and the modality
+    aliases in :data:`MODALITY_ALIASES`. A folder with a Decathlon ``dataset.json`` (or the ``imagesTr``/``imagesTs``
+    folder of one) is read as :mod:`axunet_bundle.data.decathlon` says. Hidden files are ignored.
+
+    Args:
+        root: dataset directory (or the directory of a single case).
+        modalities: canonical modalities to collect into :attr:`Case.images`; image files of other modalities are
+            ignored. A case is reported even if some of these are missing (see :meth:`Case.missing_modalities`).
+
+    Returns:
+        the cases sorted by case id (absolute paths) and the stray files.
+
+    Raises:
+        DatasetPathError: when `root` does not exist or is a file.
+        DatasetError: when no case is found under `root`, the same case id appears in more than one directory, or a
+            ``dataset.json`` cannot be used.
+        ConfigurationError: for unknown modality names.
+        CaseError: when a case has two files for the same modality (e.g. both ``_t1ce`` and ``_t1c``).
+    """
+    from .decathlon import decathlon_cases, find_dataset_json
+
+    mods = validate_modalities(modalities)
+    root_path = Path(root).expanduser().absolute()
+    if not root_path.exists():
+        raise DatasetPathError(f"dataset directory {root_path} does not exist")
+    if not root_path.is_dir():
+        raise DatasetPathError(f"dataset path {root_path} is a file, not a directory")
+
+    dataset_json = find_dataset_json(root_path)
+    if dataset_json is not None:
+        found = Discovery(decathlon_cases(dataset_json, root_path))
+    else:
+        found = Discovery([])
+        for dir_path, dir_names, file_names in os.walk(root_path):
+            dir_names[:] = sorted(d for d in dir_names if not d.startswith("."))  # deterministic, no hidden dirs
+            cases, strays = _cases_in_directory(Path(dir_path), file_names, mods)
+            found.cases.extend(cases)
+            owner = cases[0].case_id if len(cases) == 1 else None
+            found.strays.extend((owner, path) for path in strays)
+        labels = {case.label for case in found.cases if case.label is not None}
+        found.strays = [(owner, path) for owner, path in found.strays if path not in labels]
+    if not found.cases:
+        raise DatasetError(f"no BraTS cases found under {root_path}: expected files like {_EXAMPLE_FILE}")
+    _check_duplicates(found.cases)
+    found.cases.sort(key=lambda c: c.case_id)
+    return found
+
+
+def find_cases(root: str | os.PathLike, modalities: Sequence[str] = MODALITIES) -> list[Case]:
+    """The cases of :func:`discover`, sorted by case id, with absolute paths (same arguments and errors)."""
+    return discover(root, modalities).cases

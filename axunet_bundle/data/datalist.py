@@ -32,10 +32,12 @@ from axunet_bundle.data.cases import (
     Case,
     CaseError,
     check_case_id,
-    find_cases,
+    discover,
     validate_modalities,
 )
-from axunet_bundle.data.integrity import Problem, check_case
+from axunet_bundle.data.integrity import Problem, check_case, dataset_problems
+from axunet_bundle.data.labels import AUTO, CONVENTION_KEY, resolve_convention
+from axunet_bundle.data.pipeline import CHANNELS_KEY
 from axunet_bundle.errors import ConfigurationError, DatasetError, LeftOutCasesError
 from axunet_bundle.outputs import segmentation_path
 
@@ -43,12 +45,14 @@ __all__ = [
     "TRAINING",
     "VALIDATION",
     "TESTING",
+    "case_item",
     "make_datalist",
     "write_datalist",
     "load_datalist",
     "CaseSelection",
     "inference_cases",
     "evaluation_cases",
+    "labelled_cases",
 ]
 
 TRAINING = "training"
@@ -73,12 +77,45 @@ def _n_of(fraction: float, n: int) -> int:
     return max(1, round(fraction * n)) if fraction > 0 else 0
 
 
-def _item(case: Case, modalities: tuple[str, ...]) -> dict[str, Any]:
+def case_item(case: Case, modalities: Sequence[str]) -> dict[str, Any]:
+    """A case as a MONAI datalist item: its image file(s) (and, for a multi-channel file named by ``dataset.json``,
+    the channels of the model's modalities), its label, id and its dataset's label convention."""
     item: dict[str, Any] = {"image": case.image_files(modalities)}
+    channels = case.channel_indices(modalities)
+    if channels is not None:
+        item[CHANNELS_KEY] = channels
     if case.label is not None:
         item["label"] = str(case.label)
     item["case_id"] = case.case_id
+    item[CONVENTION_KEY] = case.convention
     return item
+
+
+def _discover(dataset_dir: str | os.PathLike, modalities: tuple[str, ...], labels_needed: bool) -> list[Case]:
+    """:func:`discover`, with the dataset's own problems (stray files; unlabelled cases among labelled ones, where
+    labels are needed) logged, one line each: they leave no case out."""
+    found = discover(dataset_dir, modalities)
+    for problem in dataset_problems(found, labels_needed=labels_needed):
+        logger.warning("%s", problem)
+    return found.cases
+
+
+def _sound_cases(
+    cases: Sequence[Case], modalities: tuple[str, ...], read_voxels: bool, convention: str
+) -> tuple[list[Case], list[Problem]]:
+    """The cases with no problem, and the problems of the others, each logged in one line: the lines ``axunet
+    check`` prints, so that every step refuses the same cases for the same reasons."""
+    sound, problems = [], []
+    for case in cases:
+        found = check_case(case, modalities, read_voxels=read_voxels, convention=convention)
+        for problem in found:
+            logger.warning("leaving out case %s", problem)
+        problems.extend(found)
+        if not found:
+            sound.append(case)
+    conventions = sorted({resolve_convention(convention, case.convention) for case in sound})
+    logger.info("%d cases; label convention %s", len(sound), " and ".join(conventions) or "-")
+    return sound, problems
 
 
 def make_datalist(
@@ -89,16 +126,18 @@ def make_datalist(
     val_fraction: float | None = None,
     test_fraction: float = 0.0,
     seed: int = 0,
+    label_convention: str = AUTO,
 ) -> dict[str, list[dict[str, Any]]]:
     """
     Build a decathlon-style datalist ``{"training": [...], "validation": [...], "testing": [...]}``.
 
-    Labelled items are ``{"image": [paths in modalities order], "label": path, "case_id": id}``; unlabelled
-    (inference) cases go to ``"testing"`` as ``{"image": [...], "case_id": id}``. The split is by patient, so the
-    timepoints of one BraTS 2023+ patient (``BraTS-GLI-00000-000``, ``BraTS-GLI-00000-001``) always stay together.
-    Patients are shuffled once by `seed`; the optional test hold-out is taken first, so it is the same for every
-    fold, then the rest is split k-fold (or at random by `val_fraction`). Cases failing the cheap header check
-    (:func:`check_case` with ``read_voxels=False``) are left out with one logged warning line per problem.
+    Labelled items are :func:`case_item`'s ``{"image": [paths in modalities order], "label": path, "case_id": id,
+    "label_convention": ...}``; unlabelled (inference) cases go to ``"testing"`` without ``"label"``. The split is
+    by patient, so the timepoints of one BraTS 2023+ patient (``BraTS-GLI-00000-000``, ``BraTS-GLI-00000-001``)
+    always stay together. Patients are shuffled once by `seed`; the optional test hold-out is taken first, so it is
+    the same for every fold, then the rest is split k-fold (or at random by `val_fraction`). Cases failing the case
+    check (:func:`check_case`, the one ``axunet check`` runs) are left out with one logged line per problem, and so
+    are the dataset's stray files and unlabelled cases among labelled ones named.
 
     Args:
         dataset_dir: BraTS dataset directory.
@@ -109,13 +148,14 @@ def make_datalist(
             the test hold-out) for validation.
         test_fraction: fraction of the labelled patients held out into ``"testing"`` (with their labels).
         seed: seed of the patient shuffle; the same seed gives the same split.
+        label_convention: the label convention setting (``"auto"``: each case's dataset's).
 
     Returns:
         the datalist; each list is sorted by case id.
 
     Raises:
-        FileNotFoundError: when `dataset_dir` does not exist.
-        ValueError: for arguments out of range, no BraTS case, or too few labelled patients for the split.
+        DatasetError: when `dataset_dir` cannot be used (missing, no case).
+        ConfigurationError: for arguments out of range or too few labelled patients for the split.
     """
     mods = validate_modalities(modalities)
     test_fraction = _check_fraction("test_fraction", test_fraction)
@@ -131,13 +171,8 @@ def make_datalist(
                 f"val_fraction + test_fraction must leave patients for training, got {val_fraction} + {test_fraction}"
             )
 
-    usable: list[Case] = []
-    for case in find_cases(dataset_dir, mods):
-        problems = check_case(case, mods, read_voxels=False)
-        for problem in problems:
-            logger.warning("leaving out case %s", problem)
-        if not problems:
-            usable.append(case)
+    # the full check (voxels too): every step that uses the dataset refuses the same cases, for the same reasons
+    usable, _ = _sound_cases(_discover(dataset_dir, mods, True), mods, read_voxels=True, convention=label_convention)
 
     patients: dict[str, list[Case]] = {}
     for case in usable:
@@ -163,10 +198,10 @@ def make_datalist(
 
     def items(patient_ids: Sequence[str]) -> list[dict[str, Any]]:
         cases = [c for p in patient_ids for c in patients[p]]
-        return [_item(c, mods) for c in sorted(cases, key=lambda c: c.case_id)]
+        return [case_item(c, mods) for c in sorted(cases, key=lambda c: c.case_id)]
 
     unlabelled = [c for c in usable if c.label is None]
-    testing = sorted(items(test_ids) + [_item(c, mods) for c in unlabelled], key=lambda i: i["case_id"])
+    testing = sorted(items(test_ids) + [case_item(c, mods) for c in unlabelled], key=lambda i: i["case_id"])
     return {TRAINING: items(train_ids), VALIDATION: items(val_ids), TESTING: testing}
 
 
@@ -260,18 +295,10 @@ class CaseSelection:
         raise LeftOutCasesError(f"{len(cases)} case(s) were not processed: {', '.join(cases)}")
 
 
-def _select(cases: Sequence[Case], modalities: tuple[str, ...], read_voxels: bool) -> CaseSelection:
-    """Check each case (logging each problem as one line) and keep the sound ones as items."""
-    selection = CaseSelection()
-    for case in cases:
-        problems = check_case(case, modalities=modalities, read_voxels=read_voxels)
-        for problem in problems:
-            logger.warning("leaving out case %s", problem)
-        if problems:
-            selection.left_out.extend(problems)
-        else:
-            selection.items.append(_item(case, modalities))
-    return selection
+def _select(cases: Sequence[Case], modalities: tuple[str, ...], read_voxels: bool, convention: str) -> CaseSelection:
+    """The sound cases as items, and the problems of the others."""
+    sound, problems = _sound_cases(cases, modalities, read_voxels, convention)
+    return CaseSelection([case_item(case, modalities) for case in sound], problems)
 
 
 def inference_cases(
@@ -279,11 +306,13 @@ def inference_cases(
     modalities: Sequence[str] = DEFAULT_MODALITIES,
     output_dir: str | os.PathLike | None = None,
     read_voxels: bool = True,
+    label_convention: str = AUTO,
 ) -> CaseSelection:
     """
-    Every case of a BraTS folder as an inference item ``{"image": [files], "case_id": id}`` (labels are neither
-    needed nor checked). Cases with a problem (missing or unreadable file, shapes or affines that differ, NaN/inf or
-    all-zero images, ...) are left out with one line each and listed in ``left_out``.
+    Every case of a folder as an inference item ``{"image": [files], "case_id": id, "label_convention": ...}`` (labels
+    are neither needed nor checked; the convention is the one the segmentation is written in). Cases with a problem
+    (missing or unreadable file, shapes or affines that differ, NaN/inf or all-zero images, ...) are left out with one
+    line each and listed in ``left_out``.
 
     Args:
         dataset_dir: the BraTS folder.
@@ -291,9 +320,10 @@ def inference_cases(
         output_dir: when given, cases whose segmentation already exists there are skipped (a re-run continues
             where the last one stopped); ``None`` processes every case.
         read_voxels: check the voxel data too (one extra read of each image), not only the headers.
+        label_convention: the convention to write the segmentations in: ``"auto"`` for each case's dataset's.
     """
     mods = validate_modalities(modalities)
-    cases = [replace(case, label=None) for case in find_cases(dataset_dir, modalities=mods)]
+    cases = [replace(case, label=None) for case in _discover(dataset_dir, mods, labels_needed=False)]
     todo = [c for c in cases if output_dir is None or not segmentation_path(output_dir, c.case_id).is_file()]
     if len(todo) < len(cases):
         logger.info(
@@ -301,7 +331,26 @@ def inference_cases(
             len(cases) - len(todo),
             output_dir,
         )
-    return _select(todo, mods, read_voxels)  # labels were dropped above: items hold image and case_id
+    return _select(todo, mods, read_voxels, label_convention)  # labels were dropped: items hold no label
+
+
+def labelled_cases(
+    dataset_dir: str | os.PathLike,
+    modalities: Sequence[str] = DEFAULT_MODALITIES,
+    read_voxels: bool = True,
+    label_convention: str = AUTO,
+) -> CaseSelection:
+    """Every sound labelled case of a folder as an item (the cases a training or a slice cache can use), and the
+    problems of the others: the lines ``axunet check`` prints.
+
+    Raises:
+        DatasetError: for a folder that cannot be used, or holds no labelled case.
+    """
+    mods = validate_modalities(modalities)
+    labelled = [case for case in _discover(dataset_dir, mods, labels_needed=True) if case.label is not None]
+    if not labelled:
+        raise DatasetError(f"no labelled cases found in {dataset_dir}")
+    return _select(labelled, mods, read_voxels, label_convention)
 
 
 def evaluation_cases(
@@ -310,6 +359,7 @@ def evaluation_cases(
     split: str = VALIDATION,
     modalities: Sequence[str] = DEFAULT_MODALITIES,
     read_voxels: bool = True,
+    label_convention: str = AUTO,
 ) -> CaseSelection:
     """
     The labelled cases to evaluate: the ``split`` section of a datalist file when one is given (taken as it is),
@@ -323,6 +373,7 @@ def evaluation_cases(
         split: the datalist section to evaluate.
         modalities: image channels, in order.
         read_voxels: check the voxel data too, not only the headers.
+        label_convention: the label convention setting (``"auto"``: each case's dataset's).
 
     Raises:
         ConfigurationError: for an unknown split, or neither a folder nor a datalist.
@@ -336,11 +387,7 @@ def evaluation_cases(
     else:
         if dataset_dir is None:
             raise ConfigurationError("give dataset_dir (a BraTS folder) or datalist (a datalist JSON file)")
-        mods = validate_modalities(modalities)
-        labelled = [case for case in find_cases(dataset_dir, modalities=mods) if case.label is not None]
-        if not labelled:
-            raise DatasetError(f"no labelled cases found in {dataset_dir}")
-        selection = _select(labelled, mods, read_voxels)
+        selection = labelled_cases(dataset_dir, modalities, read_voxels, label_convention)
     unlabelled = [item.get("case_id", item["image"][0]) for item in selection.items if "label" not in item]
     if unlabelled:
         raise DatasetError(f"datalist {split} items without a label to evaluate against: {unlabelled[0]}")

@@ -1,19 +1,11 @@
-# Copyright (c) AXUNet bundle developers.
-# Licensed under the Apache License, Version 2.0 (the "License");
-# you may not use this file except in compliance with the License.
-# You may obtain a copy of the License at
-#     http://www.apache.org/licenses/LICENSE-2.0
-# Unless required by applicable law or agreed to in writing, software
-# distributed under the License is distributed on an "AS IS" BASIS,
-# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
-# See the License for the specific language governing permissions and
-# limitations under the License.
+# Copyright (c) AXUNet bundle developers. Licensed under the Apache License, Version 2.0.
 """
 Dataset integrity checks, in the spirit of nnU-Net's ``verify_dataset_integrity``.
 
 :func:`check_case` / :func:`check_dataset` look at files on disk and report every problem as a :class:`Problem`
-instead of raising; :func:`run_check` is the command-line entry (``python -m axunet_bundle check DIR``);
-:class:`ValidateCased` checks data already loaded by a MONAI pipeline and raises a :class:`CaseError`.
+instead of raising; :func:`run_check` is the command-line entry (``axunet check DIR``). Data already loaded by a
+MONAI chain is checked by :class:`axunet_bundle.data.pipeline.ValidateCased` with the same :func:`image_problems`
+and :func:`label_problems`.
 """
 
 from __future__ import annotations
@@ -23,31 +15,36 @@ import math
 import os
 import sys
 import zlib
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
-from monai.config import KeysCollection
 from monai.config.type_definitions import NdarrayOrTensor
 from monai.data.utils import correct_nifti_header_if_necessary
-from monai.transforms import MapTransform
-from monai.utils import ImageMetaKey, convert_to_numpy, ensure_tuple
+from monai.utils import convert_to_numpy
 from nibabel.filebasedimages import ImageFileError
 
 from axunet_bundle.data.cases import (
     DEFAULT_MODALITIES,
     LABEL_SUFFIX,
+    LAYOUT_MSD,
     MODALITIES,
     Case,
     CaseError,
-    find_cases,
-    parse_file_name,
+    Discovery,
+    discover,
     validate_modalities,
 )
-from axunet_bundle.data.labels import DEFAULT_CONVENTION, invalid_label_values, label_values, validate_convention
+from axunet_bundle.data.labels import (
+    AUTO,
+    invalid_label_values,
+    label_values,
+    resolve_convention,
+    validate_convention,
+)
 from axunet_bundle.progress import progress as show_progress
 
 __all__ = [
@@ -58,8 +55,10 @@ __all__ = [
     "Problem",
     "check_case",
     "check_dataset",
+    "dataset_problems",
+    "image_problems",
+    "label_problems",
     "run_check",
-    "ValidateCased",
 ]
 
 AFFINE_TOLERANCE = 1e-3
@@ -78,6 +77,11 @@ _GZIP_ISIZE_BYTES = 4  # the last 4 bytes of a gzip member: its uncompressed len
 _GZIP_ISIZE_MODULUS = 2**32
 _COUNT_CHUNK_BYTES = 1 << 20
 _MAX_LISTED_VALUES = 10  # a continuous image saved as "seg" would otherwise list millions of values
+_RC_OR_ET = 4
+_BRATS2023_FOUR = (
+    ": 4 is the resection cavity in BraTS 2024 post-treatment labels (set label_convention brats2024) and the "
+    "enhancing tumour in BraTS 2021 labels (set brats2021)"
+)
 
 
 @dataclass(frozen=True)
@@ -219,8 +223,10 @@ def _non_finite_reasons(data: np.ndarray, voxels: str) -> list[str]:
     return []
 
 
-def _label_problems(data: np.ndarray, convention: str) -> list[str]:
-    """Reasons why a loaded label map is unusable in `convention` (empty list when it is fine)."""
+def label_problems(data: NdarrayOrTensor, convention: str) -> list[str]:
+    """Reasons why a loaded label map is unusable in `convention` (empty list when it is fine); the one label check
+    of the bundle (the case check, the training's and inference's chains and the evaluation use it)."""
+    data = np.asarray(convert_to_numpy(data))
     reasons = _non_finite_reasons(data, "label voxels (NaN/inf)")
     invalid = [v for v in invalid_label_values(data, convention) if math.isfinite(v)]
     non_integral = [v for v in invalid if isinstance(v, float)]
@@ -229,11 +235,12 @@ def _label_problems(data: np.ndarray, convention: str) -> list[str]:
         reasons.append(f"non-integral label values {_format_values(non_integral)}")
     if outside:
         valid = ", ".join(map(str, label_values(convention)))
-        reasons.append(f"label values {_format_values(outside)} outside the {convention} labels ({valid})")
+        hint = _BRATS2023_FOUR if convention == "brats2023" and _RC_OR_ET in outside else ""
+        reasons.append(f"label values {_format_values(outside)} outside the {convention} labels ({valid}){hint}")
     return reasons
 
 
-def _image_problems(data: np.ndarray, modality: str) -> list[str]:
+def image_problems(data: np.ndarray, modality: str) -> list[str]:
     """Reasons why a loaded image volume is unusable (empty list when it is fine)."""
     reasons = _non_finite_reasons(data, f"voxels (NaN/inf) in {modality}")
     if not np.any(data):
@@ -255,17 +262,64 @@ def _read_voxels(img: Any) -> tuple[np.ndarray | None, str | None]:
 _Geometry = tuple[str, tuple[int, ...], np.ndarray]  # (kind of file, 3D shape, affine)
 
 
+def _spatial_and_channels(shape: tuple[int, ...], multichannel: bool) -> tuple[tuple[int, ...] | None, int, str]:
+    """``(3D shape, channels, "")`` of a header's shape, or ``(None, 0, reason)``. A multi-channel file is ``X, Y, Z,
+    C`` or ITK's vector layout ``X, Y, Z, 1, C``; any other file is 3D (trailing singleton dimensions allowed)."""
+    if multichannel and len(shape) > SPATIAL_DIMS:
+        return tuple(shape[:SPATIAL_DIMS]), math.prod(shape[SPATIAL_DIMS:]), ""
+    spatial, reason = _spatial_shape(shape)
+    return spatial, 1, reason or ""
+
+
+def _channel_problems(channels: int, needed: Sequence[int] | None, modalities: Sequence[str]) -> list[str]:
+    """Why a multi-channel file cannot give ``modalities`` (from ``needed`` channels, or in order)."""
+    names = ", ".join(modalities)
+    if needed is not None:
+        if max(needed) >= channels:
+            return [f"{channels} channels, but dataset.json puts {names} in channels {list(needed)}"]
+        return []
+    if channels != len(modalities):
+        return [
+            f"{channels} channels where {len(modalities)} are expected ({names}, in this order); a file of other "
+            "channels needs a dataset.json naming them"
+        ]
+    return []
+
+
 def _check_file(
-    path: Path, kind: str, convention: str, reference: _Geometry | None, read_voxels: bool
+    path: Path,
+    kind: str,
+    reference: _Geometry | None,
+    read_voxels: bool,
+    convention: str,
+    dataset_convention: str,
+    channels: dict[str, int | None] | None = None,
 ) -> tuple[list[str], _Geometry | None]:
-    """Reasons why one file is unusable, and its geometry when the header could be read."""
+    """Reasons why one file is unusable, and its geometry when the header could be read.
+
+    Args:
+        path: the file.
+        kind: a modality, ``"seg"``, or ``"image"`` for a multi-channel file.
+        reference: the geometry of the case's first readable file.
+        read_voxels: read the voxel data (else headers only).
+        convention: the label convention setting (``"auto"`` or a name).
+        dataset_convention: the case's dataset's convention.
+        channels: for a multi-channel file, modality -> channel index (``None`` values: the file's channels are the
+            modalities in order).
+    """
     img, reason = _open_header(path)
     if img is None:
         return [reason or "unreadable"], None
-    shape, reason = _spatial_shape(img.shape)
+    shape, n_channels, reason = _spatial_and_channels(img.shape, channels is not None)
     if shape is None:
         return [reason or "no shape"], None
     reasons = []
+    if channels is not None:
+        indices = list(channels.values())
+        needed = None if any(i is None for i in indices) else [int(i) for i in indices]
+        reasons += _channel_problems(n_channels, needed, list(channels))
+        if reasons:
+            return reasons, None
     geometry = None
     try:
         # the geometry MONAI's NibabelReader will use: it swaps a sform that disagrees with pixdim for the qform
@@ -286,217 +340,162 @@ def _check_file(
         stacked = kind != LABEL_SUFFIX and ref_kind != LABEL_SUFFIX
         if (stacked and not np.allclose(affine, ref_affine)) or max_diff > AFFINE_TOLERANCE:
             reasons.append(f"affine differs from {ref_kind}'s (largest difference {max_diff:.4g})")
-    if read_voxels:
+    if read_voxels or kind == LABEL_SUFFIX:
         data, reason = _read_voxels(img)
         if data is None:
-            reasons.append(reason or "no voxel data")
+            return reasons + [reason or "no voxel data"], geometry
+        if kind == LABEL_SUFFIX:
+            reasons += label_problems(data, resolve_convention(convention, dataset_convention, data))
+        elif channels is not None:
+            volumes = data.reshape(*shape, -1)
+            for position, (modality, index) in enumerate(channels.items()):
+                reasons += image_problems(volumes[..., position if index is None else index], modality)
         else:
-            reasons += _label_problems(data, convention) if kind == LABEL_SUFFIX else _image_problems(data, kind)
+            reasons += image_problems(data, kind)
     return reasons, geometry
 
 
-def check_case(case: Case, modalities: Sequence[str] = MODALITIES, read_voxels: bool = True) -> list[Problem]:
+def check_case(
+    case: Case,
+    modalities: Sequence[str] = MODALITIES,
+    read_voxels: bool = True,
+    convention: str = AUTO,
+) -> list[Problem]:
     """
     Check one case's files; every problem is reported, none is raised.
 
-    Header checks (always): missing modality; unreadable, empty, truncated or non-NIfTI file; an image that is not
-    3D (a trailing singleton dimension such as 240x240x155x1 counts as 3D); shape or affine differing from the
-    case's first readable file (images: ``np.allclose``, as MONAI requires to stack them; label: within
-    :data:`AFFINE_TOLERANCE`), geometry read as MONAI's ``NibabelReader`` reads it. With `read_voxels`, also: truncated
-    compressed data, non-finite voxels, an all-zero modality, and label values that are non-integral or outside the
-    case's convention.
+    Header checks (always): missing modality (or named channel); unreadable, empty, truncated or non-NIfTI file; an
+    image that is not 3D (a trailing singleton dimension such as 240x240x155x1 counts as 3D) or, for a multi-channel
+    file, that lacks the channels its modalities need; shape or affine differing from the case's first readable file
+    (images: ``np.allclose``, as MONAI requires to stack them; label: within :data:`AFFINE_TOLERANCE`), geometry read
+    as MONAI's ``NibabelReader`` reads it. The label's values (integral, within the case's convention) are always
+    checked: labels are small, and every step that uses a case must agree on whether it can. With `read_voxels`,
+    also the images: truncated compressed data, non-finite voxels, an all-zero modality.
 
     Args:
         case: the case to check.
         modalities: canonical modalities the case must have; other image files are not checked.
-        read_voxels: read the voxel data too. ``False`` reads nibabel headers only, which is cheap enough to run
-            wherever cases are loaded, but finds a truncated ``.nii.gz`` only if it is cut inside the header.
+        read_voxels: read the images' voxel data too. ``False`` reads their nibabel headers only, which is cheap
+            enough to run wherever cases are loaded, but finds a truncated ``.nii.gz`` only if it is cut inside the
+            header.
+        convention: the label convention setting: ``"auto"`` (the case's dataset's) or a convention name.
 
     Returns:
         the problems found, in file order (modalities in the given order, then the label); empty if none.
 
     Raises:
-        ValueError: for unknown modality names (a usage error, not a data problem).
+        ConfigurationError: for unknown modality or convention names (a usage error, not a data problem).
     """
     mods = validate_modalities(modalities)
+    validate_convention(convention, allow_auto=True)
+    what = "channel" if case.channels is not None else "image"
     problems = [
-        Problem(case.case_id, case.directory / case.expected_file_name(m), f"missing {m} image")
+        Problem(case.case_id, case.directory / case.expected_file_name(m), f"missing {m} {what}")
         for m in case.missing_modalities(mods)
     ]
-    files = [(m, case.images[m]) for m in mods if m in case.images]
+    files: list[tuple[str, Path, dict | None]] = []
+    if case.multichannel and not problems:
+        indices = case.channel_indices(mods)
+        channels = dict(zip(mods, indices if indices is not None else [None] * len(mods)))
+        files = [("image", Path(case.image_files(mods)[0]), channels)]
+    elif not case.multichannel:
+        files = [(m, case.images[m], None) for m in mods if m in case.images]
     if case.label is not None:
-        files.append((LABEL_SUFFIX, case.label))
+        files.append((LABEL_SUFFIX, case.label, None))
     reference: _Geometry | None = None
-    for kind, path in files:
-        reasons, geometry = _check_file(path, kind, case.convention, reference, read_voxels)
+    for kind, path, channels in files:
+        reasons, geometry = _check_file(path, kind, reference, read_voxels, convention, case.convention, channels)
         problems.extend(Problem(case.case_id, path, reason) for reason in reasons)
         if reference is None:
             reference = geometry  # later files are compared with the first readable one
     return problems
 
 
+def dataset_problems(found: Discovery, labels_needed: bool = True) -> list[Problem]:
+    """The problems of a dataset beyond its cases' files: every stray NIfTI file (named, so that a misnamed label is
+    never silently ignored), and, when labels are needed and some cases have one, every case without its label (not
+    silently dropped from training)."""
+    problems = [
+        Problem(
+            owner or "-",
+            path,
+            "a NIfTI file that is no modality or label of any case (ignored); a label must be "
+            "named like <case id>_seg.nii.gz",
+        )
+        for owner, path in found.strays
+    ]
+    labelled = sum(case.label is not None for case in found.cases)
+    if labelled and labels_needed:
+        problems += [
+            Problem(
+                case.case_id,
+                case.directory / case.expected_file_name(LABEL_SUFFIX),
+                f"no label, where "
+                f"{labelled} of the dataset's {len(found.cases)} cases have one: it cannot train or be evaluated",
+            )
+            for case in found.cases
+            if case.label is None and case.layout != LAYOUT_MSD  # dataset.json lists its test cases as such
+        ]
+    return problems
+
+
 def check_dataset(
     root: str | os.PathLike,
-    modalities: Sequence[str] = MODALITIES,
+    modalities: Sequence[str] = DEFAULT_MODALITIES,
     read_voxels: bool = True,
     progress: bool = True,
+    convention: str = AUTO,
 ) -> tuple[list[Case], list[Problem]]:
     """
-    Find and check every case under `root`; a bad case never stops the check of the others.
+    Find and check every case under `root` (:func:`check_case`) and the dataset as a whole
+    (:func:`dataset_problems`); a bad case never stops the check of the others.
 
     Args:
         root: dataset directory.
-        modalities: canonical modalities every case must have.
+        modalities: canonical modalities every case must have (default: the model's).
         read_voxels: see :func:`check_case`.
         progress: show a tqdm progress bar, but only when stderr is a terminal.
+        convention: the label convention setting, see :func:`check_case`.
 
     Returns:
-        ``(cases, problems)``: all cases found (sorted by case id) and all problems, case by case.
+        ``(cases, problems)``: all cases found (sorted by case id) and all problems, case by case, then the
+        dataset's.
 
     Raises:
-        FileNotFoundError: when `root` does not exist.
-        NotADirectoryError: when `root` is a file.
-        ValueError: when `root` holds no BraTS case, a case id is duplicated, or a modality name is unknown.
+        DatasetError: when `root` does not exist, is a file, holds no case or a case id twice.
+        ConfigurationError: for an unknown modality or convention name.
     """
-    cases = find_cases(root, modalities)
+    found = discover(root, modalities)
     problems: list[Problem] = []
     # a bar on a terminal; no log lines otherwise: the report itself is the check's output
-    for case in show_progress(cases, desc="checking cases", unit="case", enabled=progress and sys.stderr.isatty()):
-        problems.extend(check_case(case, modalities, read_voxels=read_voxels))
-    return cases, problems
+    cases = show_progress(found.cases, desc="checking cases", unit="case", enabled=progress and sys.stderr.isatty())
+    for case in cases:
+        problems.extend(check_case(case, modalities, read_voxels=read_voxels, convention=convention))
+    return found.cases, problems + dataset_problems(found)
 
 
-def run_check(dataset_dir: str | os.PathLike, modalities: Sequence[str] = MODALITIES) -> int:
+def run_check(
+    dataset_dir: str | os.PathLike, modalities: Sequence[str] = DEFAULT_MODALITIES, convention: str = AUTO
+) -> int:
     """
-    Check a dataset fully (headers and voxels) and print the result, for ``python -m axunet_bundle check DIR``.
-
-    Prints one line per problem to stdout, then the summary line ``"N cases checked, M with problems"``. When the
-    directory cannot be used at all (missing, not a directory, no BraTS case, duplicated case ids), prints a single
-    ``"error: ..."`` line to stderr instead.
+    Check a dataset fully (headers and voxels) and print the result, for ``axunet check DIR``: one line per problem
+    to stdout, then the summary line ``"N cases checked, M with problems"``.
 
     Args:
         dataset_dir: dataset directory.
-        modalities: canonical modalities every case must have.
+        modalities: canonical modalities every case must have (default: the model's).
+        convention: the label convention setting, see :func:`check_case`.
 
     Returns:
-        exit code: :data:`EXIT_OK` (0) when clean, :data:`EXIT_PROBLEMS` (1) when any problem was found,
-        :data:`EXIT_UNUSABLE` (2) when the directory cannot be used.
+        exit code: :data:`EXIT_OK` (0) when clean, :data:`EXIT_PROBLEMS` (1) when any problem was found.
+
+    Raises:
+        DatasetError: when the directory cannot be used at all (missing, not a directory, no case, duplicated case
+            ids); the command line prints its one line and exits with :data:`EXIT_UNUSABLE` (2).
     """
-    try:
-        cases, problems = check_dataset(dataset_dir, modalities, read_voxels=True, progress=True)
-    except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_UNUSABLE
+    cases, problems = check_dataset(dataset_dir, modalities, read_voxels=True, progress=True, convention=convention)
     for problem in problems:
         print(problem)
     n_bad = len({p.case_id for p in problems})
     print(f"{len(cases)} cases checked, {n_bad} with problems")
     return EXIT_PROBLEMS if problems else EXIT_OK
-
-
-def _meta_files(meta: Mapping | None) -> list[str]:
-    if not meta or meta.get(ImageMetaKey.FILENAME_OR_OBJ) is None:
-        return []
-    return [str(f) for f in ensure_tuple(meta[ImageMetaKey.FILENAME_OR_OBJ])]
-
-
-def _channel_file(files: list[str], channel: int, modality: str) -> str | None:
-    """
-    The file that `channel` was loaded from. MONAI ``LoadImage`` keeps only the first file of a stacked list in
-    ``filename_or_obj``; the other channels' files are then found next to it by their BraTS names.
-    """
-    if channel < len(files):
-        return files[channel]
-    if not files:
-        return None
-    first = Path(files[0])
-    parsed = parse_file_name(first)
-    if parsed is not None:
-        try:  # only reached when raising, so a directory listing is cheap
-            siblings = sorted(first.parent.iterdir())
-        except OSError:
-            siblings = []
-        for sibling in siblings:
-            if parse_file_name(sibling) == (parsed[0], modality):
-                return str(sibling)
-    return files[0]
-
-
-class ValidateCased(MapTransform):
-    """
-    Check data already loaded by a MONAI pipeline and raise a :class:`CaseError` naming the case and file.
-
-    Meant to follow ``LoadImaged`` + ``EnsureChannelFirstd``. Each image channel must hold only finite values and
-    not be all zero; the label, when present, must match the images' spatial shape and hold only finite values of
-    its convention. The data pass through unchanged.
-
-    Args:
-        keys: keys of the channel-first images (channels in `modalities` order).
-        label_key: key of the ``(1, *spatial)`` label map; skipped when ``None`` or absent (inference data).
-        convention: label convention, a key of :data:`axunet_bundle.data.labels.LABEL_CONVENTIONS`.
-        modalities: modality of each image channel, used to name the channel and find its file.
-        case_id_key: key holding the case id (datalist items have ``"case_id"``); when absent the id is taken from
-            the file name.
-        allow_missing_keys: don't raise if an image key is missing.
-
-    Raises:
-        ValueError: for an unknown convention or modality.
-    """
-
-    def __init__(
-        self,
-        keys: KeysCollection,
-        label_key: str | None = "label",
-        convention: str = DEFAULT_CONVENTION,
-        modalities: Sequence[str] = DEFAULT_MODALITIES,
-        case_id_key: str = "case_id",
-        allow_missing_keys: bool = False,
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.label_key = label_key
-        self.convention = validate_convention(convention)
-        self.modalities = validate_modalities(modalities)
-        self.case_id_key = case_id_key
-
-    def _meta(self, d: Mapping, key: Hashable) -> Mapping | None:
-        meta = getattr(d[key], "meta", None)
-        return meta if meta is not None else d.get(f"{key}_meta_dict")
-
-    def _case_id(self, d: Mapping, files: list[str]) -> str:
-        if d.get(self.case_id_key) is not None:
-            return str(d[self.case_id_key])
-        if files:
-            parsed = parse_file_name(files[0])
-            return parsed[0] if parsed else Path(files[0]).name
-        return "<unknown case>"
-
-    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
-        """
-        Raises:
-            CaseError: for the first problem found.
-        """
-        d = dict(data)
-        spatial: tuple[int, ...] | None = None
-        for key in self.key_iterator(d):
-            files = _meta_files(self._meta(d, key))
-            case_id = self._case_id(d, files)
-            image = convert_to_numpy(d[key])
-            spatial = tuple(image.shape[1:])
-            for channel in range(image.shape[0]):
-                modality = self.modalities[channel] if channel < len(self.modalities) else f"channel {channel}"
-                reasons = _image_problems(image[channel], modality)
-                if reasons:
-                    raise CaseError(case_id, _channel_file(files, channel, modality), reasons[0])
-        if self.label_key is not None and self.label_key in d:
-            files = _meta_files(self._meta(d, self.label_key))
-            case_id = self._case_id(d, files)
-            label_file = files[0] if files else None
-            label = convert_to_numpy(d[self.label_key])
-            if label.ndim < 2 or label.shape[0] != 1:
-                raise CaseError(case_id, label_file, f"label must have one channel, got shape {label.shape}")
-            if spatial is not None and tuple(label.shape[1:]) != spatial:
-                raise CaseError(case_id, label_file, f"label shape {label.shape[1:]} differs from image's {spatial}")
-            reasons = _label_problems(label, self.convention)
-            if reasons:
-                raise CaseError(case_id, label_file, reasons[0])
-        return d

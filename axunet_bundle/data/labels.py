@@ -13,23 +13,33 @@ BraTS label maps <-> tumour-region masks, in one place.
 
 Label conventions (:data:`LABEL_CONVENTIONS`):
 
-- ``"brats2021"``: 1 = necrotic tumour core (NCR), 2 = peritumoral edema (ED), 4 = enhancing tumour (ET).
-- ``"brats2023"``: 1 = NCR (NETC), 2 = ED (SNFH), 3 = ET.
+- ``"brats2021"`` (BraTS 2017-2021): 1 = necrotic tumour core (NCR), 2 = peritumoral edema (ED), 4 = enhancing
+  tumour (ET).
+- ``"brats2023"`` (BraTS 2023+): 1 = NCR (NETC), 2 = ED (SNFH), 3 = ET.
+- ``"brats2024"`` (BraTS 2024-2025 adult glioma post-treatment): as ``brats2023``, and 4 = resection cavity (RC).
+- ``"msd"`` (Medical Segmentation Decathlon Task01_BrainTumour, nnU-Net's Task001): 1 = edema (ED),
+  2 = non-enhancing tumour (NCR), 3 = enhancing tumour (ET).
 
 Regions, in channel order :data:`REGIONS`: WT (whole tumour) = NCR + ED + ET, TC (tumour core) = NCR + ET,
-ET (enhancing tumour) = ET.
+ET (enhancing tumour) = ET. The resection cavity is in no region (the BraTS 2024 rule): it trains as background and
+is never predicted, so a label map written in ``brats2024`` holds 0-3 only.
+
+``"auto"`` (:data:`AUTO`) reads each case in its own dataset's convention: the one its file names or its
+``dataset.json`` tell (:func:`resolve_convention`).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Hashable, Mapping
 from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.config.type_definitions import NdarrayOrTensor
-from monai.transforms import MapTransform, Transform
+from monai.transforms import MapTransform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_numpy
 
 from ..errors import ConfigurationError
@@ -37,16 +47,19 @@ from ..errors import ConfigurationError
 __all__ = [
     "REGIONS",
     "LABEL_CONVENTIONS",
+    "AUTO",
     "DEFAULT_CONVENTION",
     "BACKGROUND",
+    "convention_for_names",
+    "resolve_convention",
     "validate_convention",
     "label_values",
     "region_labels",
     "labels_to_regions",
     "regions_to_labels",
     "invalid_label_values",
-    "LabelsToRegions",
-    "RegionsToLabels",
+    "CONVENTION_KEY",
+    "item_convention",
     "LabelsToRegionsd",
     "RegionsToLabelsd",
 ]
@@ -60,25 +73,32 @@ LABEL_CONVENTIONS: Mapping[str, Mapping[str, int]] = MappingProxyType(
     {
         "brats2021": MappingProxyType({"NCR": 1, "ED": 2, "ET": 4}),
         "brats2023": MappingProxyType({"NCR": 1, "ED": 2, "ET": 3}),
+        "brats2024": MappingProxyType({"NCR": 1, "ED": 2, "ET": 3, "RC": 4}),
+        "msd": MappingProxyType({"ED": 1, "NCR": 2, "ET": 3}),
     }
 )
-"""Convention name -> tumour class (``"NCR"``, ``"ED"``, ``"ET"``) -> label value."""
+"""Convention name -> class (``"NCR"``, ``"ED"``, ``"ET"``, ``"RC"``) -> label value."""
 
+#: each case in its own dataset's convention
+AUTO = "auto"
 DEFAULT_CONVENTION = "brats2021"
 
-# classes that make up each region
+# classes that make up each region (RC, the resection cavity, is in none)
 _REGION_CLASSES: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {"WT": ("NCR", "ED", "ET"), "TC": ("NCR", "ET"), "ET": ("ET",)}
 )
 _N_REGIONS = len(REGIONS)
+# a 2023-named label map that holds 4: ET in the 2021 labels, the resection cavity in the 2024 ones
+_RC_OR_ET = 4
 
 
-def validate_convention(convention: str) -> str:
+def validate_convention(convention: str, allow_auto: bool = False) -> str:
     """
     Check a label-convention name.
 
     Args:
-        convention: a key of :data:`LABEL_CONVENTIONS`.
+        convention: a key of :data:`LABEL_CONVENTIONS` (or ``"auto"`` with `allow_auto`).
+        allow_auto: accept :data:`AUTO` too.
 
     Returns:
         `convention` unchanged.
@@ -86,11 +106,48 @@ def validate_convention(convention: str) -> str:
     Raises:
         ConfigurationError: naming the valid conventions when `convention` is not one of them.
     """
-    if not isinstance(convention, str) or convention not in LABEL_CONVENTIONS:
-        raise ConfigurationError(
-            f"unknown label convention {convention!r}: valid conventions are {', '.join(LABEL_CONVENTIONS)}"
-        )
+    valid = (*LABEL_CONVENTIONS, *((AUTO,) if allow_auto else ()))
+    if not isinstance(convention, str) or convention not in valid:
+        raise ConfigurationError(f"unknown label convention {convention!r}: valid conventions are {', '.join(valid)}")
     return convention
+
+
+def convention_for_names(file_name: str | None) -> str:
+    """The convention a BraTS file name implies: ``brats2023`` for BraTS 2023+ names (``BraTS-GLI-00000-000-t1c``
+    or the ``t1n/t1c/t2w/t2f`` suffixes), else ``brats2021``. What :data:`AUTO` falls back to for an item that does
+    not say its convention (a datalist written by an older version, what MONAI Label sends)."""
+    from .cases import LAYOUT_2023, layout_of_file
+
+    return "brats2023" if file_name and layout_of_file(file_name) == LAYOUT_2023 else DEFAULT_CONVENTION
+
+
+def resolve_convention(convention: str, dataset_convention: str | None, label: NdarrayOrTensor | None = None) -> str:
+    """
+    The convention to read a case's labels in.
+
+    Args:
+        convention: the setting (``label_convention``): a convention name, used as given, or :data:`AUTO`.
+        dataset_convention: the convention the case's dataset implies (its names or ``dataset.json``).
+        label: the case's label map, when known. Under :data:`AUTO`, a ``brats2023`` case whose label holds both 3
+            and 4 is BraTS 2024 post-treatment data (3 is ET, so 4 can only be the resection cavity): ``brats2024``.
+            A 4 without any 3 stays ambiguous (ET in BraTS 2021 labels, RC in 2024 ones) and is refused by the label
+            check, which says which convention to set.
+
+    Returns:
+        a key of :data:`LABEL_CONVENTIONS`.
+
+    Raises:
+        ConfigurationError: for an unknown convention name.
+    """
+    if validate_convention(convention, allow_auto=True) != AUTO:
+        return convention
+    resolved = validate_convention(dataset_convention or DEFAULT_CONVENTION)
+    if resolved == "brats2023" and label is not None:
+        data = label.as_tensor() if hasattr(label, "as_tensor") else label
+        values = data == _RC_OR_ET
+        if bool(values.any()) and bool((data == LABEL_CONVENTIONS["brats2023"]["ET"]).any()):
+            return "brats2024"
+    return resolved
 
 
 def label_values(convention: str) -> tuple[int, ...]:
@@ -213,101 +270,93 @@ def invalid_label_values(label: NdarrayOrTensor, convention: str = DEFAULT_CONVE
     return [int(v) if np.isfinite(v) and float(v).is_integer() else float(v) for v in bad.tolist()]
 
 
-class _ConventionTransform(Transform):
-    """
-    Base of the array label/region converters: holds a validated label convention.
-
-    Args:
-        convention: label convention, a key of :data:`LABEL_CONVENTIONS`.
-    """
-
-    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
-
-    def __init__(self, convention: str = DEFAULT_CONVENTION) -> None:
-        self.convention = validate_convention(convention)
+#: the item key that says a case's convention (set by the case discovery: :func:`resolve_convention`'s
+#: ``dataset_convention``)
+CONVENTION_KEY = "label_convention"
 
 
-class LabelsToRegions(_ConventionTransform):
-    """
-    Array transform version of :func:`labels_to_regions`.
-
-    Args:
-        convention: label convention of the input, a key of :data:`LABEL_CONVENTIONS`.
-    """
-
-    def __call__(self, label: NdarrayOrTensor) -> NdarrayOrTensor:
-        return labels_to_regions(label, self.convention)
+def _item_file(d: Mapping[Hashable, Any]) -> str | None:
+    """The first image file of a data item, from a loaded image's metadata or the item's paths."""
+    image = d.get("image")
+    meta = getattr(image, "meta", None)
+    files = meta.get("filename_or_obj") if isinstance(meta, Mapping) else image
+    files = files if isinstance(files, (list, tuple)) else [files]
+    return str(files[0]) if files and isinstance(files[0], (str, os.PathLike)) else None
 
 
-class RegionsToLabels(_ConventionTransform):
-    """
-    Array transform version of :func:`regions_to_labels`.
-
-    Args:
-        convention: label convention of the output, a key of :data:`LABEL_CONVENTIONS`.
-    """
-
-    def __call__(self, regions: NdarrayOrTensor) -> NdarrayOrTensor:
-        return regions_to_labels(regions, self.convention)
+def item_convention(d: Mapping[Hashable, Any], convention: str, label: NdarrayOrTensor | None = None) -> str:
+    """The convention of one data item: ``convention`` when it names one; under :data:`AUTO` the item's own
+    (``d["label_convention"]``, else what its image file names imply), resolved with its label when given."""
+    dataset_convention = d.get(CONVENTION_KEY) or convention_for_names(_item_file(d))
+    return resolve_convention(convention, dataset_convention, label)
 
 
 class _ConventionMapd(MapTransform):
     """
-    Base of the dictionary-based label/region converters: applies :attr:`converter_class`, built with `convention`,
-    to every key.
+    Base of the dictionary-based label/region converters: applies :attr:`function` with each item's convention.
 
     Args:
         keys: keys of the data to convert.
-        convention: label convention, a key of :data:`LABEL_CONVENTIONS`.
+        convention: label convention, a key of :data:`LABEL_CONVENTIONS`, or :data:`AUTO` for each item's own.
         allow_missing_keys: don't raise if a key is missing.
 
     Raises:
-        ValueError: for an unknown convention.
+        ConfigurationError: for an unknown convention.
     """
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
-    converter_class: type[_ConventionTransform]
+    #: whether the converted data are label maps (that tell a BraTS 2024 case apart, see resolve_convention)
+    reads_labels: bool
 
-    def __init__(
-        self, keys: KeysCollection, convention: str = DEFAULT_CONVENTION, allow_missing_keys: bool = False
-    ) -> None:
+    def __init__(self, keys: KeysCollection, convention: str = AUTO, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.converter = self.converter_class(convention)
+        self.convention = validate_convention(convention, allow_auto=True)
+
+    def function(self, data: NdarrayOrTensor, convention: str) -> NdarrayOrTensor:
+        raise NotImplementedError
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
         d = dict(data)
         for key in self.key_iterator(d):
-            d[key] = self.converter(d[key])
+            convention = item_convention(d, self.convention, d[key] if self.reads_labels else None)
+            d[key] = self.function(d[key], convention)
         return d
 
 
 class LabelsToRegionsd(_ConventionMapd):
     """
-    Dictionary-based :class:`LabelsToRegions`: ``(1, *spatial)`` label maps -> ``(3, *spatial)`` WT/TC/ET masks.
+    Dictionary-based :func:`labels_to_regions`: ``(1, *spatial)`` label maps -> ``(3, *spatial)`` WT/TC/ET masks.
 
     Args:
         keys: keys of the label maps to convert.
-        convention: label convention of the inputs, a key of :data:`LABEL_CONVENTIONS`.
+        convention: label convention of the inputs, a key of :data:`LABEL_CONVENTIONS`, or :data:`AUTO`.
         allow_missing_keys: don't raise if a key is missing.
 
     Raises:
-        ValueError: for an unknown convention.
+        ConfigurationError: for an unknown convention.
     """
 
-    converter_class = LabelsToRegions
+    reads_labels = True
+
+    def function(self, data: NdarrayOrTensor, convention: str) -> NdarrayOrTensor:
+        return labels_to_regions(data, convention)
 
 
 class RegionsToLabelsd(_ConventionMapd):
     """
-    Dictionary-based :class:`RegionsToLabels`: ``(3, *spatial)`` binary WT/TC/ET masks -> ``(1, *spatial)`` labels.
+    Dictionary-based :func:`regions_to_labels`: ``(3, *spatial)`` binary WT/TC/ET masks -> ``(1, *spatial)`` labels.
 
     Args:
         keys: keys of the region masks to convert.
-        convention: label convention of the outputs, a key of :data:`LABEL_CONVENTIONS`.
+        convention: label convention of the outputs, a key of :data:`LABEL_CONVENTIONS`, or :data:`AUTO` for
+            each case's own dataset's.
         allow_missing_keys: don't raise if a key is missing.
 
     Raises:
-        ValueError: for an unknown convention.
+        ConfigurationError: for an unknown convention.
     """
 
-    converter_class = RegionsToLabels
+    reads_labels = False
+
+    def function(self, data: NdarrayOrTensor, convention: str) -> NdarrayOrTensor:
+        return regions_to_labels(data, convention)

@@ -26,6 +26,7 @@ Rician-like noise and a smooth multiplicative bias field are added, and each mod
 from __future__ import annotations
 
 import gzip
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,9 +35,10 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from axunet_bundle.atomic import write_bytes_atomic
-from axunet_bundle.data.cases import LABEL_SUFFIX, LAYOUT_2021, LAYOUT_2023, MODALITIES
+from axunet_bundle.atomic import write_bytes_atomic, write_json_atomic
+from axunet_bundle.data.cases import LABEL_SUFFIX, LAYOUT_2021, LAYOUT_2023, LAYOUT_MSD, MODALITIES
 from axunet_bundle.data.labels import LABEL_CONVENTIONS
+from axunet_bundle.errors import ConfigurationError
 from axunet_bundle.progress import progress as show_progress
 
 __all__ = [
@@ -57,6 +59,11 @@ SUFFIXES_2021: dict[str, str] = {"t1": "t1", "t1ce": "t1ce", "t2": "t2", "flair"
 SUFFIXES_2023: dict[str, str] = {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f", LABEL_SUFFIX: "seg"}
 _LABELS_2021, _LABELS_2023 = LABEL_CONVENTIONS["brats2021"], LABEL_CONVENTIONS["brats2023"]
 LABEL_NCR, LABEL_ED, LABEL_ET = _LABELS_2021["NCR"], _LABELS_2021["ED"], _LABELS_2021["ET"]
+#: the resection cavity of the ``"2024"`` layout in the generator's own label map (written as BraTS 2024's 4)
+LABEL_RC = 5
+#: the BraTS 2024 post-treatment layout: the 2023 names, a resection cavity in the labels
+LAYOUT_2024 = "2024"
+_CAVITY_RADIUS = 0.3  # of the tumour core's extent
 
 # values of the optional ``"tissue"`` map returned by ``synth_case(..., with_tissue=True)``
 TISSUE_BACKGROUND, TISSUE_CSF, TISSUE_GM, TISSUE_WM = 0, 1, 2, 3
@@ -446,6 +453,81 @@ def _save_nifti_atomic(data: np.ndarray, affine: np.ndarray, path: Path) -> None
     write_bytes_atomic(path, gzip.compress(img.to_bytes(), compresslevel=GZIP_LEVEL, mtime=0))
 
 
+def _add_resection_cavity(data: dict[str, np.ndarray], rng: np.random.Generator) -> None:
+    """A BraTS 2024 post-treatment resection cavity (:data:`LABEL_RC`): a fluid-filled hole cut into one side of the
+    tumour core (its enhancing rim left standing), with the intensities of the case's CSF in every modality. In
+    place; a case without tumour core is left as it is."""
+    core = np.isin(data[LABEL_SUFFIX], (LABEL_NCR, LABEL_ET))
+    if not core.any():
+        return
+    points = np.argwhere(core)
+    lo, hi = points.min(0), points.max(0)
+    radius = max(1.0, float((hi - lo).max()) * _CAVITY_RADIUS)
+    centre = points[rng.integers(len(points))].astype(float)  # a point of the core: the cavity opens there
+    grid = np.ogrid[tuple(slice(0, n) for n in core.shape)]
+    cavity = sum((g - c) ** 2 for g, c in zip(grid, centre)) <= radius**2
+    cavity &= (data[MODALITIES[0]] > 0) & (data[LABEL_SUFFIX] != LABEL_ET)  # in the brain; the enhancing rim stays
+    csf = (data[LABEL_SUFFIX] == 0) & (data["tissue"] == TISSUE_CSF)
+    for modality in MODALITIES:
+        fluid = np.median(data[modality][csf]) if csf.any() else np.median(data[modality][data[modality] > 0])
+        data[modality][cavity] = max(1, int(fluid))
+    data[LABEL_SUFFIX][cavity] = LABEL_RC
+
+
+#: file-name suffixes of each layout's per-modality files, and its label convention
+_NAMED_LAYOUTS = {
+    LAYOUT_2021: (SUFFIXES_2021, "brats2021"),
+    LAYOUT_2023: (SUFFIXES_2023, "brats2023"),
+    LAYOUT_2024: (SUFFIXES_2023, "brats2024"),
+}
+#: the layouts :func:`write_synthetic_dataset` writes
+SYNTH_LAYOUTS = (*_NAMED_LAYOUTS, LAYOUT_MSD)
+#: the Decathlon Task01_BrainTumour's dataset.json, as published (channel order FLAIR, T1w, t1gd, T2w)
+MSD_MODALITY = {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"}
+MSD_LABELS = {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"}
+_MSD_CHANNELS = ("flair", "t1", "t1ce", "t2")
+
+
+def _relabel(label: np.ndarray, convention: str) -> np.ndarray:
+    """A BraTS 2021 label map (with :data:`LABEL_RC` for a cavity) in another convention."""
+    lut = np.zeros(max(*_LABELS_2021.values(), LABEL_RC) + 1, dtype=np.uint8)  # background stays 0
+    for cls, value in LABEL_CONVENTIONS[convention].items():
+        lut[LABEL_RC if cls == "RC" else _LABELS_2021[cls]] = value
+    return lut[label]
+
+
+def _write_msd(out: Path, cases: list[tuple[str, dict[str, np.ndarray] | None]], affine: np.ndarray) -> None:
+    """dataset.json listing the cases, and each one's 4D image (FLAIR, T1w, t1gd, T2w) and label."""
+    previous = out / "dataset.json"  # a second call adds to the dataset (e.g. unlabelled test cases)
+    spec = (
+        json.loads(previous.read_text())
+        if previous.is_file()
+        else {
+            "name": "BRATS",
+            "description": "Generated BraTS-like cases in the Medical Segmentation Decathlon Task01 layout (not BraTS)",
+            "tensorImageSize": "4D",
+            "modality": MSD_MODALITY,
+            "labels": MSD_LABELS,
+            "training": [],
+            "test": [],
+        }
+    )
+    for name, data in cases:
+        spec["training"] = [e for e in spec["training"] if not e["image"].endswith(f"/{name}.nii.gz")]
+        spec["test"] = [e for e in spec["test"] if not e.endswith(f"/{name}.nii.gz")]
+        labelled = LABEL_SUFFIX in data
+        image = np.stack([data[m] for m in _MSD_CHANNELS], axis=-1)
+        image_path = f"./{'imagesTr' if labelled else 'imagesTs'}/{name}.nii.gz"
+        _save_nifti_atomic(image, affine, out / image_path)
+        if labelled:
+            _save_nifti_atomic(_relabel(data[LABEL_SUFFIX], "msd"), affine, out / "labelsTr" / f"{name}.nii.gz")
+            spec["training"].append({"image": image_path, "label": f"./labelsTr/{name}.nii.gz"})
+        else:
+            spec["test"].append(image_path)
+    spec["numTraining"], spec["numTest"] = len(spec["training"]), len(spec["test"])
+    write_json_atomic(out / "dataset.json", spec)
+
+
 def write_synthetic_dataset(
     out_dir: str | os.PathLike,
     n: int,
@@ -456,10 +538,15 @@ def write_synthetic_dataset(
     progress: bool = True,
 ) -> list[Path]:
     """
-    Write ``n`` generated cases in the BraTS 2021 or 2023 folder layout.
+    Write ``n`` generated cases in one of the layouts the bundle reads (:data:`SYNTH_LAYOUTS`):
 
-    Layout ``"2021"``: ``BraTS2021_00000/BraTS2021_00000_{t1,t1ce,t2,flair,seg}.nii.gz``, labels 1/2/4.
-    Layout ``"2023"``: ``BraTS-GLI-00000-000/BraTS-GLI-00000-000-{t1n,t1c,t2w,t2f,seg}.nii.gz``, labels 1/2/3.
+    - ``"2021"``: ``BraTS2021_00000/BraTS2021_00000_{t1,t1ce,t2,flair,seg}.nii.gz``, labels 1/2/4;
+    - ``"2023"``: ``BraTS-GLI-00000-000/BraTS-GLI-00000-000-{t1n,t1c,t2w,t2f,seg}.nii.gz``, labels 1/2/3;
+    - ``"2024"``: the 2023 names, BraTS 2024 post-treatment labels: 1/2/3 and a resection cavity, 4, in every case;
+    - ``"msd"``: the Decathlon's Task01_BrainTumour: ``dataset.json``, ``imagesTr/BRATS_000.nii.gz`` (4D: FLAIR,
+      T1w, t1gd, T2w), ``labelsTr/`` (1 edema, 2 non-enhancing tumour, 3 enhancing tumour), ``imagesTs/`` without
+      labels.
+
     Case ``i`` is ``synth_case(case_seed(seed, i), shape)``, so the same arguments always give the same files.
     Images are int16 and labels uint8, with a BraTS-like affine (see :py:func:`brats_affine`) as qform and sform.
 
@@ -467,40 +554,46 @@ def write_synthetic_dataset(
         out_dir: output folder, created if missing.
         n: number of cases.
         seed: dataset seed.
-        layout: ``"2021"`` or ``"2023"``.
+        layout: one of :data:`SYNTH_LAYOUTS`.
         shape: spatial shape of every volume.
-        with_labels: whether to write the ``seg`` files (False mimics an unlabelled validation set).
+        with_labels: whether to write the labels (False mimics an unlabelled validation set).
         progress: show a progress bar when stderr is a terminal, log lines with rate and ETA otherwise.
 
     Returns:
-        the case folders, in order.
+        the case folders, in order (for ``"msd"``: the image files).
 
     Raises:
-        ValueError: when ``layout`` is unknown or ``n`` is negative.
+        ConfigurationError: when ``layout`` is unknown or ``n`` is negative.
     """
-    if layout not in (LAYOUT_2021, LAYOUT_2023):
-        raise ValueError(f"layout must be {LAYOUT_2021!r} or {LAYOUT_2023!r}, got {layout!r}.")
+    if layout not in SYNTH_LAYOUTS:
+        raise ConfigurationError(f"layout must be one of {', '.join(SYNTH_LAYOUTS)}, got {layout!r}")
     if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}.")
+        raise ConfigurationError(f"n must be >= 0, got {n}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     affine = brats_affine(shape)
-    cases = []
+    cases, msd_cases = [], []
     for i in show_progress(range(n), desc="synthetic BraTS", unit="case", enabled=progress):
-        if layout == LAYOUT_2021:
-            name, sep, suffixes = f"BraTS2021_{i:05d}", "_", SUFFIXES_2021
-        else:
-            name, sep, suffixes = f"BraTS-GLI-{i:05d}-000", "-", SUFFIXES_2023
+        rng = np.random.default_rng(case_seed(seed, i))
+        data = synth_case(case_seed(seed, i), shape, with_tissue=layout == LAYOUT_2024)
+        if layout == LAYOUT_2024:
+            _add_resection_cavity(data, rng)
+        if not with_labels:
+            del data[LABEL_SUFFIX]
+        if layout == LAYOUT_MSD:
+            name = f"BRATS_{i:03d}"
+            msd_cases.append((name, data))
+            cases.append(out / ("imagesTr" if with_labels else "imagesTs") / f"{name}.nii.gz")
+            continue
+        suffixes, convention = _NAMED_LAYOUTS[layout]
+        name, sep = (f"BraTS2021_{i:05d}", "_") if layout == LAYOUT_2021 else (f"BraTS-GLI-{i:05d}-000", "-")
         case_dir = out / name
         case_dir.mkdir(exist_ok=True)
-        data = synth_case(case_seed(seed, i), shape)
-        if layout == LAYOUT_2023:
-            lut = np.zeros(max(_LABELS_2021.values()) + 1, dtype=np.uint8)  # background stays 0
-            for cls, value in _LABELS_2021.items():
-                lut[value] = _LABELS_2023[cls]
-            data[LABEL_SUFFIX] = lut[data[LABEL_SUFFIX]]
-        keys = list(MODALITIES) + ([LABEL_SUFFIX] if with_labels else [])
-        for key in keys:  # seg last: a case with a seg file has all of its images
+        if with_labels:
+            data[LABEL_SUFFIX] = _relabel(data[LABEL_SUFFIX], convention)
+        for key in [*MODALITIES, *([LABEL_SUFFIX] if with_labels else [])]:  # seg last: then all images exist
             _save_nifti_atomic(data[key], affine, case_dir / f"{name}{sep}{suffixes[key]}.nii.gz")
         cases.append(case_dir)
+    if layout == LAYOUT_MSD:
+        _write_msd(out, msd_cases, affine)
     return cases

@@ -66,7 +66,7 @@ class TimmEncoder(nn.Module):
         except OSError as err:  # URLError, socket and HTTP errors are all OSErrors
             raise PretrainedWeightsError(
                 f"could not download the ImageNet weights of timm '{backbone}' ({err}); "
-                "give a local timm weights file with pretrained_path=..., or set pretrained=False"
+                "give a local timm weights file (--pretrained_path FILE) or train from scratch (--pretrained False)"
             ) from err
         self.feature_info = self.body.feature_info
 

@@ -372,13 +372,18 @@ def _overlay_legend(fig: Figure, with_truth: bool, with_prediction: bool, y: flo
     )
 
 
-def _load_canonical(path: PathLike, what: str) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
-    """Voxels (3D), affine and voxel size of a NIfTI file reoriented to RAS (``nibabel.as_closest_canonical``)."""
+def _load_canonical(
+    path: PathLike, what: str, channels: bool = False
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """Voxels, affine and voxel size of a NIfTI file reoriented to RAS (``nibabel.as_closest_canonical``): a 3D
+    volume, or with ``channels`` ``(X, Y, Z, C)`` (a 3D volume has one channel; ``X, Y, Z, 1, C`` is ITK's layout)."""
     img = nib.as_closest_canonical(nib.load(os.fspath(path)))
     data = np.asanyarray(img.dataobj)
-    while data.ndim > 3 and data.shape[-1] == 1:
+    if channels:
+        data = data.reshape(*data.shape[:3], -1)
+    while data.ndim > 3 + channels and data.shape[-1] == 1:
         data = data[..., 0]
-    if data.ndim != 3:
+    if data.ndim != 3 + channels:
         raise ValueError(f"{what} {os.fspath(path)} must hold a 3D volume, got shape {data.shape}")
     zooms = tuple(float(z) for z in nib.affines.voxel_sizes(img.affine)[:3])
     return data, img.affine, zooms  # type: ignore[return-value]
@@ -397,9 +402,11 @@ def overlay_files(
     modality_names: Sequence[str] | None = None,
     title: str | None = None,
     radiological: bool = True,
+    channels: Sequence[int] | None = None,
 ) -> Path:
     """
-    :func:`overlay_case` for NIfTI files: one file per modality, a predicted label map and optionally the truth.
+    :func:`overlay_case` for NIfTI files: one file per modality (or one multi-channel file), a predicted label map
+    and optionally the truth.
 
     All files are reoriented to RAS with ``nibabel.as_closest_canonical``; the voxel size of the first image sets the
     panels' aspect ratio.
@@ -414,6 +421,7 @@ def overlay_files(
             else the file name.
         title: figure title; default the case id from the first image's BraTS file name, else its file name.
         radiological: see :func:`overlay_case`.
+        channels: for a multi-channel image file, the channels to show, in order (default: all of them).
 
     Returns:
         the path of the PNG.
@@ -425,7 +433,14 @@ def overlay_files(
     files = [Path(f) for f in image_files]
     if not files:
         raise ValueError("at least one image file is needed")
-    loaded = [(f, "image", _load_canonical(f, "image")) for f in files]
+    loaded, names = [], []
+    for f in files:  # every channel of every image file is one panel column
+        volumes, affine, zooms = _load_canonical(f, "image", channels=True)
+        picked = list(channels if channels is not None else range(volumes.shape[-1]))
+        loaded += [(f, "image", (volumes[..., c], affine, zooms)) for c in picked]
+        parsed_name = parse_file_name(f)
+        name = parsed_name[1].upper() if parsed_name else strip_nifti(f.name)
+        names += [name] if len(picked) == 1 else [f"{name} channel {c}" for c in picked]
     for path, what in ((seg_file, "segmentation"), (label_file, "label")):
         if path is not None:
             loaded.append((Path(path), what, _load_canonical(path, what)))
@@ -441,11 +456,11 @@ def overlay_files(
             stacklevel=2,
         )
 
-    parsed = [parse_file_name(f) for f in files]
     if modality_names is None:
-        modality_names = [p[1].upper() if p else strip_nifti(f.name) for p, f in zip(parsed, files)]
+        modality_names = names
     if title is None:
-        title = parsed[0][0] if parsed[0] else strip_nifti(files[0].name)
+        parsed = parse_file_name(files[0])
+        title = parsed[0] if parsed else strip_nifti(files[0].name)
     image = np.stack([data.astype(np.float32, copy=False) for _, what, (data, _, _) in loaded if what == "image"])
     segmentations = {what: _label_voxels(data) for _, what, (data, _, _) in loaded if what != "image"}
     return overlay_case(

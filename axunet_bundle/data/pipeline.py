@@ -1,0 +1,199 @@
+# Copyright (c) AXUNet bundle developers. Licensed under the Apache License, Version 2.0.
+"""
+The transforms that put a loaded case into the bundle's chains, after MONAI's ``LoadImaged``: the model's modalities
+taken out of a multi-channel image (:class:`SelectModalitiesd`), then the voxels checked (:class:`ValidateCased`),
+each failure a :class:`~axunet_bundle.data.cases.CaseError` naming case and file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+
+import torch
+from monai.config import KeysCollection
+from monai.config.type_definitions import NdarrayOrTensor
+from monai.transforms import MapTransform
+from monai.utils import ImageMetaKey, convert_to_numpy, ensure_tuple
+
+from .cases import DEFAULT_MODALITIES, CaseError, parse_file_name, validate_modalities
+from .integrity import image_problems, label_problems
+from .labels import AUTO, item_convention, validate_convention
+
+__all__ = ["CHANNELS_KEY", "SPATIAL_DIMS", "SelectModalitiesd", "ValidateCased"]
+
+#: the item key of a multi-channel case's channel index for each modality (from ``dataset.json``)
+CHANNELS_KEY = "channels"
+SPATIAL_DIMS = 3
+
+
+def _meta_files(meta: Mapping | None) -> list[str]:
+    if not meta or meta.get(ImageMetaKey.FILENAME_OR_OBJ) is None:
+        return []
+    return [str(f) for f in ensure_tuple(meta[ImageMetaKey.FILENAME_OR_OBJ])]
+
+
+def _channel_file(files: list[str], channel: int, modality: str) -> str | None:
+    """
+    The file that `channel` was loaded from. MONAI ``LoadImage`` keeps only the first file of a stacked list in
+    ``filename_or_obj``; the other channels' files are then found next to it by their BraTS names.
+    """
+    if channel < len(files):
+        return files[channel]
+    if not files:
+        return None
+    first = Path(files[0])
+    parsed = parse_file_name(first)
+    if parsed is not None:
+        try:  # only reached when raising, so a directory listing is cheap
+            siblings = sorted(first.parent.iterdir())
+        except OSError:
+            siblings = []
+        for sibling in siblings:
+            if parse_file_name(sibling) == (parsed[0], modality):
+                return str(sibling)
+    return files[0]
+
+
+class ValidateCased(MapTransform):
+    """
+    Check data already loaded by a MONAI pipeline and raise a :class:`CaseError` naming the case and file.
+
+    Meant to follow ``LoadImaged`` + ``EnsureChannelFirstd``. Each image channel must hold only finite values and
+    not be all zero; the label, when present, must match the images' spatial shape and hold only finite values of
+    its convention. The data pass through unchanged.
+
+    Args:
+        keys: keys of the channel-first images (channels in `modalities` order).
+        label_key: key of the ``(1, *spatial)`` label map; skipped when ``None`` or absent (inference data).
+        convention: label convention, a key of :data:`axunet_bundle.data.labels.LABEL_CONVENTIONS`, or ``"auto"``
+            for each item's own (``item["label_convention"]``, resolved with its label).
+        modalities: modality of each image channel, used to name the channel and find its file.
+        case_id_key: key holding the case id (datalist items have ``"case_id"``); when absent the id is taken from
+            the file name.
+        allow_missing_keys: don't raise if an image key is missing.
+
+    Raises:
+        ValueError: for an unknown convention or modality.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        label_key: str | None = "label",
+        convention: str = AUTO,
+        modalities: Sequence[str] = DEFAULT_MODALITIES,
+        case_id_key: str = "case_id",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.label_key = label_key
+        self.convention = validate_convention(convention, allow_auto=True)
+        self.modalities = validate_modalities(modalities)
+        self.case_id_key = case_id_key
+
+    def _meta(self, d: Mapping, key: Hashable) -> Mapping | None:
+        meta = getattr(d[key], "meta", None)
+        return meta if meta is not None else d.get(f"{key}_meta_dict")
+
+    def _case_id(self, d: Mapping, files: list[str]) -> str:
+        if d.get(self.case_id_key) is not None:
+            return str(d[self.case_id_key])
+        if files:
+            parsed = parse_file_name(files[0])
+            return parsed[0] if parsed else Path(files[0]).name
+        return "<unknown case>"
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        """
+        Raises:
+            CaseError: for the first problem found.
+        """
+        d = dict(data)
+        spatial: tuple[int, ...] | None = None
+        for key in self.key_iterator(d):
+            files = _meta_files(self._meta(d, key))
+            case_id = self._case_id(d, files)
+            image = convert_to_numpy(d[key])
+            spatial = tuple(image.shape[1:])
+            for channel in range(image.shape[0]):
+                modality = self.modalities[channel] if channel < len(self.modalities) else f"channel {channel}"
+                reasons = image_problems(image[channel], modality)
+                if reasons:
+                    raise CaseError(case_id, _channel_file(files, channel, modality), reasons[0])
+        if self.label_key is not None and self.label_key in d:
+            files = _meta_files(self._meta(d, self.label_key))
+            case_id = self._case_id(d, files)
+            label_file = files[0] if files else None
+            label = convert_to_numpy(d[self.label_key])
+            if label.ndim < 2 or label.shape[0] != 1:
+                raise CaseError(case_id, label_file, f"label must have one channel, got shape {label.shape}")
+            if spatial is not None and tuple(label.shape[1:]) != spatial:
+                raise CaseError(case_id, label_file, f"label shape {label.shape[1:]} differs from image's {spatial}")
+            reasons = label_problems(label, item_convention(d, self.convention, label))
+            if reasons:
+                raise CaseError(case_id, label_file, reasons[0])
+        return d
+
+
+class SelectModalitiesd(MapTransform):
+    """
+    The model's modalities out of a channel-first image that ``LoadImaged`` made of one multi-channel file: the
+    channels an item names (``item["channels"]``, from ``dataset.json``), else the image as it is, which must then
+    have one channel per modality (the documented order of a multi-channel file without ``dataset.json``: the model's
+    modalities, in the model's order, as MONAI Label sends them). Extra singleton spatial dimensions are dropped, so
+    ITK's vector layout (``X, Y, Z, 1, C``) gives the same ``(C, X, Y, Z)`` as a 4D ``X, Y, Z, C`` file. Images
+    stacked from per-modality files pass unchanged.
+
+    Args:
+        keys: keys of the channel-first images.
+        modalities: the model's modalities, in order (their count is the channels expected).
+        channels_key: the item key holding the channel indices.
+        allow_missing_keys: don't raise if a key is missing.
+
+    Raises:
+        CaseError: naming case, file, channels expected and found, when they do not fit.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        modalities: Sequence[str] = DEFAULT_MODALITIES,
+        channels_key: str = CHANNELS_KEY,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.modalities = validate_modalities(modalities)
+        self.channels_key = channels_key
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            image = d[key]
+            while image.ndim > 1 + SPATIAL_DIMS and image.shape[-1] == 1:
+                image = image[..., 0]
+            files = _meta_files(getattr(d[key], "meta", None))
+            case_id = str(d.get("case_id") or (Path(files[0]).name if files else "<unknown case>"))
+            where = files[0] if files else None
+            if image.ndim != 1 + SPATIAL_DIMS:
+                raise CaseError(
+                    case_id, where, f"image of shape {tuple(image.shape[1:])} where a 3D volume is expected"
+                )
+            channels = d.get(self.channels_key)
+            names = ", ".join(self.modalities)
+            if channels is not None:
+                channels = [int(c) for c in ensure_tuple(channels)]
+                if max(channels) >= image.shape[0]:
+                    raise CaseError(
+                        case_id, where, f"{image.shape[0]} channels, but dataset.json puts {names} in {channels}"
+                    )
+                image = image[torch.as_tensor(channels)] if isinstance(image, torch.Tensor) else image[channels]
+            elif image.shape[0] != len(self.modalities):
+                raise CaseError(
+                    case_id,
+                    where,
+                    f"{image.shape[0]} channels where {len(self.modalities)} are expected ({names}, in this order); "
+                    "a file of other channels needs a dataset.json naming them",
+                )
+            d[key] = image
+        return d
