@@ -29,8 +29,7 @@ from . import outputs
 from .atomic import write_json_atomic, write_text_atomic
 from .data.cases import CaseError
 from .data.datalist import CaseSelection
-from .data.integrity import Problem
-from .data.integrity import label_problems
+from .data.integrity import Problem, label_problems
 from .data.labels import REGIONS, item_convention, labels_to_regions, validate_convention
 from .data.pipeline import CHANNELS_KEY
 from .errors import AxunetError

@@ -357,8 +357,9 @@ def test_inference_on_a_missing_or_empty_folder_ends_with_one_line(tmp_path, sta
     if state == "empty":
         folder.mkdir()
     reason = "does not exist" if state == "missing" else "no BraTS cases found"
+    ckpt = save_untrained_axunet(tmp_path / "model.pt")
     with raises_user_error(DatasetError, match=reason):
-        workflow(INFERENCE, dataset_dir=str(folder), output_dir=str(tmp_path / "out")).run()
+        workflow(INFERENCE, dataset_dir=str(folder), output_dir=str(tmp_path / "out"), ckpt_path=str(ckpt)).run()
     assert not (tmp_path / "out").exists()
 
 
@@ -386,8 +387,10 @@ def test_inference_runs_the_exported_onnx_model(tiny_dataset, tmp_path):
 def test_monai_bundle_run_ends_a_users_mistake_with_one_line(tmp_path):
     """``python -m monai.bundle run`` has the command line's error boundary (installed by the configs' initialize):
     a missing dataset folder is one line on stderr and exit status 2, no traceback."""
+    ckpt = save_untrained_axunet(tmp_path / "model.pt")
     command = [sys.executable, "-m", "monai.bundle", "run", "inference", "--meta_file", str(CONFIGS / "metadata.json")]
     command += ["--config_file", INFERENCE[0], "--dataset_dir", str(tmp_path / "nope"), "--output_dir", str(tmp_path)]
+    command += ["--ckpt_path", str(ckpt)]
     result = subprocess.run(command, cwd=BUNDLE_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr

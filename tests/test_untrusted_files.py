@@ -90,8 +90,9 @@ def test_monai_checkpoint_loader_loads_weights_only(evil):
 def test_bundle_workflow_refuses_a_crafted_checkpoint(evil, tiny_dataset, tmp_path, configs):
     path, marker = evil
     settings = dict(dataset_dir=str(tiny_dataset), output_dir=str(tmp_path / "out"), ckpt_path=str(path))
+    wf = workflow(configs, **settings)
     with pytest.raises(Exception) as info:
-        workflow(configs, **settings)  # fails in the config's initialize, before any engine or output exists
+        wf.run()  # the check is run's first item: before the engine reads a case or writes an output
     cause = info.value if isinstance(info.value, UnsafeWeightsError) else info.value.__cause__
     assert isinstance(cause, UnsafeWeightsError)  # MONAI wraps errors of config expressions in a RuntimeError
     assert str(cause).startswith(f"cannot read checkpoint {path}: {NOT_PLAIN}")

@@ -76,12 +76,11 @@ def overlay(
         modalities: comma-separated modalities to show, in order.
         convention: label convention of the files: auto (the case's dataset's), brats2021, brats2023, brats2024, msd.
     """
-    from ..visualize import overlay_files
-
     import nibabel as nib
     import numpy as np
 
     from ..data.labels import resolve_convention
+    from ..visualize import overlay_files
 
     case = one_case(case_dir)
     mods = split_names(modalities)
