@@ -245,9 +245,7 @@ def network_cost(variant: Variant, in_channels: int, roi_size: Sequence[int]) ->
         flops = count_flops(network, (1, in_channels, *roi_size))
     except RuntimeError as err:
         reason = str(err).splitlines()[0]
-        raise _error(
-            where, f"{variant.network} cannot segment {size} slices ({reason}); give a larger roi_size"
-        ) from None
+        raise _error(where, f"its network cannot segment {size} slices ({reason}); give a larger roi_size") from None
     return {"parameters": count_parameters(network), "gflop_per_slice": flops / 1e9, "roi_size": list(roi_size)}
 
 
@@ -523,7 +521,7 @@ def write_tables(
         ),
         outputs.PER_CASE_CSV: write_text_atomic(out / outputs.PER_CASE_CSV, _per_case_csv(scores, columns)),
     }
-    header = ["variant", "network", "cases"] + [_label(f, r) for f, members in families.items() for r, _ in members]
+    header = ["variant", "model", "cases"] + [_label(f, r) for f, members in families.items() for r, _ in members]
     header += ["parameters (M)", "GFLOP / slice", "training / fold"]
     lines = [f"# {title}", "", *context, "", *_markdown_table(header, markdown_rows), ""]
     lines += _markdown_tests(tests, families, reference, scores)

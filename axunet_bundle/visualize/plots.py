@@ -238,7 +238,7 @@ def comparison_boxplot(
         _dice_axis(ax, len(names), legend=row == 0)
         ax.set_title(f"{region} ({REGION_NAMES[region]})")
     if title:
-        fig.suptitle(textwrap.fill(title, int(width * _TITLE_CHARACTERS_PER_INCH)))
+        fig.suptitle(textwrap.fill(title, int(width * _TITLE_CHARACTERS_PER_INCH), break_on_hyphens=False))
     return save_png(fig, output_png)
 
 
