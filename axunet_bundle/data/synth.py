@@ -184,6 +184,12 @@ def brats_affine(shape: Sequence[int] = DEFAULT_SHAPE) -> np.ndarray:
     return np.array([[-1.0, 0, 0, 0], [0, -1.0, 0, shape[1] - 1], [0, 0, 1.0, 0], [0, 0, 0, 1.0]])
 
 
+def is_generated(path: str | os.PathLike) -> bool:
+    """Whether the NIfTI file at ``path`` was written by this module (its header's ``descrip`` is
+    :data:`GENERATED_DESCRIP`); only the header is read."""
+    return bytes(nib.load(os.fspath(path)).header["descrip"].item()).rstrip(b"\0") == GENERATED_DESCRIP
+
+
 def _basis(n: int, spacing: float) -> np.ndarray:
     """Gaussian interpolation weights (n, nodes) from control points ``spacing`` apart; rows have unit L2 norm."""
     n_nodes = int(np.ceil(n / spacing)) + 3
@@ -455,12 +461,6 @@ def _save_nifti_atomic(data: np.ndarray, affine: np.ndarray, path: Path) -> None
     write_bytes_atomic(path, gzip.compress(img.to_bytes(), compresslevel=GZIP_LEVEL, mtime=0))
 
 
-def is_generated(path: str | os.PathLike) -> bool:
-    """Whether the NIfTI file at ``path`` was written by this module (its header's ``descrip`` is
-    :data:`GENERATED_DESCRIP`); only the header is read."""
-    return bytes(nib.load(os.fspath(path)).header["descrip"].item()).rstrip(b"\0") == GENERATED_DESCRIP
-
-
 def write_synthetic_dataset(
     out_dir: str | os.PathLike,
     n: int,
@@ -476,8 +476,7 @@ def write_synthetic_dataset(
     Layout ``"2021"``: ``BraTS2021_00000/BraTS2021_00000_{t1,t1ce,t2,flair,seg}.nii.gz``, labels 1/2/4.
     Layout ``"2023"``: ``BraTS-GLI-00000-000/BraTS-GLI-00000-000-{t1n,t1c,t2w,t2f,seg}.nii.gz``, labels 1/2/3.
     Case ``i`` is ``synth_case(case_seed(seed, i), shape)``, so the same arguments always give the same files.
-    Images are int16 and labels uint8, with a BraTS-like affine (see :py:func:`brats_affine`) as qform and sform
-    and :data:`GENERATED_DESCRIP` as the header's ``descrip`` (see :func:`is_generated`).
+    Images are int16 and labels uint8, with a BraTS-like affine (see :py:func:`brats_affine`) as qform and sform.
 
     Args:
         out_dir: output folder, created if missing.
