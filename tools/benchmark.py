@@ -45,9 +45,9 @@ import numpy as np
 import torch
 from monai.utils import optional_import
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from axunet_bundle.inferers import autocast_dtype
+from axunet_bundle.networks.cost import count_flops
 from axunet_bundle.progress import progress
 
 __all__ = [
@@ -292,15 +292,6 @@ def measure_matmul(size: int = 2048, device: str = "cpu", repeats: int = 5) -> f
     b = torch.randn(size, size, device=device, dtype=dtype)
     seconds = _best_time(lambda: a @ b, repeats=repeats, device=device)
     return 2 * size**3 / seconds / 1e9
-
-
-def count_flops(network: nn.Module, shape: Sequence[int]) -> int:
-    """FLOPs of one forward pass of ``network`` on an input of ``shape``, counted on the meta device (no compute)."""
-    meta = copy.deepcopy(network).to("meta").eval()
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        meta(torch.empty(*shape, device="meta"))
-    return int(counter.get_total_flops())
 
 
 def segresnet_zoo() -> nn.Module:

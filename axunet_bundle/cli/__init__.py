@@ -13,6 +13,7 @@ import logging
 import fire
 
 from ..errors import exit_with_message, user_error
+from .compare import compare
 from .data import check, datalist, prepare, synth
 from .demo import demo
 from .pictures import attention, network, overlay
@@ -35,6 +36,7 @@ COMMANDS = {
     "overlay": overlay,
     "attention": attention,
     "bundle": bundle,
+    "compare": compare,
 }
 
 

@@ -21,6 +21,10 @@ peritumoural edema. The contrasts are chosen so that each BraTS region needs the
 - necrosis is dark in T1CE and bright in T2.
 
 Rician-like noise and a smooth multiplicative bias field are added, and each modality has its own intensity scale.
+
+Every file written carries :data:`GENERATED_DESCRIP` in its NIfTI header's ``descrip`` field, so that whatever reads
+a case later (e.g. the comparison table, :func:`is_generated`) can tell generated cases from patient data, wherever
+the case folders have been copied or moved.
 """
 
 from __future__ import annotations
@@ -49,7 +53,9 @@ __all__ = [
     "TISSUE_GM",
     "TISSUE_WM",
     "brats_affine",
+    "GENERATED_DESCRIP",
     "case_seed",
+    "is_generated",
     "synth_case",
     "write_synthetic_dataset",
 ]
@@ -72,6 +78,8 @@ DEFAULT_SHAPE: tuple[int, int, int] = (240, 240, 155)
 CASE_SEED_STRIDE = 100003  # prime stride: datasets with different seeds do not share cases
 GZIP_LEVEL = 1  # nibabel's default for .nii.gz: fast, and the zero background compresses well anyway
 QFORM_CODE = SFORM_CODE = 1  # "scanner anatomical" for both forms
+#: the NIfTI header ``descrip`` (at most 80 bytes) of every generated file: the mark of generated, not patient, data
+GENERATED_DESCRIP = b"axunet_bundle synth: generated BraTS-like case, not patient data"
 
 # Geometry, as fractions of the image size (brain semi-axes) or of the brain semi-axes (everything inside).
 _BRAIN_SEMI_AXES = (0.29, 0.36, 0.37)  # ~1.4 l brain in a 240x240x155 1 mm grid
@@ -181,6 +189,12 @@ def brats_affine(shape: Sequence[int] = DEFAULT_SHAPE) -> np.ndarray:
         a 4x4 float64 affine; for the default shape this is the affine of the BraTS release files.
     """
     return np.array([[-1.0, 0, 0, 0], [0, -1.0, 0, shape[1] - 1], [0, 0, 1.0, 0], [0, 0, 0, 1.0]])
+
+
+def is_generated(path: str | os.PathLike) -> bool:
+    """Whether the NIfTI file at ``path`` was written by this module (its header's ``descrip`` is
+    :data:`GENERATED_DESCRIP`); only the header is read."""
+    return bytes(nib.load(os.fspath(path)).header["descrip"].item()).rstrip(b"\0") == GENERATED_DESCRIP
 
 
 def _basis(n: int, spacing: float) -> np.ndarray:
@@ -448,6 +462,7 @@ def _save_nifti_atomic(data: np.ndarray, affine: np.ndarray, path: Path) -> None
     img.set_qform(affine, code=QFORM_CODE)
     img.set_sform(affine, code=SFORM_CODE)
     img.header.set_xyzt_units("mm", "sec")
+    img.header["descrip"] = GENERATED_DESCRIP
     img.set_data_dtype(data.dtype)
     # mtime=0: identical seeds give byte-identical files
     write_bytes_atomic(path, gzip.compress(img.to_bytes(), compresslevel=GZIP_LEVEL, mtime=0))

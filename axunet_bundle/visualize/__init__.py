@@ -1,7 +1,8 @@
 # Copyright (c) AXUNet bundle developers. Licensed under the Apache License, Version 2.0.
 """
-Pictures for users: segmentation overlays (:mod:`.overlays`), the per-case Dice box plot and the training curves
-(:mod:`.plots`), and attention maps (:mod:`.attention`); :mod:`.figures` holds what they share.
+Pictures for users: segmentation overlays (:mod:`.overlays`), the per-case Dice box plot, the comparison's Dice box
+plots and the training curves (:mod:`.plots`), and attention maps (:mod:`.attention`); :mod:`.figures` holds what
+they share.
 
 Every function writes one PNG (atomically) and returns its path. Colours are fixed: WT (whole tumour) yellow, TC
 (tumour core) red, ET (enhancing tumour) sky blue (:data:`REGION_COLOURS`). In overlays the ground truth is drawn
@@ -35,10 +36,13 @@ from .overlays import (
 )
 from .plots import (
     BOXPLOT_INCHES,
+    COMPARISON_BOX_INCHES,
+    COMPARISON_PANEL_INCHES,
     CURVES_PANEL_INCHES,
     CURVES_WIDTH_INCHES,
     DICE_COLUMNS,
     REGION_NAMES,
+    comparison_boxplot,
     dice_boxplot,
     read_dice_table,
     read_scalars,
@@ -51,6 +55,8 @@ __all__ = [
     "ATTENTION_TITLE_INCHES",
     "AttentionActivity",
     "BOXPLOT_INCHES",
+    "COMPARISON_BOX_INCHES",
+    "COMPARISON_PANEL_INCHES",
     "CURVES_PANEL_INCHES",
     "CURVES_WIDTH_INCHES",
     "DICE_COLUMNS",
@@ -69,6 +75,7 @@ __all__ = [
     "attention_activity",
     "attention_maps",
     "axial_overlay",
+    "comparison_boxplot",
     "dice_boxplot",
     "most_tumour_slices",
     "overlay_case",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
@@ -23,10 +24,13 @@ __all__ = [
     "REGION_NAMES",
     "DICE_COLUMNS",
     "BOXPLOT_INCHES",
+    "COMPARISON_BOX_INCHES",
+    "COMPARISON_PANEL_INCHES",
     "CURVES_WIDTH_INCHES",
     "CURVES_PANEL_INCHES",
     "read_dice_table",
     "dice_boxplot",
+    "comparison_boxplot",
     "read_scalars",
     "training_curves",
 ]
@@ -38,6 +42,9 @@ REGION_NAMES: Mapping[str, str] = MappingProxyType(
 DICE_COLUMNS: Mapping[str, str] = MappingProxyType({"WT": "dice_wt", "TC": "dice_tc", "ET": "dice_et"})
 """Region -> column of a per-case Dice table."""
 BOXPLOT_INCHES = (6.0, 4.5)
+COMPARISON_BOX_INCHES = 1.25  # width per model of the comparison box plots
+COMPARISON_MARGIN_INCHES = 1.0
+COMPARISON_PANEL_INCHES = 3.0  # height per region
 CURVES_WIDTH_INCHES = 8.0
 CURVES_PANEL_INCHES = 3.0  # height of each training-curves panel
 _JITTER_HALF_WIDTH = 0.15  # box-plot points are spread over +-this around their box
@@ -52,6 +59,7 @@ _POINT_EDGE_WIDTH = 0.5
 _BOX_ALPHA = 0.35
 _SMOOTHING_WINDOW = 20  # moving average over this many logged losses, once there are at least twice as many
 _RAW_ALPHA = 0.3
+_TITLE_CHARACTERS_PER_INCH = 9  # a figure title wraps at about this many characters per inch of figure width
 _VALIDATION_PREFIX = "val"
 _LOSS_WORD = "loss"
 _EVENTS_MARKER = "tfevents"
@@ -130,44 +138,59 @@ def dice_boxplot(
         values = table[region][~np.isnan(table[region])]
         count = f"\n(n = {values.size})" if values.size != n_cases else ""
         tick_labels.append(f"{region}\n{REGION_NAMES[region]}{count}")
-        if not values.size:
-            continue
-        ax.boxplot(
-            values,
-            positions=[position],
-            widths=_BOX_WIDTH,
-            showfliers=False,
-            patch_artist=True,
-            boxprops={"facecolor": REGION_COLOURS[region], "alpha": _BOX_ALPHA},
-            medianprops={"color": "black"},
-        )
-        jitter = rng.uniform(-_JITTER_HALF_WIDTH, _JITTER_HALF_WIDTH, values.size)
-        ax.scatter(
-            position + jitter,
-            values,
-            s=_POINT_SIZE,
-            color=REGION_COLOURS[region],
-            edgecolors=_POINT_EDGE,
-            linewidths=_POINT_EDGE_WIDTH,
-            zorder=3,
-        )
-        mean = float(values.mean())
-        ax.scatter(
-            [position], [mean], marker=_MEAN_MARKER, s=_MEAN_MARKER_SIZE, color="white", edgecolors="black", zorder=4
-        )
-        ax.annotate(
-            f"{mean:.3f}",
-            (position + _BOX_WIDTH / 2, mean),
-            xytext=(4, 0),
-            textcoords="offset points",
-            va="center",
-            fontsize=ANNOTATION_FONT_SIZE,
-        )
+        _box_with_points(ax, position, values, REGION_COLOURS[region], rng)
     ax.set_xticks(range(1, len(REGIONS) + 1), tick_labels)
-    ax.set_xlim(0.5, len(REGIONS) + 0.5)
+    _dice_axis(ax, len(REGIONS))
+    ax.set_title(title or f"Per-case Dice (n = {n_cases} cases)")
+    return save_png(fig, output_png)
+
+
+def _box_with_points(ax: Axes, position: float, values: np.ndarray, colour: str, rng: np.random.Generator) -> None:
+    """A box (quartiles, median, 1.5 IQR whiskers) of ``values`` with every value as a jittered point and the mean
+    as a diamond with its value beside it; nothing for no values."""
+    if not values.size:
+        return
+    ax.boxplot(
+        values,
+        positions=[position],
+        widths=_BOX_WIDTH,
+        showfliers=False,
+        patch_artist=True,
+        boxprops={"facecolor": colour, "alpha": _BOX_ALPHA},
+        medianprops={"color": "black"},
+    )
+    jitter = rng.uniform(-_JITTER_HALF_WIDTH, _JITTER_HALF_WIDTH, values.size)
+    ax.scatter(
+        position + jitter,
+        values,
+        s=_POINT_SIZE,
+        color=colour,
+        edgecolors=_POINT_EDGE,
+        linewidths=_POINT_EDGE_WIDTH,
+        zorder=3,
+    )
+    mean = float(values.mean())
+    ax.scatter(
+        [position], [mean], marker=_MEAN_MARKER, s=_MEAN_MARKER_SIZE, color="white", edgecolors="black", zorder=4
+    )
+    ax.annotate(
+        f"{mean:.3f}",
+        (position + _BOX_WIDTH / 2, mean),
+        xytext=(4, 0),
+        textcoords="offset points",
+        va="center",
+        fontsize=ANNOTATION_FONT_SIZE,
+    )
+
+
+def _dice_axis(ax: Axes, boxes: int, legend: bool = True) -> None:
+    """The Dice axis of a box plot of ``boxes`` boxes at 1 ... boxes, with the mean and median legend."""
+    ax.set_xlim(0.5, boxes + 0.5)
     ax.set_ylim(*_DICE_LIMITS)
     ax.set_ylabel("Dice")
     ax.grid(axis="y", alpha=0.3)
+    if not legend:
+        return
     ax.legend(
         handles=[
             Line2D([], [], marker=_MEAN_MARKER, linestyle="", color="white", markeredgecolor="black", label="mean"),
@@ -176,7 +199,46 @@ def dice_boxplot(
         loc="lower left",
         fontsize=LEGEND_FONT_SIZE,
     )
-    ax.set_title(title or f"Per-case Dice (n = {n_cases} cases)")
+
+
+def comparison_boxplot(
+    dice: Mapping[str, Mapping[str, Sequence[float]]], output_png: PathLike, title: str | None = None
+) -> Path:
+    """
+    Per-case Dice of several models side by side: one panel per region (WT, TC, ET, from the top), one box per
+    model in the order given, drawn as in :func:`dice_boxplot` (every case a point, the mean a diamond with its
+    value). The figure is :data:`COMPARISON_BOX_INCHES` wide per model (at least :data:`BOXPLOT_INCHES` wide) and
+    :data:`COMPARISON_PANEL_INCHES` high per region, at :data:`FIGURE_DPI`; a long title wraps.
+
+    Args:
+        dice: model name -> region (``"WT"``, ``"TC"``, ``"ET"``) -> per-case Dice; NaN and missing are left out.
+        output_png: where to write the PNG.
+        title: figure title.
+
+    Returns:
+        the path of the PNG.
+
+    Raises:
+        ValueError: for no models.
+    """
+    if not dice:
+        raise ValueError("no models to plot")
+    names = list(dice)
+    width = max(BOXPLOT_INCHES[0], COMPARISON_MARGIN_INCHES + COMPARISON_BOX_INCHES * len(names))
+    fig = new_figure(width, COMPARISON_PANEL_INCHES * len(REGIONS), layout="constrained")
+    rng = np.random.default_rng(_JITTER_SEED)
+    for row, (ax, region) in enumerate(zip(fig.subplots(len(REGIONS), 1, squeeze=False)[:, 0], REGIONS)):
+        labels = []
+        for position, name in enumerate(names, start=1):
+            values = np.asarray(dice[name].get(region, []), dtype=np.float64)
+            values = values[~np.isnan(values)]
+            _box_with_points(ax, position, values, REGION_COLOURS[region], rng)
+            labels.append(f"{name}\n(n = {values.size})")
+        ax.set_xticks(range(1, len(names) + 1), labels, fontsize=LEGEND_FONT_SIZE)
+        _dice_axis(ax, len(names), legend=row == 0)
+        ax.set_title(f"{region} ({REGION_NAMES[region]})")
+    if title:
+        fig.suptitle(textwrap.fill(title, int(width * _TITLE_CHARACTERS_PER_INCH), break_on_hyphens=False))
     return save_png(fig, output_png)
 
 
