@@ -154,12 +154,12 @@ def test_the_zoo_bundle_holds_the_zoo_layout_and_only_runtime_code(zoo_bundle):
     code = {p.as_posix() for p in runtime_code_files()}
     assert names == ZOO_FILES | code
     assert not any(n.startswith(("axunet_bundle/cli/", "tests/", "tools/")) for n in names)
-    # the code the configs import is all there: every axunet_bundle module but the command line
+    # the code the configs import is all there: every axunet_bundle module but the command line and the comparison
     package = Path(axunet_bundle.__file__).parent
     expected = {
         f"axunet_bundle/{p.relative_to(package).as_posix()}"
         for p in package.rglob("*.py")
-        if p.relative_to(package).parts[0] not in ("cli", "__main__.py")
+        if p.relative_to(package).parts[0] not in ("cli", "comparison", "__main__.py")
     }
     assert code == expected
     # the same files give the same zip (fixed dates and order, as the zoo's release)
