@@ -49,7 +49,10 @@ WRITERS = {
     "metrics CSV": ("metrics.csv", lambda p: write_text_atomic(p, "case,dice_wt\nA,0.9\n")),
     "summary JSON": ("summary.json", lambda p: write_json_atomic(p, {"dice_wt": 0.9})),
     "segmentation": ("BraTS2021_00000_seg.nii.gz", write_segmentation),
-    "Dice box plot": ("dice.png", lambda p: dice_boxplot([{"dice_wt": 0.9, "dice_tc": 0.8, "dice_et": 0.7}], p)),
+    "Dice box plot": (
+        "dice.png",
+        lambda p: dice_boxplot([{"dice_wt": 0.9, "dice_tc": 0.8, "dice_et": 0.7}], p, {"dice": "Dice"}),
+    ),
     "checkpoint": ("checkpoint_epoch=1.pt", write_checkpoint),
 }
 

@@ -15,8 +15,10 @@ import pytest
 import torch
 from conftest import BUNDLE_ROOT, CONFIGS, TINY_ROI, TINY_SHAPE, raises_user_error
 from monai.bundle import ConfigParser, ConfigWorkflow
+from official_brats import assert_same_numbers, official_scores
 
 from axunet_bundle import AXUNet
+from axunet_bundle.challenge_metrics import challenge_columns
 from axunet_bundle.data.cases import find_cases
 from axunet_bundle.data.labels import label_values, labels_to_regions
 from axunet_bundle.data.synth import write_synthetic_dataset
@@ -155,7 +157,7 @@ def read_report(out: Path) -> tuple[dict[str, dict[str, float]], dict]:
     return rows, json.loads((out / "summary.json").read_text())
 
 
-def test_evaluation_scores_equal_a_direct_computation(tiny_dataset, tmp_path):
+def test_evaluation_scores_equal_a_direct_computation_and_brats_evaluation(tiny_dataset, tmp_path):
     out = tmp_path / "eval"
     ckpt = save_untrained_axunet(tmp_path / "model.pt")
     workflow(EVALUATION, dataset_dir=str(tiny_dataset), output_dir=str(out), ckpt_path=str(ckpt)).run()
@@ -170,13 +172,18 @@ def test_evaluation_scores_equal_a_direct_computation(tiny_dataset, tmp_path):
         dice = compute_brats_dice(pred, label)[0]
         hd95 = compute_brats_hd95(pred, label)[0]
         for c, region in enumerate(("wt", "tc", "et")):
-            assert rows[case.case_id][f"dice_{region}"] == pytest.approx(float(dice[c]), abs=1e-5)
-            assert rows[case.case_id][f"hd95_{region}"] == pytest.approx(float(hd95[c]), abs=1e-3)
-    wt = [row["dice_wt"] for row in rows.values()]
+            assert rows[case.case_id][f"legacy_dice_{region}"] == pytest.approx(float(dice[c]), abs=1e-5)
+            assert rows[case.case_id][f"legacy_hd95_{region}"] == pytest.approx(float(hd95[c]), abs=1e-3)
+    # the challenge metrics: brats-evaluation's own command and parser on the same files
+    pairs = [(case.case_id, out / f"{case.case_id}_seg.nii.gz", case.label) for case in cases]
+    theirs = official_scores(pairs, "brats2021", tmp_path / "official")
+    for case in cases:
+        assert_same_numbers(rows[case.case_id], theirs[case.case_id], challenge_columns())
+    wt = [row["legacy_dice_wt"] for row in rows.values()]
     assert summary["n_cases"] == len(cases)
-    assert summary["dice"]["WT"]["mean"] == pytest.approx(np.mean(wt))
-    assert summary["dice"]["WT"]["median"] == pytest.approx(np.median(wt))
-    assert summary["dice"]["WT"]["std"] == pytest.approx(np.std(wt))
+    assert summary["legacy_dice"]["WT"]["mean"] == pytest.approx(np.mean(wt))
+    assert summary["legacy_dice"]["WT"]["median"] == pytest.approx(np.median(wt))
+    assert summary["legacy_dice"]["WT"]["std"] == pytest.approx(np.std(wt))
 
     # the pictures: a box plot and one overlay per case
     for png in [out / "dice_boxplot.png"] + [out / "overlays" / f"{case.case_id}_overlay.png" for case in cases]:
@@ -209,9 +216,9 @@ def test_evaluation_applies_the_brats_empty_region_conventions(tiny_dataset, tmp
     ).run()
     rows, _ = read_report(out)
     scores = rows[case.case_id]
-    assert scores["dice_wt"] == 0.0 and scores["hd95_wt"] == pytest.approx(HD95_EMPTY_PENALTY, abs=1e-3)
-    assert scores["dice_tc"] == 0.0 and scores["hd95_tc"] == pytest.approx(HD95_EMPTY_PENALTY, abs=1e-3)
-    assert scores["dice_et"] == 1.0 and scores["hd95_et"] == 0.0
+    assert scores["legacy_dice_wt"] == 0.0 and scores["legacy_hd95_wt"] == pytest.approx(HD95_EMPTY_PENALTY, abs=1e-3)
+    assert scores["legacy_dice_tc"] == 0.0 and scores["legacy_hd95_tc"] == pytest.approx(HD95_EMPTY_PENALTY, abs=1e-3)
+    assert scores["legacy_dice_et"] == 1.0 and scores["legacy_hd95_et"] == 0.0
 
 
 def test_two_process_gloo_training_finishes_on_both_ranks(tiny_dataset, tmp_path):

@@ -34,7 +34,7 @@ def test_demo_runs_end_to_end_on_tiny_settings(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "validation Dice" in printed
     summary = json.loads((out / "eval" / "summary.json").read_text())
-    assert set(summary["dice"]) == {"WT", "TC", "ET"}
+    assert set(summary["legacy_dice"]) == set(summary["lesionwise_dsc_mean"]) == {"WT", "TC", "ET"}
     seg = next((out / "predictions").glob("*_seg.nii.gz"))
     image = next((out / "holdout").glob("*/*_t1ce.nii.gz"))
     assert nib.load(seg).shape == nib.load(image).shape

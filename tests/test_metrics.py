@@ -57,8 +57,8 @@ def test_dice_of_overlapping_cubes():
     true[0, 2, 5, 5, 5] = 1
     dice = compute_brats_dice(pred, true)
     assert dice.shape == (1, N_REGIONS)
-    assert dice.dtype == torch.float32
-    expected = torch.tensor([[2 * 32 / (64 + 64), 2 * 16 / (16 + 32), 1.0]])
+    assert dice.dtype == torch.float64
+    expected = torch.tensor([[2 * 32 / (64 + 64), 2 * 16 / (16 + 32), 1.0]], dtype=torch.float64)
     torch.testing.assert_close(dice, expected)
 
 
@@ -66,7 +66,7 @@ def test_dice_2d_and_symmetric():
     pred, true = _empty(spatial=(SIZE, SIZE)), _empty(spatial=(SIZE, SIZE))
     pred[0, :, 0:10, 0:10] = 1  # 100 pixels
     true[0, :, 0:10, 5:10] = 1  # 50 pixels, all inside the prediction
-    expected = torch.full((1, N_REGIONS), 2 * 50 / (100 + 50))
+    expected = torch.full((1, N_REGIONS), 2 * 50 / (100 + 50), dtype=torch.float64)
     torch.testing.assert_close(compute_brats_dice(pred, true), expected)
     torch.testing.assert_close(compute_brats_dice(true, pred), expected)
 
@@ -77,7 +77,7 @@ def test_hd95_of_shifted_plates(ndim, shift):
     pred, true = _plates(shift, axis=0, ndim=ndim)
     hd = compute_brats_hd95(pred.repeat(1, N_REGIONS, *[1] * ndim), true.repeat(1, N_REGIONS, *[1] * ndim))
     assert hd.shape == (1, N_REGIONS)
-    torch.testing.assert_close(hd, torch.full((1, N_REGIONS), float(shift)))
+    torch.testing.assert_close(hd, torch.full((1, N_REGIONS), float(shift), dtype=torch.float64))
 
 
 def test_hd95_uses_spacing_per_axis():
@@ -85,16 +85,16 @@ def test_hd95_uses_spacing_per_axis():
     pred, true = _plates(shift, axis=1)
     # the shift is along axis 1: only that axis' spacing matters
     hd = compute_brats_hd95(pred, true, spacing=(1.0, 2.5, 4.0))
-    torch.testing.assert_close(hd, torch.tensor([[shift * 2.5]]))
+    torch.testing.assert_close(hd, torch.tensor([[shift * 2.5]], dtype=torch.float64))
     hd = compute_brats_hd95(pred, true, spacing=(3.0, 1.0, 3.0))
-    torch.testing.assert_close(hd, torch.tensor([[float(shift)]]))
+    torch.testing.assert_close(hd, torch.tensor([[float(shift)]], dtype=torch.float64))
     # one spacing per case
     hd = compute_brats_hd95(pred.repeat(2, 1, 1, 1, 1), true.repeat(2, 1, 1, 1, 1), spacing=[(1, 1, 1), (1, 0.5, 1)])
-    torch.testing.assert_close(hd, torch.tensor([[float(shift)], [shift * 0.5]]))
+    torch.testing.assert_close(hd, torch.tensor([[float(shift)], [shift * 0.5]], dtype=torch.float64))
     # a (B, 3) tensor, as collated from the images' pixdim
     spacing = torch.tensor([[1.0, 1.0, 1.0], [1.0, 3.0, 1.0]])
     hd = compute_brats_hd95(pred.repeat(2, 1, 1, 1, 1), true.repeat(2, 1, 1, 1, 1), spacing=spacing)
-    torch.testing.assert_close(hd, torch.tensor([[float(shift)], [shift * 3.0]]))
+    torch.testing.assert_close(hd, torch.tensor([[float(shift)], [shift * 3.0]], dtype=torch.float64))
 
 
 @pytest.mark.filterwarnings("ignore:.*always_return_as_numpy")  # raised inside MONAI 1.5-1.6
@@ -118,14 +118,16 @@ def test_empty_conventions():
     true[1, 0, 1:5, 1:5, 1:5] = 1
     dice = compute_brats_dice(pred, true)
     hd = compute_brats_hd95(pred, true)
-    torch.testing.assert_close(dice, torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 1.0]]))
-    torch.testing.assert_close(hd, torch.tensor([[0.0, HD95_EMPTY_PENALTY, HD95_EMPTY_PENALTY], [0.0, 0.0, 0.0]]))
+    torch.testing.assert_close(dice, torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 1.0]], dtype=torch.float64))
+    torch.testing.assert_close(
+        hd, torch.tensor([[0.0, HD95_EMPTY_PENALTY, HD95_EMPTY_PENALTY], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    )
     assert torch.isfinite(hd).all() and torch.isfinite(dice).all()
 
 
 def test_accepts_bool_and_rejects_bad_shapes():
     pred, true = _plates(2)
-    torch.testing.assert_close(compute_brats_hd95(pred.bool(), true.bool()), torch.tensor([[2.0]]))
+    torch.testing.assert_close(compute_brats_hd95(pred.bool(), true.bool()), torch.tensor([[2.0]], dtype=torch.float64))
     with pytest.raises(ValueError):
         compute_brats_dice(pred, true[..., :-1])
     with pytest.raises(ValueError):

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from axunet_bundle import AXUNet
 from axunet_bundle import visualize as viz
+from axunet_bundle.evaluation import BOXPLOT_FAMILIES as FAMILIES
 from axunet_bundle.networks import DualAttention
 
 # (R, G, B) bounds of a clearly coloured pixel, uint8; anti-aliased blends with grey fail them, as grey pixels do
@@ -281,31 +282,39 @@ def test_dice_boxplot_from_csv(tmp_path, noise):
     table = tmp_path / "per_case.csv"
     with open(table, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["case_id", "dice_wt", "dice_tc", "dice_et"])
+        writer.writerow(["case_id", "legacy_dice_wt", "legacy_dice_tc", "legacy_dice_et", "global_dsc_wt"])
         for i in range(12):
             et = "" if i == 0 else f"{noise.uniform(0.3, 0.9):.4f}"  # one case without ET
-            writer.writerow([f"case{i}", f"{noise.uniform(0.8, 1):.4f}", f"{noise.uniform(0.6, 0.9):.4f}", et])
+            wt, tc = f"{noise.uniform(0.8, 1):.4f}", f"{noise.uniform(0.6, 0.9):.4f}"
+            writer.writerow([f"case{i}", wt, tc, et, wt])
 
-    values = viz.read_dice_table(table)
+    values = viz.read_dice_table(table, FAMILIES)
+    assert list(values) == ["legacy_dice"]  # global_dsc lacks its TC and ET columns: not a family of the table
+    values = values["legacy_dice"]
     assert set(values) == {"WT", "TC", "ET"} and all(len(v) == 12 for v in values.values())
     assert np.isnan(values["ET"][0]) and np.isfinite(values["ET"][1:]).all()
 
-    png = read_png(viz.dice_boxplot(table, tmp_path / "dice.png"))
+    png = read_png(viz.dice_boxplot(table, tmp_path / "dice.png", FAMILIES))
     assert png.shape[:2] == size_px(*viz.BOXPLOT_INCHES)
     # every region's points are drawn in its colour
     for bounds in (YELLOW, RED, SKY_BLUE):
         assert colour_mask(png, bounds).any()
+    # one panel per family in the table
+    rows = [{f"{f}_{r}": 0.5 for f in FAMILIES for r in ("wt", "tc", "et")}] * 3
+    png = read_png(viz.dice_boxplot(rows, tmp_path / "both.png", FAMILIES))
+    assert png.shape[:2] == size_px(viz.BOXPLOT_INCHES[0] * len(FAMILIES), viz.BOXPLOT_INCHES[1])
 
 
 def test_dice_table_errors(tmp_path):
-    with pytest.raises(ValueError, match="missing column.*dice_et"):
-        viz.read_dice_table([{"dice_wt": 1, "dice_tc": 1}])
+    families = {"dice": "Dice"}
+    with pytest.raises(ValueError, match="none of the columns dice_wt/tc/et"):
+        viz.read_dice_table([{"dice_wt": 1, "dice_tc": 1}], families)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        viz.read_dice_table([{"dice_wt": 1, "dice_tc": 1, "dice_et": 87.5}])
+        viz.read_dice_table([{"dice_wt": 1, "dice_tc": 1, "dice_et": 87.5}], families)
     with pytest.raises(ValueError, match="not a number"):
-        viz.read_dice_table([{"dice_wt": "x", "dice_tc": 1, "dice_et": 1}])
+        viz.read_dice_table([{"dice_wt": "x", "dice_tc": 1, "dice_et": 1}], families)
     with pytest.raises(ValueError, match="no cases"):
-        viz.dice_boxplot([], tmp_path / "x.png")
+        viz.dice_boxplot([], tmp_path / "x.png", families)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from .compare import compare
 from .data import check, datalist, prepare, synth
 from .demo import demo
 from .pictures import attention, network, overlay
+from .score import score
 from .workflows import evaluate, export, infer, train
 from .zoo_bundle import bundle
 
@@ -31,6 +32,7 @@ COMMANDS = {
     "prepare": prepare,
     "train": train,
     "evaluate": evaluate,
+    "score": score,
     "infer": infer,
     "export": export,
     "overlay": overlay,

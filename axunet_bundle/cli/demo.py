@@ -47,8 +47,10 @@ def demo(
         epochs: training epochs.
         seed: seed of the generated data and of training.
     """
+    from ..challenge_metrics import LESIONWISE_DSC
     from ..data.datalist import write_datalist
     from ..data.synth import write_synthetic_dataset
+    from ..evaluation import LEGACY_DICE
 
     started = time.perf_counter()
     out = Path(output_dir).resolve()
@@ -102,12 +104,18 @@ def demo(
 
     evaluation = out / outputs.EVAL_DIR
     summary = json.loads((evaluation / outputs.SUMMARY_JSON).read_text())
-    dice = {region: summary["dice"][region]["mean"] for region in summary["dice"]}
+    dice = {region: stats["mean"] for region, stats in summary[LEGACY_DICE].items()}
+    lesions = summary.get(LESIONWISE_DSC, {})
     minutes = (time.perf_counter() - started) / 60
     print()
     print(
         f"demo finished in {minutes:.1f} min; validation Dice (whole volumes, {summary['n_cases']} cases): "
         + ", ".join(f"{r} {v:.3f}" for r, v in dice.items())
+        + (
+            "; lesion-wise DSC " + ", ".join(f"{r} {v['mean']:.3f}" for r, v in lesions.items() if v["n"])
+            if lesions
+            else ""
+        )
     )
     print(f"  weights          {weights}")
     print(f"  per-case scores  {evaluation / outputs.METRICS_CSV}  (box plot: {evaluation / outputs.DICE_BOXPLOT_PNG})")

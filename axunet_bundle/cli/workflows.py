@@ -63,13 +63,15 @@ def train(**overrides) -> None:
 
 def evaluate(**overrides) -> None:
     """Evaluate ./models/model.pt on whole labelled volumes (= monai.bundle run evaluating with inference.json +
-    evaluate.json): per-case Dice and HD95 of WT, TC, ET in ./eval/metrics.csv, mean/median/std in
-    ./eval/summary.json, the segmentations, a Dice box plot ./eval/dice_boxplot.png and one overlay per case in
-    ./eval/overlays/ (--overlays False: none).
+    evaluate.json): per case, of WT, TC, ET, the legacy BraTS Dice and HD95 and the BraTS 2023+ challenge metrics
+    of brats-evaluation (lesion-wise DSC/HD95/NSD, lesion TP/FP/FN and F1, global DSC/HD95/NSD) in
+    ./eval/metrics.csv, mean/median/std in ./eval/summary.json, the segmentations, Dice box plots
+    ./eval/dice_boxplot.png and one overlay per case in ./eval/overlays/ (--overlays False: none).
 
     Overrides: --dataset_dir DIR (every labelled case) or --datalist FILE with --datalist_split validation,
     --output_dir DIR, --ckpt_path FILE, --threshold 0.5, --et_min_voxels N, --flip_tta True, --overwrite True
-    (replace an earlier evaluation's files in output_dir; without it an existing metrics.csv stops the run).
+    (replace an earlier evaluation's files in output_dir; without it an existing metrics.csv stops the run),
+    --challenge auto (the brats-evaluation config: gli when installed; gli, ped, mets, MenPre, GoAT, or none).
     """
     bundle_run("evaluating", overrides)
     # inference.json's default output_dir is <bundle_root>/eval

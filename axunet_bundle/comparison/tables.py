@@ -18,14 +18,21 @@ import numpy as np
 
 from .. import outputs
 from ..atomic import write_text_atomic
+from ..challenge_metrics import LESIONWISE_DSC
 from ..data.labels import REGIONS
 from ..errors import ConfigurationError
-from ..evaluation import CASE_ID, report_columns
+from ..evaluation import CASE_ID, LEGACY_DICE, LEGACY_HD95, report_columns
 from .variants import Run, Variant
 
 #: below this many non-zero differences a two-sided exact Wilcoxon p-value cannot be below 0.05 (2 / 2**5 = 0.0625)
 MIN_WILCOXON_N = 6
-_DISPLAY = {"dice": "Dice", "hd95": "HD95"}
+#: the families of the Markdown table, with their headings (every family is in the CSV files)
+TABLE_FAMILIES = {
+    LEGACY_DICE: "Dice",
+    LEGACY_HD95: "HD95",
+    LESIONWISE_DSC: "lesion-wise DSC",
+    "all_instance_f1": "lesion F1",
+}
 _FEW = "†"
 
 
@@ -85,8 +92,9 @@ def collect_scores(runs: Sequence[Run], costs: Mapping[str, Mapping[str, Any]]) 
 
 
 def metric_families(columns: Iterable[str]) -> dict[str, list[tuple[str, str]]]:
-    """Metric columns grouped by family, in the evaluation report's order: ``{"dice": [("WT", "dice_wt"), ...],
-    "hd95": [...]}``; a column without a region suffix is a family of its own (region ``""``)."""
+    """Metric columns grouped by family, in the evaluation report's order: ``{"legacy_dice": [("WT",
+    "legacy_dice_wt"), ...], "legacy_hd95": [...]}``; a column without a region suffix is a family of its own (region
+    ``""``)."""
     known = report_columns()
     ordered = sorted(dict.fromkeys(columns), key=lambda c: known.index(c) if c in known else len(known))
     families: dict[str, list[tuple[str, str]]] = {}
@@ -140,7 +148,7 @@ def _duration(seconds: float) -> str:
 
 
 def _label(family: str, region: str) -> str:
-    return f"{_DISPLAY.get(family, family)} {region}".strip()
+    return f"{TABLE_FAMILIES.get(family, family)} {region}".strip()
 
 
 def _csv(header: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> str:
@@ -170,13 +178,15 @@ def write_tables(
     Raises:
         ConfigurationError: when no run is finished yet.
     """
-    from ..visualize import DICE_COLUMNS, comparison_boxplot
+    from ..visualize import comparison_boxplot
 
     if not scores:
         raise ConfigurationError(f"{output_dir}: no finished run to tabulate yet")
     out = Path(output_dir)
     families = metric_families(c for s in scores.values() for c in s.columns)
     columns = [column for members in families.values() for _, column in members]
+    shown = {f: members for f, members in families.items() if f in TABLE_FAMILIES}  # the Markdown table's
+    shown_columns = {column for members in shown.values() for _, column in members}
     rows, tests, markdown_rows = [], [], []
     for name, entry in scores.items():
         row: dict[str, Any] = {
@@ -191,6 +201,8 @@ def write_tables(
             values = np.asarray(list(entry.values(column).values()), dtype=float)
             mean, std = (float(values.mean()), float(values.std())) if values.size else (math.nan, math.nan)
             row[f"{column}_mean"], row[f"{column}_std"] = mean, std
+            if column not in shown_columns:
+                continue
             scale = max(abs(mean), std) if values.size else 0
             cells.append(f"{_number(mean, scale)} ± {_number(std, scale)}" if values.size else "–")
         seconds = entry.training_seconds
@@ -221,13 +233,13 @@ def write_tables(
         ),
         outputs.PER_CASE_CSV: write_text_atomic(out / outputs.PER_CASE_CSV, _per_case_csv(scores, columns)),
     }
-    header = ["variant", "model", "cases"] + [_label(f, r) for f, members in families.items() for r, _ in members]
+    header = ["variant", "model", "cases"] + [_label(f, r) for f, members in shown.items() for r, _ in members]
     header += ["parameters (M)", "GFLOP / slice", "training / fold"]
     lines = [f"# {title}", "", *context, "", *_markdown_table(header, markdown_rows), ""]
-    lines += _markdown_tests(tests, families, reference, scores)
+    lines += _markdown_tests(tests, shown, reference, scores)
     written[outputs.COMPARISON_MD] = write_text_atomic(out / outputs.COMPARISON_MD, "\n".join(lines) + "\n")
     dice = {
-        name: {region: np.asarray(list(entry.values(column).values())) for region, column in DICE_COLUMNS.items()}
+        name: {r: np.asarray(list(entry.values(f"{LEGACY_DICE}_{r.lower()}").values())) for r in REGIONS}
         for name, entry in scores.items()
     }
     written[outputs.COMPARISON_PNG] = comparison_boxplot(dice, out / outputs.COMPARISON_PNG, title=title)
@@ -274,7 +286,7 @@ def _markdown_tests(
                 delta, p, w = t["median_difference"], t["p_value"], t["statistic"]
                 cells.append(f"Δ {delta:+.3g}, p = {p:.3g} (W {w:g}, n {t['n']}){_FEW if t['note'] else ''}")
             rows.append(cells)
-        lines += [f"**{_DISPLAY.get(family, family)}**", ""]
+        lines += [f"**{TABLE_FAMILIES.get(family, family)}**", ""]
         lines += _markdown_table(["variant", *(r or family for r, _ in members)], rows) + [""]
     if any(t["note"] and t["p_value"] is not None for t in tests):
         lines += [f"{_FEW} fewer than {MIN_WILCOXON_N} non-zero differences: a two-sided p cannot be below 0.05.", ""]

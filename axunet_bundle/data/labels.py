@@ -51,6 +51,7 @@ __all__ = [
     "DEFAULT_CONVENTION",
     "BACKGROUND",
     "convention_for_names",
+    "convention_for_values",
     "resolve_convention",
     "validate_convention",
     "label_values",
@@ -119,6 +120,14 @@ def convention_for_names(file_name: str | None) -> str:
     from .cases import LAYOUT_2023, layout_of_file
 
     return "brats2023" if file_name and layout_of_file(file_name) == LAYOUT_2023 else DEFAULT_CONVENTION
+
+
+def convention_for_values(label: NdarrayOrTensor) -> str:
+    """The BraTS convention a label map alone implies, when nothing names its dataset: ``brats2023`` when it holds 3
+    (ET since 2023; with 4 too, :func:`resolve_convention` makes it ``brats2024``), else ``brats2021`` (1 and 2 mean
+    the same in both). Decathlon labels (1 edema, 2 core) cannot be told apart by their values: name ``msd``."""
+    data = label.as_tensor() if hasattr(label, "as_tensor") else label
+    return "brats2023" if bool((data == LABEL_CONVENTIONS["brats2023"]["ET"]).any()) else DEFAULT_CONVENTION
 
 
 def resolve_convention(convention: str, dataset_convention: str | None, label: NdarrayOrTensor | None = None) -> str:

@@ -1,5 +1,5 @@
 # Copyright (c) AXUNet bundle developers. Licensed under the Apache License, Version 2.0.
-"""Plots of numbers: the per-case Dice box plot of an evaluation and the training's loss and Dice curves (read from
+"""Plots of numbers: the per-case Dice box plots of an evaluation and the training's loss and Dice curves (read from
 its TensorBoard event files)."""
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from .figures import ANNOTATION_FONT_SIZE, LEGEND_FONT_SIZE, REGION_COLOURS, Pat
 
 __all__ = [
     "REGION_NAMES",
-    "DICE_COLUMNS",
     "BOXPLOT_INCHES",
     "COMPARISON_BOX_INCHES",
     "COMPARISON_PANEL_INCHES",
@@ -39,8 +38,6 @@ ScalarLog = Mapping[str, Sequence[tuple[float, float]]]
 REGION_NAMES: Mapping[str, str] = MappingProxyType(
     {"WT": "whole tumour", "TC": "tumour core", "ET": "enhancing tumour"}
 )
-DICE_COLUMNS: Mapping[str, str] = MappingProxyType({"WT": "dice_wt", "TC": "dice_tc", "ET": "dice_et"})
-"""Region -> column of a per-case Dice table."""
 BOXPLOT_INCHES = (6.0, 4.5)
 COMPARISON_BOX_INCHES = 1.25  # width per model of the comparison box plots
 COMPARISON_MARGIN_INCHES = 1.0
@@ -65,18 +62,24 @@ _LOSS_WORD = "loss"
 _EVENTS_MARKER = "tfevents"
 
 
-def read_dice_table(per_case: PathLike | Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+def read_dice_table(
+    per_case: PathLike | Sequence[Mapping[str, Any]], families: Mapping[str, str]
+) -> dict[str, dict[str, np.ndarray]]:
     """
-    Per-case Dice per region from a CSV file or a list of row mappings.
+    Per-case Dice per family and region from a CSV file or a list of row mappings.
 
-    The table needs the columns of :data:`DICE_COLUMNS` (``dice_wt``, ``dice_tc``, ``dice_et``); other columns (e.g.
-    a case id) are ignored. Empty cells and ``nan`` are missing values.
+    A family ``f`` is the columns ``f_wt``, ``f_tc`` and ``f_et`` (e.g. ``legacy_dice_wt``); families the table lacks
+    are left out, other columns (e.g. a case id) are ignored. Empty cells and ``nan`` are missing values.
+
+    Args:
+        per_case: a CSV file or a list of mappings, one row per case.
+        families: the families to read (column prefix -> anything, e.g. a panel title), in order.
 
     Returns:
-        region -> float array with one value per row (NaN where missing).
+        family -> region -> float array with one value per row (NaN where missing).
 
     Raises:
-        ValueError: for no rows, missing columns, or values that are not numbers in [0, 1].
+        ValueError: for no rows, none of the families, or values that are not numbers in [0, 1].
     """
     if isinstance(per_case, (str, os.PathLike)):
         with open(per_case, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: spreadsheet BOMs
@@ -87,39 +90,48 @@ def read_dice_table(per_case: PathLike | Sequence[Mapping[str, Any]]) -> dict[st
         source = "per_case"
     if not rows:
         raise ValueError(f"{source}: no cases")
-    missing = sorted({c for c in DICE_COLUMNS.values() if any(c not in row for row in rows)})
-    if missing:
-        raise ValueError(f"{source}: missing column(s) {', '.join(missing)}; found {', '.join(map(str, rows[0]))}")
-    table = {}
-    for region, column in DICE_COLUMNS.items():
-        values = []
-        for i, row in enumerate(rows):
-            cell = row[column]
-            try:
-                value = math.nan if cell is None or (isinstance(cell, str) and not cell.strip()) else float(cell)
-            except (TypeError, ValueError):
-                raise ValueError(f"{source}: row {i + 1}: {column} = {cell!r} is not a number") from None
-            if not math.isnan(value) and not 0.0 <= value <= 1.0:
-                raise ValueError(f"{source}: row {i + 1}: {column} = {value} is not a Dice score in [0, 1]")
-            values.append(value)
-        table[region] = np.asarray(values, dtype=np.float64)
+    columns = {f: {r: f"{f}_{r.lower()}" for r in REGIONS} for f in families}
+    present = {f: c for f, c in columns.items() if all(name in rows[0] for name in c.values())}
+    if not present:
+        wanted = ", ".join(f"{f}_wt/tc/et" for f in families)
+        raise ValueError(f"{source}: none of the columns {wanted}; found {', '.join(map(str, rows[0]))}")
+    table: dict[str, dict[str, np.ndarray]] = {}
+    for family, by_region in present.items():
+        table[family] = {}
+        for region, column in by_region.items():
+            values = []
+            for i, row in enumerate(rows):
+                cell = row.get(column)
+                try:
+                    value = math.nan if cell is None or (isinstance(cell, str) and not cell.strip()) else float(cell)
+                except (TypeError, ValueError):
+                    raise ValueError(f"{source}: row {i + 1}: {column} = {cell!r} is not a number") from None
+                if not math.isnan(value) and not 0.0 <= value <= 1.0:
+                    raise ValueError(f"{source}: row {i + 1}: {column} = {value} is not a Dice score in [0, 1]")
+                values.append(value)
+            table[family][region] = np.asarray(values, dtype=np.float64)
     return table
 
 
 def dice_boxplot(
-    per_case: PathLike | Sequence[Mapping[str, Any]], output_png: PathLike, title: str | None = None
+    per_case: PathLike | Sequence[Mapping[str, Any]],
+    output_png: PathLike,
+    families: Mapping[str, str],
+    title: str | None = None,
 ) -> Path:
     """
-    Box plot of per-case Dice for WT, TC and ET, with every case as a (jittered) point and the mean marked.
+    Box plots of per-case Dice for WT, TC and ET, one panel per Dice family side by side (e.g. the legacy Dice, the
+    challenges' global and lesion-wise DSC), every case a (jittered) point and the mean marked.
 
     Boxes show the quartiles and median, whiskers 1.5 IQR; the mean is a diamond with its value written beside it.
-    Missing values are left out of their region (its axis label then gives its count). The figure is
+    Missing values are left out of their region (its axis label then gives its count). Each panel is
     :data:`BOXPLOT_INCHES` at :data:`FIGURE_DPI`.
 
     Args:
-        per_case: a CSV file or a list of mappings (e.g. ``DataFrame.to_dict("records")``) with the columns
-            ``dice_wt``, ``dice_tc`` and ``dice_et``, one row per case.
+        per_case: a CSV file or a list of mappings (e.g. ``DataFrame.to_dict("records")``), one row per case, with
+            the columns ``<family>_wt``, ``<family>_tc`` and ``<family>_et`` of one or more ``families``.
         output_png: where to write the PNG.
+        families: column prefix -> panel title, in panel order; the table's families are drawn.
         title: figure title; default ``"Per-case Dice (n = <rows> cases)"``.
 
     Returns:
@@ -128,20 +140,27 @@ def dice_boxplot(
     Raises:
         ValueError: see :func:`read_dice_table`.
     """
-    table = read_dice_table(per_case)
-    n_cases = len(next(iter(table.values())))
+    table = read_dice_table(per_case, families)
+    n_cases = len(next(iter(next(iter(table.values())).values())))
     rng = np.random.default_rng(_JITTER_SEED)
-    fig = new_figure(*BOXPLOT_INCHES, layout="constrained")
-    ax = fig.add_subplot()
-    tick_labels = []
-    for position, region in enumerate(REGIONS, start=1):
-        values = table[region][~np.isnan(table[region])]
-        count = f"\n(n = {values.size})" if values.size != n_cases else ""
-        tick_labels.append(f"{region}\n{REGION_NAMES[region]}{count}")
-        _box_with_points(ax, position, values, REGION_COLOURS[region], rng)
-    ax.set_xticks(range(1, len(REGIONS) + 1), tick_labels)
-    _dice_axis(ax, len(REGIONS))
-    ax.set_title(title or f"Per-case Dice (n = {n_cases} cases)")
+    fig = new_figure(BOXPLOT_INCHES[0] * len(table), BOXPLOT_INCHES[1], layout="constrained")
+    axes = fig.subplots(1, len(table), squeeze=False)[0]
+    for panel, (ax, (family, by_region)) in enumerate(zip(axes, table.items())):
+        tick_labels = []
+        for position, region in enumerate(REGIONS, start=1):
+            values = by_region[region][~np.isnan(by_region[region])]
+            count = f"\n(n = {values.size})" if values.size != n_cases else ""
+            tick_labels.append(f"{region}\n{REGION_NAMES[region]}{count}")
+            _box_with_points(ax, position, values, REGION_COLOURS[region], rng)
+        ax.set_xticks(range(1, len(REGIONS) + 1), tick_labels)
+        _dice_axis(ax, len(REGIONS), legend=panel == 0)
+        if len(table) > 1:
+            ax.set_title(families[family])
+    title = title or f"Per-case Dice (n = {n_cases} cases)"
+    if len(table) > 1:
+        fig.suptitle(title)
+    else:
+        axes[0].set_title(f"{title}: {families[next(iter(table))]}")
     return save_png(fig, output_png)
 
 
