@@ -115,6 +115,19 @@ def test_flat_directory_holds_several_cases_sorted(tmp_path):
     assert [c.case_id for c in find_cases(tmp_path)] == ["BraTS2021_00000", "BraTS2021_00001", "BraTS2021_00002"]
 
 
+def test_symlinked_case_folders_are_found_and_a_symlink_loop_ends(tmp_path):
+    """A subset of a dataset made of symlinks to its case folders (common on shared storage) is a dataset."""
+    store = tmp_path / "store"
+    for cid in ["BraTS2021_00000", "BraTS2021_00001"]:
+        touch_case(store / cid, cid, SUFFIXES_2021, "_", ".nii.gz")
+    subset = tmp_path / "subset"
+    subset.mkdir()
+    (subset / "BraTS2021_00001").symlink_to(store / "BraTS2021_00001", target_is_directory=True)
+    (subset / "loop").symlink_to(subset, target_is_directory=True)
+    (case,) = find_cases(subset)
+    assert case.case_id == "BraTS2021_00001" and case.images["t1"].parent == subset / "BraTS2021_00001"
+
+
 def test_case_without_seg_is_inference_case(tmp_path):
     touch_case(tmp_path / "x", "BraTS2021_00009", SUFFIXES_2021, "_", ".nii.gz", seg=False)
     (case,) = find_cases(tmp_path)

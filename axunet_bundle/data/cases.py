@@ -491,7 +491,13 @@ def discover(root: str | os.PathLike, modalities: Sequence[str] = MODALITIES) ->
         found = Discovery(decathlon_cases(dataset_json, root_path))
     else:
         found = Discovery([])
-        for dir_path, dir_names, file_names in os.walk(root_path):
+        seen: set[Path] = set()  # real paths walked: symlinked case folders are followed, a symlink loop is not
+        for dir_path, dir_names, file_names in os.walk(root_path, followlinks=True):
+            real = Path(dir_path).resolve()
+            if real in seen:
+                dir_names[:] = []
+                continue
+            seen.add(real)
             dir_names[:] = sorted(d for d in dir_names if not d.startswith("."))  # deterministic, no hidden dirs
             cases, strays = _cases_in_directory(Path(dir_path), file_names, mods)
             found.cases.extend(cases)
