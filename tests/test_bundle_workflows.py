@@ -381,7 +381,7 @@ def test_inference_runs_the_exported_onnx_model(tiny_dataset, tmp_path):
     torch.save(net.state_dict(), tmp_path / "model.pt")
     export_onnx(net, torch.zeros(1, 3, *TINY_ROI), tmp_path / "model.onnx")
     settings = dict(dataset_dir=str(tiny_dataset), ckpt_path=str(tmp_path / "model.pt"))
-    workflow(INFERENCE, output_dir=str(tmp_path / "eager"), **settings).run()
+    workflow(INFERENCE, output_dir=str(tmp_path / "eager"), precision="float32", **settings).run()
     onnx = [*INFERENCE, str(CONFIGS / "inference_onnx.json")]
     workflow(onnx, output_dir=str(tmp_path / "onnx"), onnx_path=str(tmp_path / "model.onnx"), **settings).run()
     for eager in sorted((tmp_path / "eager").iterdir()):

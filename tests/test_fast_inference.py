@@ -29,10 +29,13 @@ from axunet_bundle import AXUNet
 from axunet_bundle.data.cases import find_cases
 from axunet_bundle.inferers import (
     DEFAULT_BACKGROUND_LOGIT,
+    GUARD_MIN_DICE,
     BrainSliceInferer,
     autocast_dtype,
+    backends,
     brain_slice_mask,
     fuse_batchnorm,
+    label_agreement,
     prepare_network,
     weights_fingerprint,
 )
@@ -107,7 +110,9 @@ def assert_same_segmentation(fast: torch.Tensor, reference: torch.Tensor, brain:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_fast_path_equals_plain_path(net, volume, onnx_cache, backend, caplog):
-    inferer = BrainSliceInferer(roi_size=(SIZE, SIZE), sw_batch_size=2, backend=backend, cache_dir=onnx_cache)
+    inferer = BrainSliceInferer(
+        roi_size=(SIZE, SIZE), sw_batch_size=2, backend=backend, precision="float32", cache_dir=onnx_cache
+    )
     with caplog.at_level(logging.INFO, logger="axunet_bundle.inferers"):
         fast = inferer(volume, net)
     assert inferer.active_backend == EXPECTED_BACKEND[backend]
@@ -131,7 +136,7 @@ def test_fast_path_equals_plain_path(net, volume, onnx_cache, backend, caplog):
 def test_second_call_reuses_prepared_network_and_new_weights_are_picked_up(volume, onnx_cache):
     torch.manual_seed(3)
     model = randomise(AXUNet().eval(), seed=3)
-    inferer = BrainSliceInferer(roi_size=(SIZE, SIZE), backend="torch")  # the logic is the same for every backend
+    inferer = BrainSliceInferer(roi_size=(SIZE, SIZE), backend="torch", precision="float32")  # same for every backend
     first = inferer(volume, model)
     predictor = inferer._predictor
     assert torch.equal(inferer(volume, model), first)
@@ -167,7 +172,7 @@ def test_rejects_unknown_settings():
 
 def test_tiles_slices_larger_than_the_roi_like_slice_inferer(net, onnx_cache):
     x = torch.randn(1, 3, 80, 72, 3)
-    fast = BrainSliceInferer(roi_size=(SIZE, SIZE), cache_dir=onnx_cache)(x, net)
+    fast = BrainSliceInferer(roi_size=(SIZE, SIZE), precision="float32", cache_dir=onnx_cache)(x, net)
     reference = plain(net, x, roi=(SIZE, SIZE))
     assert_same_segmentation(fast, reference, [0, 1, 2])
 
@@ -192,7 +197,7 @@ def test_failing_backend_falls_back(net, volume, monkeypatch, caplog):
         raise RuntimeError("export failed")
 
     monkeypatch.setattr(inference, "build_onnx_network", broken)
-    inferer = BrainSliceInferer(roi_size=(SIZE, SIZE), backend="onnxruntime")
+    inferer = BrainSliceInferer(roi_size=(SIZE, SIZE), backend="onnxruntime", precision="float32")
     with caplog.at_level(logging.INFO):
         fast = inferer(volume, net)
     assert inferer.active_backend == "torch"
@@ -210,7 +215,7 @@ def test_wrong_prepared_network_is_caught_by_the_first_use_check(net, volume, mo
         return prepared
 
     monkeypatch.setattr(inference, "prepare_network", wrong)
-    inferer = BrainSliceInferer(roi_size=(SIZE, SIZE), backend="torch")
+    inferer = BrainSliceInferer(roi_size=(SIZE, SIZE), backend="torch", precision="float32")
     with caplog.at_level(logging.WARNING):
         fast = inferer(volume, net)
     assert inferer.active_backend == "eager"
@@ -281,7 +286,7 @@ def test_bundle_chain_keeps_no_brain_slices_exactly_zero(tiny_dataset, tmp_path,
     empty = (~mask).nonzero().flatten().tolist()
     assert len(empty) == 1  # only the gap: the crop removed the rest
     assert float(image[..., empty[0]].abs().max()) == 0.0
-    fast = BrainSliceInferer(roi_size=TINY_ROI, cache_dir=onnx_cache)(image, net)
+    fast = BrainSliceInferer(roi_size=TINY_ROI, precision="float32", cache_dir=onnx_cache)(image, net)
     assert torch.all(fast[..., empty[0]] == DEFAULT_BACKGROUND_LOGIT)
     kept = [d for d in range(image.shape[-1]) if d != empty[0]]
     assert_same_segmentation(fast, plain(net, image, roi=TINY_ROI), kept)
@@ -331,3 +336,50 @@ def test_benchmark_quick_smoke(tmp_path, capfd):
         *(f"| {name} | " for name in NETWORKS),
     ):
         assert expected in text, expected
+
+
+def test_label_agreement_is_dice_per_channel():
+    low, full = torch.full((2, 3, 4, 4), -1.0), torch.full((2, 3, 4, 4), -1.0)
+    low[:, 1, :2], full[:, 1, :1] = 1.0, 1.0  # channel 1: 16 and 8 positive pixels, 8 shared
+    full[0, 2, 0, 0] = 1.0  # channel 2: empty against one pixel
+    assert label_agreement(low, full) == [1.0, pytest.approx(2 * 8 / 24), 0.0]
+
+
+@pytest.fixture
+def native_bf16(monkeypatch):
+    """bf16 autocast as on a CPU with native bf16 (autocast runs on any CPU, more slowly without it)."""
+    monkeypatch.setattr(backends, "_cpu_bf16_supported", lambda: True)
+
+
+def test_auto_precision_keeps_bfloat16_where_its_labels_agree(native_bf16, net, volume, caplog):
+    inferer = BrainSliceInferer(roi_size=(SIZE, SIZE))
+    with caplog.at_level(logging.INFO, logger="axunet_bundle.inferers"):
+        fast = inferer(volume, net)
+    assert (inferer.active_backend, inferer.active_dtype) == ("torch", torch.bfloat16)
+    assert "inference backend: torch, bfloat16 autocast on cpu" in caplog.text
+    agreement = re.search(
+        r"bfloat16 labels agree with float32 on 2 check slices \(Dice per channel (.*)\)", caplog.text
+    )
+    assert agreement and min(float(d) for d in agreement.group(1).split(", ")) >= GUARD_MIN_DICE
+    reference = plain(net, volume)
+    brain = [d for d in range(DEPTH) if d != EMPTY_SLICE]
+    assert (fast[..., brain] - reference[..., brain]).abs().max() <= BF16_TOLERANCE * reference.abs().max()
+
+
+def test_auto_precision_runs_float32_where_bfloat16_labels_differ(native_bf16, net, volume, monkeypatch, caplog):
+    import axunet_bundle.inferers.slices as inference
+
+    monkeypatch.setattr(inference, "GUARD_MIN_DICE", 1.5)  # no agreement is enough: the guard must refuse bf16
+    inferer = BrainSliceInferer(roi_size=(SIZE, SIZE))
+    with caplog.at_level(logging.INFO, logger="axunet_bundle.inferers"):
+        fast = inferer(volume, net)
+    assert inferer.active_dtype is None
+    assert "bfloat16 labels differ from float32 on 2 check slices" in caplog.text and "running float32" in caplog.text
+    assert_same_segmentation(fast, plain(net, volume), [d for d in range(DEPTH) if d != EMPTY_SLICE])
+
+
+def test_auto_precision_is_float32_on_cpus_without_native_bfloat16(net, volume, onnx_cache, monkeypatch):
+    monkeypatch.setattr(backends, "_cpu_bf16_supported", lambda: False)
+    inferer = BrainSliceInferer(roi_size=(SIZE, SIZE), cache_dir=onnx_cache)
+    inferer(volume, net)
+    assert (inferer.active_backend, inferer.active_dtype) == (EXPECTED_BACKEND["auto"], None)

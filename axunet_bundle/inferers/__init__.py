@@ -11,16 +11,27 @@ from .backends import (
     weights_fingerprint,
 )
 from .flip import FlipInferer
-from .slices import BACKENDS, DEFAULT_BACKGROUND_LOGIT, BrainSliceInferer, brain_slice_mask
+from .slices import (
+    BACKENDS,
+    DEFAULT_BACKGROUND_LOGIT,
+    GUARD_MIN_DICE,
+    GUARD_SLICES,
+    BrainSliceInferer,
+    brain_slice_mask,
+    label_agreement,
+)
 
 __all__ = [
     "BACKENDS",
     "DEFAULT_BACKGROUND_LOGIT",
+    "GUARD_MIN_DICE",
+    "GUARD_SLICES",
     "PRECISIONS",
     "BrainSliceInferer",
     "FlipInferer",
     "autocast_dtype",
     "brain_slice_mask",
+    "label_agreement",
     "build_onnx_network",
     "fuse_batchnorm",
     "prepare_network",

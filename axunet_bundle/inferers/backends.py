@@ -41,9 +41,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: ``"auto"``: float32 on CPU, bf16 autocast on CUDA (fp16 where bf16 is not supported); ``"float32"``: float32
-#: everywhere; ``"bfloat16"``: bf16 autocast everywhere. On a CPU with native bf16 (AVX512-BF16, AMX) that runs the
-#: torch backend about 1.9x faster than float32, with logits that differ by up to ~1% of their range: opt-in only.
+#: ``"auto"``: bf16 autocast on CUDA (fp16 where bf16 is not supported) and on CPUs with native bf16 (AVX512-BF16,
+#: AMX; about 1.9x faster than float32 there), float32 on other CPUs; on CPU the inferer keeps bf16 for a volume only
+#: where its labels agree with float32's on check slices (:class:`~axunet_bundle.inferers.BrainSliceInferer`).
+#: ``"float32"``: float32 everywhere; ``"bfloat16"``: bf16 autocast wherever it is native, unchecked.
 PRECISIONS = ("auto", "float32", "bfloat16")
 #: environment variable naming the folder of cached ONNX exports; ``~/.cache/axunet_bundle/onnx`` otherwise
 CACHE_ENV = "AXUNET_BUNDLE_CACHE"
@@ -261,14 +262,15 @@ def autocast_dtype(device: torch.device | str, precision: str = "auto") -> torch
         precision: one of :data:`PRECISIONS`.
     """
     device = torch.device(device)
-    if precision == "float32" or (device.type == "cpu" and precision == "auto"):
+    if precision == "float32":
         return None
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and precision == "bfloat16":
+    if device.type == "cpu":
         if _cpu_bf16_supported():
             return torch.bfloat16
-        logger.warning("this CPU has no native bfloat16 (AVX512-BF16/AMX): running float32")
+        if precision == "bfloat16":
+            logger.warning("this CPU has no native bfloat16 (AVX512-BF16/AMX): running float32")
     return None
 
 
@@ -286,6 +288,10 @@ class Predictor:
         self.fn = fn
         self.channels_last = channels_last
         self.dtype = dtype
+
+    def with_dtype(self, dtype: torch.dtype | None) -> Predictor:
+        """The same network under another autocast dtype (``None``: float32)."""
+        return Predictor(self.name, self.fn, channels_last=self.channels_last, dtype=dtype)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
