@@ -50,6 +50,11 @@ from axunet_bundle.inferers import autocast_dtype
 from axunet_bundle.networks.cost import count_flops
 from axunet_bundle.progress import progress
 
+try:  # imported as tools.benchmark (tests) or run as tools/benchmark.py
+    from tools.bundle_runs import bundle_run_rows, bundle_run_table
+except ImportError:
+    from bundle_runs import bundle_run_rows, bundle_run_table
+
 __all__ = [
     "BenchmarkSettings",
     "TARGETS",
@@ -135,6 +140,10 @@ class BenchmarkSettings:
         cpu_bf16: also time AXUNet's opt-in ``precision="bfloat16"`` on one case (CPUs with native bf16 only).
         backends: also time each AXUNet backend and slice batch.
         networks: also measure the paper's comparison networks (parameters, GFLOP and ms per slice).
+        zoo_bundle: folder of the model zoo's ``brats_mri_segmentation`` bundle: also time both bundles through
+            ``python -m monai.bundle run`` in fresh processes (``tools/bundle_runs.py``).
+        bundle_cases: cases of the many-case bundle runs.
+        bundle_repeats: interleaved repeats of the bundle runs (the median is reported).
     """
 
     device: str = "cpu"
@@ -158,6 +167,9 @@ class BenchmarkSettings:
     cpu_bf16: bool = True
     backends: bool = False
     networks: bool = False
+    zoo_bundle: str | None = None
+    bundle_cases: int = 3
+    bundle_repeats: int = 2
 
     @classmethod
     def quick(cls, **overrides: Any) -> BenchmarkSettings:
@@ -413,6 +425,10 @@ def segresnet_pipeline(roi: Sequence[int], out_dir: str) -> tuple[Callable, Call
 
 
 # ----------------------------------------------------------------------------------------------------- workers
+def _precision_name(dtype: torch.dtype | None) -> str:
+    return "float32" if dtype is None else str(dtype).replace("torch.", "")
+
+
 def case_worker(model: str, case_dirs: Sequence[str], out_dir: str, settings: dict) -> dict:
     """Time whole-case inference of ``model`` (``"axunet"`` or ``"segresnet"``) on each case, in this process.
 
@@ -504,11 +520,16 @@ def case_worker(model: str, case_dirs: Sequence[str], out_dir: str, settings: di
     }
     if device.type == "cuda":
         result["peak_gpu"] = torch.cuda.max_memory_allocated(device)
+    if model == "axunet":
+        result["precision"] = _precision_name(inferer.active_dtype) if hasattr(inferer, "active_dtype") else ""
     if model == "axunet" and s.cpu_bf16 and device.type == "cpu" and autocast_dtype(device, "bfloat16"):
-        _, inferer, _, _ = axunet_pipeline(s.roi, out_dir, cache_dir, precision="bfloat16")  # the opt-in
+        # the precision the default did not run: float32 when the guard kept bf16, else the unguarded bf16
+        other = "float32" if result["precision"] == "bfloat16" else "bfloat16"
+        _, inferer, _, _ = axunet_pipeline(s.roi, out_dir, cache_dir, precision=other)
         timed_case(items[0])  # warm-up: prepares the network
-        result["bf16_case"] = one_case(items[0])
-        result["bf16_backend"] = inferer.active_backend
+        result["other_precision"] = other
+        result["other_case"] = one_case(items[0])
+        result["other_backend"] = inferer.active_backend
         image = preprocessing(dict(items[0]))["image"]
         middle = image.shape[-1] // 2
         x = image[..., middle - BF16_CHECK_SLICES // 2 : middle + BF16_CHECK_SLICES // 2].permute(3, 0, 1, 2)
@@ -786,23 +807,24 @@ def _table(results: dict) -> list[str]:
         f"| {ax_total:.2f} | {seg_total:.2f} | AXUNet ÷ SegResNet = **{ratio:.2f}** | {_status('case_ratio', ratio)} |",
         f"| … load + preprocess (s) | {_mean([c['load'] for c in ax['cases']]):.2f} "
         f"| {_mean([c['load'] for c in seg['cases']]):.2f} | | |",
-        f"| … inference (s) | {ax_infer:.2f} | {seg_infer:.2f} | AXUNet: {ax['backend']}; "
+        f"| … inference (s) | {ax_infer:.2f} | {seg_infer:.2f} | AXUNet: {ax['backend']} "
+        f"{ax.get('precision', '')}; "
         f"{slices:.0f} of {depth:.0f} cropped slices hold brain | |",
         f"| … post-process (invert, threshold, labels) + save (s) | {_mean([c['post'] for c in ax['cases']]):.2f} "
         f"| {_mean([c['post'] for c in seg['cases']]):.2f} | | |",
     ]
-    if ax.get("bf16_case"):
-        bf16 = ax["bf16_case"]
+    if ax.get("other_case"):
+        other = ax["other_case"]
         rows.append(
-            f"| AXUNet with the opt-in `precision=\"bfloat16\"` (not the default; {ax['bf16_backend']}), "
-            f"one case (s) | {bf16['total']:.2f} | | AXUNet ÷ SegResNet = {bf16['total'] / seg_total:.2f}; "
-            f"inference {bf16['infer']:.2f} s; largest logit difference to float32 on {BF16_CHECK_SLICES} middle "
-            f"slices: {ax['bf16_error']:.1%} of the largest logit | |"
+            f"| AXUNet with `precision=\"{ax['other_precision']}\"` (not what the default ran; "
+            f"{ax['other_backend']}), one case (s) | {other['total']:.2f} | | AXUNet ÷ SegResNet = "
+            f"{other['total'] / seg_total:.2f}; inference {other['infer']:.2f} s; largest bf16 logit difference to "
+            f"float32 on {BF16_CHECK_SLICES} middle slices: {ax['bf16_error']:.1%} of the largest logit | |"
         )
     if ax.get("first_case") and seg.get("first_case"):
         rows.append(
             f"| first case of a fresh process (s) | {ax['first_case']['total']:.2f} | {seg['first_case']['total']:.2f} "
-            "| AXUNet's includes the one-off ONNX export (cached for later runs) | |"
+            "| AXUNet's includes the one-off preparation of its backend (an ONNX export is cached for later runs) | |"
         )
     rows += [
         f"| model GFLOP per case | {ax_flops / 1e9:.0f} | {seg_flops / 1e9:.0f} "
@@ -888,6 +910,16 @@ def render(results: dict, command: str) -> str:
         + (f"{other:.0%}" if other is not None else "an unknown share")
         + " of the CPU during the run (they slow the timings down)"
     )
+    if results.get("bundle_runs"):
+        lines += [
+            "",
+            "What a user waits for: each bundle's own inference config through `python -m monai.bundle run` in a "
+            "fresh process (imports, config parsing, checks, cases, saving), random weights, same generated cases:",
+            "",
+            *bundle_run_table(results["bundle_runs"]),
+            "",
+            "Inside one process, after a warm-up case (the engine's part of the figures above):",
+        ]
     lines += ["", *_table(results)]
     if results.get("backends"):
         lines += [
@@ -978,6 +1010,14 @@ def _run_benchmark(
         if s.networks:
             _section(s, "comparison networks")
             results["networks"] = network_rows(s)
+        if s.zoo_bundle:
+            _section(s, "python -m monai.bundle run: AXUNet bundle and zoo bundle, fresh processes")
+            bundle_cases = write_synthetic_dataset(
+                Path(tmp) / "bundle_cases", n=s.bundle_cases, seed=1, shape=s.shape, progress=True
+            )
+            results["bundle_runs"] = bundle_run_rows(
+                s.zoo_bundle, bundle_cases, Path(tmp) / "bundle_runs", repeats=s.bundle_repeats
+            )
     whole_run.__exit__(None, None, None)
     results["load_average"] = (load_before, os.getloadavg()[0])
     results["other_cpu"] = whole_run.share
@@ -1003,6 +1043,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backends", action="store_true", help="also time each AXUNet backend and slice batch")
     parser.add_argument("--networks", action="store_true", help="also measure the paper's comparison networks")
     parser.add_argument("--workdir", default=None, help="folder for generated cases (default: a temporary one)")
+    parser.add_argument(
+        "--zoo-bundle", default=None, help="the zoo's brats_mri_segmentation bundle folder: also time monai.bundle run"
+    )
+    parser.add_argument("--bundle-repeats", type=int, default=2, help="interleaved repeats of the bundle runs")
     parser.add_argument("--worker", nargs=2, metavar=("KIND", "JSON"), help=argparse.SUPPRESS)
     return parser
 
@@ -1018,7 +1062,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(json.dumps(result))
         return
     overrides: dict[str, Any] = dict(
-        device=args.device, threads=args.threads, backends=args.backends, networks=args.networks
+        device=args.device,
+        threads=args.threads,
+        backends=args.backends,
+        networks=args.networks,
+        zoo_bundle=args.zoo_bundle,
+        bundle_repeats=args.bundle_repeats,
     )
     if args.cases is not None:
         overrides["cases"] = args.cases
