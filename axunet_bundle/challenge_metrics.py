@@ -53,7 +53,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+# both optional (configs/metadata.json's optional_packages_version): brats-evaluation installs panoptica
 brats_evaluation, _HAS_BRATS_EVALUATION = optional_import("brats_evaluation")
+Panoptica_Evaluator, _ = optional_import("panoptica", name="Panoptica_Evaluator")
+disable_citation_reminder, _ = optional_import("panoptica.utils.citation_reminder", name="disable_citation_reminder")
+set_log_level, _ = optional_import("panoptica.utils.logger", name="set_log_level")
 
 #: the ``challenge`` setting that picks the config fitting the label convention, when the package is installed
 AUTO_CHALLENGE = "auto"
@@ -143,10 +147,6 @@ def _warn_unavailable() -> None:
 @functools.lru_cache(maxsize=None)
 def _evaluator(challenge: str) -> Any:
     """The package's evaluator of ``challenge``, loaded once, its citation banner and notices kept off the output."""
-    from panoptica import Panoptica_Evaluator
-    from panoptica.utils.citation_reminder import disable_citation_reminder
-    from panoptica.utils.logger import set_log_level
-
     disable_citation_reminder()
     set_log_level("WARNING")
     with contextlib.redirect_stdout(io.StringIO()):  # gli prints that its tc and wt groups share labels: by design
