@@ -222,6 +222,12 @@ def _section(settings: BenchmarkSettings, message: str) -> None:
     _log(message)
 
 
+def _autocast(device: torch.device | str) -> torch.dtype | None:
+    """The autocast dtype of the measurements: the bundle's on CUDA, none (float32) on CPU, where AXUNet's inferer
+    chooses its precision itself (a guarded bf16) and the zoo's amp does not apply."""
+    return autocast_dtype(device) if torch.device(device).type == "cuda" else None
+
+
 def _sync(device: torch.device | str) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
@@ -299,7 +305,7 @@ def wait_for_quiet(max_wait_s: float, window_s: float = QUIET_WINDOW_S) -> float
 
 def measure_matmul(size: int = 2048, device: str = "cpu", repeats: int = 5) -> float:
     """GFLOP/s of a ``size x size`` matmul (fp32 on CPU; the inference autocast dtype on CUDA)."""
-    dtype = autocast_dtype(device) or torch.float32
+    dtype = _autocast(device) or torch.float32
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     seconds = _best_time(lambda: a @ b, repeats=repeats, device=device)
@@ -460,7 +466,8 @@ def case_worker(model: str, case_dirs: Sequence[str], out_dir: str, settings: di
         network.register_forward_pre_hook(lambda module, args: calls.__setitem__(0, calls[0] + args[0].shape[0]))
     cases = {c.case_id: c for c in find_cases(Path(case_dirs[0]).parent)}
     items = [{"image": cases[Path(d).name].image_files(modalities), "case_id": Path(d).name} for d in case_dirs]
-    dtype = autocast_dtype(s.device)
+    # the zoo's amp is CUDA-only (its evaluator's autocast); AXUNet's inferer picks its own precision
+    dtype = _autocast(device)
 
     def one_case(item: dict) -> dict:
         best = None
@@ -609,7 +616,7 @@ def measure_training(settings: BenchmarkSettings, batch: int, steps: int = 2) ->
     optimizer = torch.optim.Adam(net.parameters())
     x = torch.randn(batch, 3, *settings.roi, device=device)
     y = torch.rand(batch, 3, *settings.roi, device=device).round()
-    dtype = autocast_dtype(settings.device)
+    dtype = _autocast(settings.device)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -712,7 +719,7 @@ def backend_rows(settings: BenchmarkSettings, repeats: int = REPEATS) -> list[di
         with tempfile.TemporaryDirectory() as tmp:
             session: OnnxNetwork = build_onnx_network(net, torch.zeros(1, 3, *settings.roi), cache_dir=tmp)
         variants["ONNX Runtime"] = (session, False)
-    dtype = autocast_dtype(settings.device)
+    dtype = _autocast(settings.device)
     rows = []
     for batch in BACKEND_BATCHES:
         x = torch.randn(batch, 3, *settings.roi, device=device)
@@ -753,7 +760,7 @@ def network_rows(settings: BenchmarkSettings, repeats: int = REPEATS) -> list[di
     from axunet_bundle.networks import NETWORKS, build_network
 
     device = torch.device("cuda:0" if settings.device == "cuda" else "cpu")
-    dtype = autocast_dtype(settings.device)
+    dtype = _autocast(settings.device)
     x = torch.randn(1, 3, *settings.roi, device=device)
     rows = []
     for name in NETWORKS:
