@@ -221,7 +221,8 @@ def _context(plan: _Plan, scores: dict) -> list[str]:
         f"{'x'.join(map(str, plan.roi_size))} slices of {', '.join(plan.modalities)}, timm encoders {weights} "
         f"(pretrained: {str(s['pretrained']).lower()}); shared overrides: {shared}; device: {devices}.",
         "- **Scores**: each run's evaluation report (`eval/metrics.csv`: whole 3D validation volumes), pooled over "
-        "folds; mean ± std (population) over cases. HD95 in voxels (mm on BraTS' 1 mm grid).",
+        "folds; mean ± std (population) over the cases with a finite score. The legacy HD95 is in mm (the "
+        "reference's voxel spacing).",
         "- **Cost**: parameters; GFLOP of one forward pass on one slice (PyTorch FlopCounterMode, 2 per "
         "multiply-add); training: wall time of the training workflow (with its validations), mean per fold.",
         "- Every number here was computed by these runs; none is copied from the paper.",
