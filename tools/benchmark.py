@@ -51,9 +51,9 @@ from axunet_bundle.networks.cost import count_flops
 from axunet_bundle.progress import progress
 
 try:  # imported as tools.benchmark (tests) or run as tools/benchmark.py
-    from tools.bundle_runs import bundle_run_rows, bundle_run_table
+    from tools.bundle_runs import bundle_run_rows, bundle_run_table, memory_status
 except ImportError:
-    from bundle_runs import bundle_run_rows, bundle_run_table
+    from bundle_runs import bundle_run_rows, bundle_run_table, memory_status
 
 __all__ = [
     "BenchmarkSettings",
@@ -548,15 +548,6 @@ def case_worker(model: str, case_dirs: Sequence[str], out_dir: str, settings: di
     return result
 
 
-def _rss_now_and_peak() -> tuple[int, int] | None:
-    """This process's current and peak resident memory in bytes (``/proc/self/status``; ``None`` elsewhere)."""
-    try:
-        fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
-        return int(fields["VmRSS"].split()[0]) * KIB, int(fields["VmHWM"].split()[0]) * KIB
-    except (OSError, KeyError, ValueError):
-        return None
-
-
 def _reset_peak_rss() -> bool:
     """Reset this process's peak resident memory (Linux >= 4.0); False where that is not possible."""
     try:
@@ -586,10 +577,10 @@ def pam_worker(kernel: str, size: int, channels: int, device: str = "cpu") -> di
             torch.cuda.synchronize()
             peak = torch.cuda.max_memory_allocated() - base
         else:
-            status = _rss_now_and_peak() if _reset_peak_rss() else None
+            status = memory_status() if _reset_peak_rss() else None
             base = status[0] if status else _peak_rss_bytes()
             module.attend(x)
-            after = _rss_now_and_peak()
+            after = memory_status()
             peak = (after[1] if status and after else _peak_rss_bytes()) - base
         seconds = _best_time(lambda: module.attend(x), repeats=PAM_REPEATS, device=device, min_sample_s=PAM_SAMPLE_S)
     return {"ms": seconds * 1e3, "peak_mib": max(peak, 0) / 2**20}

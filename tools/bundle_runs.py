@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["bundle_run_rows", "bundle_run_table", "time_bundle_run"]
+__all__ = ["bundle_run_rows", "bundle_run_table", "memory_status", "time_bundle_run"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: the zoo bundle reads the four BraTS modalities of a case in one image entry, in this order
@@ -44,15 +44,15 @@ BACKEND_LINE = re.compile(r"inference backend: (\S+), ([^(]+?) on (\w+)")
 GUARD_LINE = re.compile(r"bfloat16 labels (agree with|differ from) float32")
 
 
-def _peak_rss(pid: int) -> int | None:
-    """``VmHWM`` of a running process in bytes (its own peak since its ``exec``), ``None`` once it is gone."""
+def memory_status(pid: int | str = "self") -> tuple[int, int] | None:
+    """A process's current and peak resident memory in bytes (``VmRSS``, ``VmHWM`` of ``/proc/<pid>/status``: the
+    peak since its ``exec``); ``None`` once it is gone, or off Linux."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+        fields = dict(line.split(":", 1) for line in lines if ":" in line)
+        return int(fields["VmRSS"].split()[0]) * 1024, int(fields["VmHWM"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
         return None
-    return None
 
 
 def time_bundle_run(command: Sequence[str], cwd: Path, log: Path) -> tuple[float, int]:
@@ -64,7 +64,7 @@ def time_bundle_run(command: Sequence[str], cwd: Path, log: Path) -> tuple[float
         start = time.perf_counter()
         process = subprocess.Popen(list(command), cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
         while process.poll() is None:
-            peak = max(peak, _peak_rss(process.pid) or 0)
+            peak = max(peak, (memory_status(process.pid) or (0, 0))[1])
             time.sleep(RSS_POLL_S)
         seconds = time.perf_counter() - start
     if process.returncode:
