@@ -26,7 +26,6 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 import nibabel as nib
@@ -35,7 +34,7 @@ import torch
 
 from . import outputs
 from .atomic import write_json_atomic, write_text_atomic
-from .challenge_metrics import GLOBAL_DSC, LESIONWISE_DSC, challenge_columns, resolve_challenge, score_challenge
+from .challenge_metrics import challenge_columns, resolve_challenge, score_challenge
 from .data.cases import LABEL_SUFFIX, CaseError, DatasetPathError, discover, nifti_stem, parse_file_name
 from .data.datalist import CaseSelection
 from .data.integrity import Problem, label_problems
@@ -48,14 +47,12 @@ from .data.labels import (
     labels_to_regions,
     validate_convention,
 )
-from .data.pipeline import CHANNELS_KEY
 from .errors import AxunetError, DatasetError
 from .metrics import compute_brats_dice, compute_brats_hd95
 from .progress import progress
 from .transforms import case_id_from_path
 
 __all__ = [
-    "BOXPLOT_FAMILIES",
     "LEGACY_DICE",
     "LEGACY_HD95",
     "ReportExistsError",
@@ -76,14 +73,6 @@ logger = logging.getLogger(__name__)
 LEGACY_DICE = "legacy_dice"
 LEGACY_HD95 = "legacy_hd95"
 LEGACY_METRICS = (LEGACY_DICE, LEGACY_HD95)
-#: the Dice families of the box plot (column prefix -> panel title), those in the report drawn side by side
-BOXPLOT_FAMILIES: Mapping[str, str] = MappingProxyType(
-    {
-        LEGACY_DICE: "legacy Dice (BraTS ≤ 2021)",
-        GLOBAL_DSC: "global DSC (brats-evaluation)",
-        LESIONWISE_DSC: "lesion-wise DSC, matched lesions",
-    }
-)
 #: the key of an evaluation item holding the reference label map's path (the engine never loads it)
 REFERENCE_KEY = "reference"
 CASE_ID = "case_id"
@@ -244,36 +233,22 @@ def write_report(
     return csv_path
 
 
-def _finish_report(rows: Sequence[Mapping[str, Any]], output_dir: Path, challenge: str | None) -> None:
-    """Write the report of the scored ``rows`` and its box plot."""
-    from .visualize import dice_boxplot  # matplotlib only when drawing
-
-    write_report(rows, output_dir, report_columns(challenge is not None))
-    logger.info("scores of %d cases written to %s", len(rows), output_dir / outputs.METRICS_CSV)
-    if rows:
-        families = {f: title for f, title in BOXPLOT_FAMILIES.items() if challenge is not None or f == LEGACY_DICE}
-        dice_boxplot(output_dir / outputs.METRICS_CSV, output_dir / outputs.DICE_BOXPLOT_PNG, families)
-
-
 def evaluation_report(
     cases: CaseSelection,
     output_dir: str | os.PathLike,
     convention: str,
-    overlays: bool = True,
-    modalities: Sequence[str] | None = None,
     challenge: str | None = AUTO,
 ) -> list[dict[str, Any]]:
-    """Score every evaluated case's segmentation in ``output_dir`` against its reference and write the report and
-    pictures there (the last step of ``configs/evaluate.json``). A case whose segmentation is missing was left out
-    earlier (and is reported with ``cases``); a case that cannot be scored is added to ``cases.left_out``.
+    """Score every evaluated case's segmentation in ``output_dir`` against its reference and write the report there
+    (a step of ``configs/evaluate.json``; ``axunet evaluate`` draws its pictures afterwards). A case whose
+    segmentation is missing was left out earlier (and is reported with ``cases``); a case that cannot be scored is
+    added to ``cases.left_out``.
 
     Args:
         cases: the evaluated cases; each item has ``image`` (files), ``reference`` (the label map) and ``case_id``.
         output_dir: where the segmentations are and the report goes.
         convention: the label convention setting: ``"auto"`` for each case's dataset's (its item's
             ``label_convention``, resolved with its reference), or a convention name.
-        overlays: also draw one overlay per case in ``output_dir/overlays/``.
-        modalities: the image channels' modalities, in order, for the overlays' panel titles.
         challenge: the ``brats-evaluation`` config, ``"auto"`` or ``"none"``
             (:func:`~axunet_bundle.challenge_metrics.resolve_challenge`).
 
@@ -283,12 +258,10 @@ def evaluation_report(
     Raises:
         ConfigurationError: for an unknown convention or challenge.
     """
-    from .visualize import overlay_files  # matplotlib only when drawing
-
     convention = validate_convention(convention, allow_auto=True)
     challenge = resolve_challenge(challenge)
     output_dir = Path(output_dir)
-    rows, scored = [], []
+    rows = []
     for item in progress(cases.items, desc="scoring", unit="case"):
         written_as = case_id_from_path(item["image"][0])  # the writer's name for it (case_name_formatter)
         case_id = str(item.get(CASE_ID) or written_as)
@@ -296,26 +269,13 @@ def evaluation_report(
         if not segmentation.is_file():
             continue
         try:
-            scores, case_convention = _score_case(item, case_id, segmentation, convention, challenge)
+            scores, _ = _score_case(item, case_id, segmentation, convention, challenge)
             rows.append({CASE_ID: case_id, **scores})
-            scored.append((item, segmentation, case_convention))
         except CaseError as err:
             logger.warning("leaving out case %s", err)
             cases.left_out.append(Problem(err.case_id, err.file, err.reason))
-    _finish_report(rows, output_dir, challenge)
-    if overlays:
-        for item, segmentation, case_convention in progress(scored, desc="drawing overlays", unit="case"):
-            case_id = case_id_from_path(item["image"][0])
-            png = output_dir / outputs.OVERLAYS_DIR / f"{case_id}{outputs.OVERLAY_SUFFIX}"
-            overlay_files(
-                item["image"],
-                segmentation,
-                png,
-                label_file=item[REFERENCE_KEY],
-                convention=case_convention,
-                modality_names=[m.upper() for m in modalities] if modalities is not None else None,
-                channels=item.get(CHANNELS_KEY),
-            )
+    write_report(rows, output_dir, report_columns(challenge is not None))
+    logger.info("scores of %d cases written to %s", len(rows), output_dir / outputs.METRICS_CSV)
     return rows
 
 
@@ -379,14 +339,14 @@ def score_folders(
     overwrite: bool = False,
 ) -> list[dict[str, Any]]:
     """Score the label maps of ``prediction_dir`` against those of ``reference_dir``, matched by case id
-    (:func:`label_map_files`), and write the report (as :func:`evaluation_report`, without overlays) to
+    (:func:`label_map_files`), and write the report (as :func:`evaluation_report`) to
     ``output_dir`` (default ``prediction_dir``). A reference without a prediction is scored as an empty prediction,
     with a warning; a prediction without a reference is skipped, with a warning.
 
     Args:
         prediction_dir: the segmentations, from any tool.
         reference_dir: the references: a dataset folder or a folder of label maps.
-        output_dir: where ``metrics.csv``, ``summary.json`` and the box plot go.
+        output_dir: where ``metrics.csv`` and ``summary.json`` go.
         convention: the references' label convention, or ``"auto"``: a dataset's own, else what the labels hold
             (3: BraTS 2023+, with 4 too: 2024 post-treatment; otherwise BraTS 2021). Decathlon labels need their
             task folder or ``"msd"``.
@@ -431,6 +391,7 @@ def score_folders(
         except CaseError as err:
             logger.warning("leaving out case %s", err)
             cases.left_out.append(Problem(err.case_id, err.file, err.reason))
-    _finish_report(rows, output_dir, challenge)
+    write_report(rows, output_dir, report_columns(challenge is not None))
+    logger.info("scores of %d cases written to %s", len(rows), output_dir / outputs.METRICS_CSV)
     cases.report()
     return rows

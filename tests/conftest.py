@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from axunet_bundle.data.synth import write_synthetic_dataset
 from axunet_bundle.errors import AxunetError, user_error
+from axunet_bundle.synthetic import write_synthetic_dataset
 
 BUNDLE_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = BUNDLE_ROOT / "configs"

@@ -1,5 +1,5 @@
 # Copyright (c) AXUNet bundle developers. Licensed under the Apache License, Version 2.0.
-"""The benchmark's fresh-process rows (tools/bundle_runs.py) run both bundles through ``python -m monai.bundle run``
+"""The benchmark's fresh-process rows (scripts/bundle_runs.py) run both bundles through ``python -m monai.bundle run``
 and report what they measured. The zoo's bundle cannot be downloaded here: a stand-in with the zoo bundle's ids
 (``data_list_file_path``, ``output_dir``, ``network_def``, a ``testing`` datalist of four-modality cases) takes its
 place. Checks the rows and that each run wrote its segmentations, never the timings."""
@@ -10,8 +10,8 @@ import json
 
 import pytest
 
-from axunet_bundle.data.synth import write_synthetic_dataset
-from tools.bundle_runs import ZOO_MODALITIES, bundle_run_rows, bundle_run_table
+from axunet_bundle.synthetic import write_synthetic_dataset
+from scripts.bundle_runs import ZOO_MODALITIES, bundle_run_rows, bundle_run_table
 
 STAND_IN = {
     "imports": ["$import glob", "$import os"],

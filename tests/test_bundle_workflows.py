@@ -21,10 +21,10 @@ from axunet_bundle import AXUNet
 from axunet_bundle.challenge_metrics import challenge_columns
 from axunet_bundle.data.cases import find_cases
 from axunet_bundle.data.labels import label_values, labels_to_regions
-from axunet_bundle.data.synth import write_synthetic_dataset
 from axunet_bundle.errors import DatasetError, LeftOutCasesError
 from axunet_bundle.evaluation import ReportExistsError
 from axunet_bundle.metrics import HD95_EMPTY_PENALTY, compute_brats_dice, compute_brats_hd95
+from axunet_bundle.synthetic import write_synthetic_dataset
 
 INFERENCE = [str(CONFIGS / "inference.json")]
 EVALUATION = [str(CONFIGS / "inference.json"), str(CONFIGS / "evaluate.json")]

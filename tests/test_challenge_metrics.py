@@ -27,7 +27,6 @@ from axunet_bundle import challenge_metrics
 from axunet_bundle.challenge_metrics import CHALLENGE_LABELS, challenge_columns, score_challenge
 from axunet_bundle.cli import main
 from axunet_bundle.data.labels import labels_to_regions
-from axunet_bundle.data.synth import write_synthetic_dataset
 from axunet_bundle.errors import ConfigurationError, DatasetError, LeftOutCasesError
 from axunet_bundle.evaluation import (
     ReportExistsError,
@@ -38,6 +37,7 @@ from axunet_bundle.evaluation import (
     summarize,
 )
 from axunet_bundle.metrics import HD95_EMPTY_PENALTY
+from axunet_bundle.synthetic import write_synthetic_dataset
 
 SHAPE = (40, 40, 30)
 ET_2021, ET_GLI = 4, 3

@@ -21,11 +21,10 @@ from axunet_bundle import outputs
 from axunet_bundle.cli import main
 from axunet_bundle.cli.compare import run_comparison
 from axunet_bundle.comparison import Variant, describe_dataset, load_variants, network_cost, paired_wilcoxon
-from axunet_bundle.data.synth import is_generated, write_synthetic_dataset
+from axunet_bundle.comparison.networks import build_network, count_parameters
 from axunet_bundle.errors import ConfigurationError
 from axunet_bundle.evaluation import report_columns
-from axunet_bundle.networks import build_network
-from axunet_bundle.networks.cost import count_parameters
+from axunet_bundle.synthetic import is_generated, write_synthetic_dataset
 from axunet_bundle.visualize import COMPARISON_PANEL_INCHES, FIGURE_DPI
 
 VARIANTS = ["axunet", "xception_unet", "unet"]

@@ -24,9 +24,9 @@ from axunet_bundle.cli.workflows import WORKFLOW_CONFIGS
 from axunet_bundle.data.cases import DEFAULT_MODALITIES, LAYOUT_MSD, discover, find_cases
 from axunet_bundle.data.datalist import evaluation_cases, labelled_cases, make_datalist
 from axunet_bundle.data.integrity import check_dataset
-from axunet_bundle.data.synth import MSD_MODALITY, write_synthetic_dataset
 from axunet_bundle.errors import LeftOutCasesError
 from axunet_bundle.outputs import segmentation_path
+from axunet_bundle.synthetic.datasets import MSD_MODALITY, write_synthetic_dataset
 
 SMALL = dict(roi_size=TINY_ROI, num_workers=0, sw_batch_size=4, inference_backend="eager")
 

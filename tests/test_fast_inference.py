@@ -40,7 +40,7 @@ from axunet_bundle.inferers import (
     weights_fingerprint,
 )
 from axunet_bundle.networks import NETWORKS, ChannelAttention, PositionAttention
-from tools.benchmark import BEGIN_MARKER, END_MARKER, BenchmarkSettings, run_benchmark, write_markdown
+from scripts.benchmark import BEGIN_MARKER, END_MARKER, BenchmarkSettings, run_benchmark, write_markdown
 
 #: fast logits must match plain ones within this fraction of the largest plain logit
 TOLERANCE = 1e-3

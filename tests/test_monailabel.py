@@ -11,9 +11,9 @@
 """
 The model-zoo bundle that ``axunet bundle`` writes, unzipped, under the real MONAI Label: BundleInferTask,
 BundleTrainTask and ``monailabel start_server`` + REST ``/infer`` from ``<app>/model/<bundle folder>`` (see
-``tools/monailabel_check.py``).
+``scripts/monailabel_check.py``).
 
-MONAI Label lives in its own environment, ``.venv-monailabel`` (``bash tools/setup_monailabel_env.sh``), because
+MONAI Label lives in its own environment, ``.venv-monailabel`` (``bash scripts/setup_monailabel_env.sh``), because
 its dependencies conflict with this package's (pydicom-seg pins jsonschema<4 and numpy<2); that environment has the
 packages the bundle's metadata.json requires but not this package, so only the bundle's own code can run. The check
 runs there in a subprocess. Without that environment the test is skipped locally and fails in CI (``CI`` set), so
@@ -32,7 +32,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 VENV = Path(os.environ.get("MONAILABEL_VENV", REPO / ".venv-monailabel"))
 PYTHON = VENV / ("Scripts/python.exe" if sys.platform == "win32" else "bin/python")
-SCRIPT = REPO / "tools" / "monailabel_check.py"
+SCRIPT = REPO / "scripts" / "monailabel_check.py"
 TIMEOUT_S = int(os.environ.get("MONAILABEL_CHECK_TIMEOUT", "1500"))
 
 
@@ -43,7 +43,7 @@ def _in_ci() -> bool:
 @pytest.fixture(scope="module")
 def monailabel_python() -> Path:
     if not PYTHON.is_file():
-        message = f"no MONAI Label environment at {VENV}: run `bash tools/setup_monailabel_env.sh`"
+        message = f"no MONAI Label environment at {VENV}: run `bash scripts/setup_monailabel_env.sh`"
         if _in_ci():
             pytest.fail(message + " (CI must run this test)")
         pytest.skip(message)

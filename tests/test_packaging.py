@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -21,7 +22,7 @@ from conftest import BUNDLE_ROOT, CONFIGS, SCHEMA, TINY_ROI, make_venv
 import axunet_bundle
 from axunet_bundle import AXUNet
 from axunet_bundle.cli.zoo_bundle import BUNDLE_NAME, BundleError, runtime_code_files, write_bundle
-from axunet_bundle.data.synth import write_synthetic_dataset
+from axunet_bundle.synthetic import write_synthetic_dataset
 
 #: what the model zoo's bundle layout holds besides the code (docs/README.md is the model card)
 ZOO_FILES = {
@@ -103,7 +104,7 @@ def test_the_wheel_holds_every_module_and_the_bundle_files(wheel):
     modules = {p.relative_to(BUNDLE_ROOT).as_posix() for p in (BUNDLE_ROOT / "axunet_bundle").rglob("*.py")}
     assert modules <= names, sorted(modules - names)
     assert {f"axunet_bundle/bundle_files/{f}" for f in ZOO_FILES} <= names
-    assert not any(n.startswith(("tests/", "tools/", "axunet_bundle/bundle_files/axunet_bundle")) for n in names)
+    assert not any(n.startswith(("tests/", "scripts/", "axunet_bundle/bundle_files/axunet_bundle")) for n in names)
 
 
 def test_the_installed_wheel_runs_from_any_folder_and_writes_there(installed, cases, untrained_weights, tmp_path):
@@ -153,13 +154,14 @@ def test_the_zoo_bundle_holds_the_zoo_layout_and_only_runtime_code(zoo_bundle):
         names = {n.removeprefix(f"{BUNDLE_NAME}/") for n in archive.namelist()}
     code = {p.as_posix() for p in runtime_code_files()}
     assert names == ZOO_FILES | code
-    assert not any(n.startswith(("axunet_bundle/cli/", "tests/", "tools/")) for n in names)
-    # the code the configs import is all there: every axunet_bundle module but the command line and the comparison
+    assert not any(n.startswith(("axunet_bundle/cli/", "tests/", "scripts/")) for n in names)
+    # the code the configs import is all there: every axunet_bundle module but the command line, the comparison, the
+    # generated cases and the pictures
     package = Path(axunet_bundle.__file__).parent
     expected = {
         f"axunet_bundle/{p.relative_to(package).as_posix()}"
         for p in package.rglob("*.py")
-        if p.relative_to(package).parts[0] not in ("cli", "comparison", "__main__.py")
+        if p.relative_to(package).parts[0] not in ("cli", "comparison", "synthetic", "visualize", "__main__.py")
     }
     assert code == expected
     # the same files give the same zip (fixed dates and order, as the zoo's release)
@@ -180,6 +182,33 @@ def test_the_zoo_bundle_refuses_what_would_not_load(tmp_path):
     with pytest.raises(BundleError, match="exists"):
         write_bundle(tmp_path)
     write_bundle(tmp_path, overwrite=True)
+
+
+def _module_file(module: str) -> str | None:
+    """``axunet_bundle.data.cases`` -> the bundle file holding it, or ``None`` when the bundle has none."""
+    code = {p.as_posix() for p in runtime_code_files()}
+    base = module.replace(".", "/")
+    return next((f for f in (f"{base}.py", f"{base}/__init__.py") if f in code), None)
+
+
+def test_the_bundle_code_and_configs_import_only_what_the_bundle_carries():
+    """Every import of the package in the bundle's code (in functions too) and every ``axunet_bundle`` name in its
+    configs resolve to a file the bundle carries: nothing reaches the command line, the comparison, the generated
+    cases or the pictures, which the zoo bundle leaves out."""
+    for relative in runtime_code_files():
+        for node in ast.walk(ast.parse((BUNDLE_ROOT / relative).read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level > 0:
+                here = list(relative.parent.parts)[: len(relative.parent.parts) - (node.level - 1)]
+                base = ".".join(here + ([node.module] if node.module else []))
+                assert _module_file(base), f"{relative}: from {'.' * node.level}{node.module} is not in the bundle"
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                for name in names:
+                    if name.split(".")[0] == "axunet_bundle":
+                        assert _module_file(name), f"{relative}: import {name} is not in the bundle"
+    for config in CONFIGS.glob("*.json"):
+        for name in re.findall(r"axunet_bundle(?:\.[A-Za-z_]+)+", config.read_text()):
+            assert _module_file(".".join(name.split(".")[:2])), f"{config.name}: {name} is not in the bundle"
 
 
 def test_metadata_requires_every_package_the_bundle_code_imports():
@@ -251,7 +280,7 @@ def test_the_unzipped_bundle_passes_monai_property_checks_and_the_zoo_checks(
 ):
     result = run([bare_python, "-c", PROPERTIES_SCRIPT, unzipped_bundle, tiny_dataset], unzipped_bundle)
     assert "infer properties ok" in result.stdout and "train properties ok" in result.stdout
-    command = [bare_python, BUNDLE_ROOT / "tools" / "zoo_check.py", unzipped_bundle]
+    command = [bare_python, BUNDLE_ROOT / "scripts" / "zoo_check.py", unzipped_bundle]
     if SCHEMA.exists() or os.environ.get("CI"):
         command += ["--schema", SCHEMA]
     else:

@@ -20,8 +20,8 @@ import pytest
 from scipy import ndimage
 
 from axunet_bundle.data.cases import find_cases
-from axunet_bundle.data.phantom import TISSUE_CSF, TISSUE_GM, TISSUE_WM, synth_case
-from axunet_bundle.data.synth import case_seed, write_synthetic_dataset
+from axunet_bundle.synthetic import case_seed, write_synthetic_dataset
+from axunet_bundle.synthetic.phantom import TISSUE_CSF, TISSUE_GM, TISSUE_WM, synth_case
 
 SMALL = (48, 48, 24)
 SEEDS = range(8)

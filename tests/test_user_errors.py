@@ -15,7 +15,7 @@ from conftest import BUNDLE_ROOT, CONFIGS
 
 from axunet_bundle import AXUNet
 from axunet_bundle.cli import main
-from axunet_bundle.data.synth import write_synthetic_dataset
+from axunet_bundle.synthetic import write_synthetic_dataset
 
 SHAPE = (64, 64, 16)
 #: settings that keep a workflow that would run small

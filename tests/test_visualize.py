@@ -16,8 +16,8 @@ import torch.nn.functional as F
 
 from axunet_bundle import AXUNet
 from axunet_bundle import visualize as viz
-from axunet_bundle.evaluation import BOXPLOT_FAMILIES as FAMILIES
 from axunet_bundle.networks import DualAttention
+from axunet_bundle.visualize import BOXPLOT_FAMILIES as FAMILIES
 
 # (R, G, B) bounds of a clearly coloured pixel, uint8; anti-aliased blends with grey fail them, as grey pixels do
 YELLOW = ((200, 256), (200, 256), (0, 90))
@@ -389,8 +389,8 @@ def tensorboard_images(log_dir: Path, tag: str) -> list:
 def test_validation_overlay_handler_logs_the_last_case_at_the_epoch(tmp_path, noise):
     from ignite.engine import Engine
 
-    from axunet_bundle.handlers import ValidationOverlayHandler
     from axunet_bundle.outputs import VALIDATION_IMAGE_TAG
+    from axunet_bundle.visualize import ValidationOverlayHandler
 
     shape = (16, 12, 4)
     label = torch.zeros((3, *shape))
@@ -410,8 +410,8 @@ def test_training_curves_writer_draws_on_completion_or_warns(tmp_path, caplog):
     from ignite.engine import Engine
     from torch.utils.tensorboard import SummaryWriter
 
-    from axunet_bundle.handlers import TrainingCurvesWriter
     from axunet_bundle.outputs import CURVES_PNG
+    from axunet_bundle.visualize import TrainingCurvesWriter
 
     trainer = Engine(lambda engine, batch: None)
     TrainingCurvesWriter(tmp_path / "empty").attach(trainer)

@@ -1,5 +1,5 @@
 # Copyright (c) AXUNet bundle developers. Licensed under the Apache License, Version 2.0.
-"""The model zoo's checks (tools/zoo_check.py): all pass on this bundle; each failure case fails on a copy of it."""
+"""The model zoo's checks (scripts/zoo_check.py): all pass on this bundle; each failure case fails on a copy of it."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import BUNDLE_ROOT, SCHEMA
 
-from tools.zoo_check import CHECKS, FAIL, PASS, SKIP, WARN, find_schema, main, run_zoo_checks
+from scripts.zoo_check import CHECKS, FAIL, PASS, SKIP, WARN, find_schema, main, run_zoo_checks
 
 #: what a bundle copy needs for the cheap checks (no code, no weights)
 COPIED = ("configs", "LICENSE", "large_files.yml", ".gitignore")

@@ -184,7 +184,7 @@ def _execute(plan: _Plan, run: Run, label: str) -> list[str]:
             "output_dir": str(run.logs),
             "network_def": run.variant.network_def(training=True),
         }
-        bundle_run("training", {**plan.ids_of("training", run), **training})
+        bundle_run("training", {**plan.ids_of("training", run), **training}, pictures=True)
         seconds = time.perf_counter() - started
         for checkpoint in run.models.glob(f"{outputs.CHECKPOINT_PREFIX}*.pt"):  # resumable state: not needed now
             checkpoint.unlink()
@@ -199,7 +199,7 @@ def _execute(plan: _Plan, run: Run, label: str) -> list[str]:
         "overwrite": True,
         "network_def": run.variant.network_def(training=False),
     }
-    bundle_run("evaluating", {"overlays": False, **plan.ids_of("evaluating", run), **evaluation})
+    bundle_run("evaluating", {**plan.ids_of("evaluating", run), **evaluation})
     return steps + ["evaluation"]
 
 

@@ -29,7 +29,7 @@ def synth(output_dir: str, n: int = 4, seed: int = 0, layout: str = "2021", size
         size: in-plane size (BraTS: 240).
         depth: number of axial slices (BraTS: 155).
     """
-    from ..data.synth import write_synthetic_dataset
+    from ..synthetic import write_synthetic_dataset
 
     paths = write_synthetic_dataset(output_dir, n=n, seed=seed, layout=str(layout), shape=(size, size, depth))
     print(f"wrote {len(paths)} cases to {output_dir}")

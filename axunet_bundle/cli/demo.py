@@ -51,8 +51,8 @@ def demo(
     """
     from ..challenge_metrics import LESIONWISE_DSC
     from ..data.datalist import write_datalist
-    from ..data.synth import write_synthetic_dataset
     from ..evaluation import LEGACY_DICE
+    from ..synthetic import write_synthetic_dataset
 
     started = time.perf_counter()
     out = Path(output_dir).resolve()
@@ -86,6 +86,7 @@ def demo(
             "pretrained": False,
             "seed": seed,
         },
+        pictures=True,
     )
     weights = str(out / outputs.MODELS_DIR / outputs.WEIGHTS)
     print("[3/5] evaluating the best model on the whole validation volumes")
@@ -102,7 +103,7 @@ def demo(
     print("[5/5] drawing the pictures")
     seg = outputs.segmentation_path(out / "predictions", held_out.name)
     overlay(str(held_out), seg=str(seg), output=str(out / "overlay.png"))
-    curves = out / outputs.RUNS_DIR / outputs.CURVES_PNG  # drawn by the training itself (TrainingCurvesWriter)
+    curves = out / outputs.RUNS_DIR / outputs.CURVES_PNG  # drawn at the training's end (TrainingCurvesWriter)
 
     evaluation = out / outputs.EVAL_DIR
     summary = json.loads((evaluation / outputs.SUMMARY_JSON).read_text())

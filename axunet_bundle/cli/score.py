@@ -34,17 +34,21 @@ def score(
     """
     from .. import outputs
     from ..evaluation import score_folders
+    from ..visualize import report_boxplot
 
     out = Path(output_dir if output_dir is not None else prediction_dir)
-    rows = score_folders(
-        prediction_dir,
-        reference_dir,
-        out,
-        convention=label_convention,
-        prediction_convention=prediction_convention,
-        challenge=challenge,
-        overwrite=overwrite,
-    )
+    try:
+        rows = score_folders(
+            prediction_dir,
+            reference_dir,
+            out,
+            convention=label_convention,
+            prediction_convention=prediction_convention,
+            challenge=challenge,
+            overwrite=overwrite,
+        )
+    finally:  # the scored cases' box plot, also when some cases could not be scored
+        report_boxplot(out)
     print(
         f"scored {len(rows)} cases: {out / outputs.METRICS_CSV}; summary: {out / outputs.SUMMARY_JSON}; "
         f"box plot: {out / outputs.DICE_BOXPLOT_PNG}"

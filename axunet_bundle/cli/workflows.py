@@ -25,21 +25,31 @@ WORKFLOW_CONFIGS = {
     "evaluating": ["inference.json", "evaluate.json"],
     "inference": ["inference.json"],
 }
+#: the command line's pictures, merged into a workflow's configs (``+`` ids extend its handler and ``run`` lists): the
+#: model-zoo bundle does not carry the drawing code
+PICTURES_CONFIGS = {
+    "training": Path(__file__).with_name("pictures_training.json"),
+    "evaluating": Path(__file__).with_name("pictures_evaluation.json"),
+}
 #: ``bundle_root`` of the configs: relative paths and the default output folders are the current folder's
 DEFAULT_BUNDLE_ROOT = "."
 EXPORT_SLICE_SIZE = 224
 
 
-def bundle_run(workflow: str, overrides: dict) -> None:
+def bundle_run(workflow: str, overrides: dict, pictures: bool = False) -> None:
     """``python -m monai.bundle run <workflow>`` with the bundle's configs, metadata and logging; ``overrides`` are the
-    bundle ids to change (``epochs=2``, ``dataset_dir=...``)."""
+    bundle ids to change (``epochs=2``, ``dataset_dir=...``); ``pictures`` adds the command line's pictures
+    (:data:`PICTURES_CONFIGS`)."""
     from monai.bundle import run
 
     configs = config_dir(overrides.get("bundle_root"))
     logger.info("configs: %s", configs)
+    config_files = [str(configs / name) for name in WORKFLOW_CONFIGS[workflow]]
+    if pictures and workflow in PICTURES_CONFIGS:
+        config_files.append(str(PICTURES_CONFIGS[workflow]))
     run(
         run_id=workflow,
-        config_file=[str(configs / name) for name in WORKFLOW_CONFIGS[workflow]],
+        config_file=config_files,
         meta_file=str(configs / "metadata.json"),
         logging_file=str(configs / "logging.conf"),
         **overrides,
@@ -58,7 +68,7 @@ def train(**overrides) -> None:
     end. --bundle_root DIR puts them under DIR instead (and runs DIR's configs when it is a bundle folder);
     --ckpt_dir / --output_dir set each folder.
     """
-    bundle_run("training", overrides)
+    bundle_run("training", overrides, pictures=True)
 
 
 def evaluate(**overrides) -> None:
@@ -73,7 +83,7 @@ def evaluate(**overrides) -> None:
     (replace an earlier evaluation's files in output_dir; without it an existing metrics.csv stops the run),
     --challenge auto (the brats-evaluation config: gli when installed; gli, ped, mets, MenPre, GoAT, or none).
     """
-    bundle_run("evaluating", overrides)
+    bundle_run("evaluating", overrides, pictures=True)
     # inference.json's default output_dir is <bundle_root>/eval
     bundle_root = Path(overrides.get("bundle_root", DEFAULT_BUNDLE_ROOT))
     output_dir = Path(overrides.get("output_dir", bundle_root / outputs.EVAL_DIR))

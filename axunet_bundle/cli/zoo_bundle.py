@@ -39,8 +39,9 @@ BUNDLE_FILES = (
 )
 LARGE_FILES = "large_files.yml"
 WEIGHTS = f"{outputs.MODELS_DIR}/{outputs.WEIGHTS}"
-#: package folders and modules that only the ``axunet`` command line uses: the configs never import them
-COMMAND_LINE_ONLY = ("cli", "comparison", "bundle_files", "__main__.py")
+#: package folders and modules that only the ``axunet`` command line uses (commands, comparison, generated cases,
+#: pictures): the configs never import them
+COMMAND_LINE_ONLY = ("cli", "comparison", "synthetic", "visualize", "bundle_files", "__main__.py")
 #: as the zoo's release (ci/utils.py compress_bundle: ``touch -t 202205300000``): the same files give the same zip
 ZIP_DATE_TIME = (2022, 5, 30, 0, 0, 0)
 ZIP_LEVEL = 9

@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 #: the variant the others are tested against, when the variants include it
 DEFAULT_REFERENCE = "axunet"
 #: what a variant's ``network_def`` instantiates
-NETWORK_TARGET = "axunet_bundle.networks.build_network"
+NETWORK_TARGET = "axunet_bundle.comparison.networks.build_network"
 #: bundle ids the comparison sets itself, the same for every variant: data, folds, epochs, seed, where runs go
 RESERVED_IDS = frozenset(
     {
@@ -53,7 +53,7 @@ PREPROCESSING_IDS = frozenset(
 )
 SHARED_IDS = RESERVED_IDS | PREPROCESSING_IDS
 #: ids that change how fast a run goes, not what it computes: a resumed comparison may change them
-EXECUTION_IDS = frozenset({"num_workers", "device", "val_cache_rate", "sw_batch_size", "overlays"})
+EXECUTION_IDS = frozenset({"num_workers", "device", "val_cache_rate", "sw_batch_size"})
 VARIANT_KEYS = ("network", "network_args", "overrides", "description")
 #: network arguments a variant may not give: the same for all (``pretrained`` is the comparison's own option)
 SHARED_ARGS = ("pretrained", "in_channels", "out_channels")
@@ -83,7 +83,7 @@ class Variant:
         """The bundle's ``network_def`` for this variant. The training's takes ``@pretrained`` where the network has
         a timm encoder (and the variant's ``pretrained_path``); the evaluation's loads no encoder weights (the
         trained weights replace them)."""
-        from ..networks import NETWORKS
+        from .networks import NETWORKS
 
         args = {k: v for k, v in self.network_args.items() if training or k != WEIGHTS_FILE_ARG}
         definition = {
@@ -121,7 +121,7 @@ def load_variants(
         ConfigurationError: for a missing or malformed file, an unknown network, key or override id, an override of
             a shared id, a variant name that cannot be a folder name, or an unknown name in ``only``.
     """
-    from ..networks import NETWORKS
+    from .networks import NETWORKS
 
     file = Path(path)
     try:
@@ -186,8 +186,7 @@ def network_cost(variant: Variant, in_channels: int, roi_size: Sequence[int]) ->
     Raises:
         ConfigurationError: for network arguments it does not take, or a slice size too small for it.
     """
-    from ..networks import build_network
-    from ..networks.cost import count_flops, count_parameters
+    from .networks import build_network, count_flops, count_parameters
 
     where = f"variant {variant.name!r}"
     args = {k: v for k, v in variant.network_args.items() if k != WEIGHTS_FILE_ARG}  # random weights suffice
@@ -273,9 +272,9 @@ def plan_runs(output_dir: str | os.PathLike, variants: Sequence[Variant], folds:
 
 
 def describe_dataset(dataset_dir: str | os.PathLike, label_files: Sequence[str | os.PathLike]) -> str:
-    """What the data is, for the table's title: generated cases say so (:func:`~axunet_bundle.data.synth
+    """What the data is, for the table's title: generated cases say so (:func:`~axunet_bundle.synthetic
     .is_generated` on their label maps), any other dataset is named by its folder."""
-    from ..data.synth import is_generated
+    from ..synthetic import is_generated
 
     generated = sum(is_generated(f) for f in label_files)
     name = Path(dataset_dir).resolve().name

@@ -1,15 +1,14 @@
 # Copyright (c) AXUNet bundle developers. Licensed under the Apache License, Version 2.0.
 """BraTS data: case discovery in every layout, label conventions, integrity checks, the chains' loading transforms,
-datalists, slice cache, generated cases."""
+datalists, slice cache."""
 
-from . import cases, datalist, decathlon, integrity, labels, pipeline, slices, synth
+from . import cases, datalist, decathlon, integrity, labels, pipeline, slices
 from .cases import DEFAULT_MODALITIES, MODALITIES, Case, CaseError, discover, find_cases
 from .datalist import CaseSelection, evaluation_cases, inference_cases, load_datalist, make_datalist, write_datalist
 from .integrity import check_case, check_dataset
 from .labels import REGIONS, LabelsToRegionsd, RegionsToLabelsd, labels_to_regions, regions_to_labels
 from .pipeline import SelectModalitiesd, ValidateCased
 from .slices import SliceCacheDataset, prepare_slice_cache
-from .synth import write_synthetic_dataset
 
 __all__ = [
     "Case",
@@ -41,7 +40,5 @@ __all__ = [
     "prepare_slice_cache",
     "regions_to_labels",
     "slices",
-    "synth",
     "write_datalist",
-    "write_synthetic_dataset",
 ]

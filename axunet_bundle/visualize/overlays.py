@@ -212,7 +212,7 @@ def axial_overlay(
     The axial panels of :func:`overlay_case` as one RGB array, without titles or legend: each modality side by side
     on the axial slice with the most tumour (ground truth first, else prediction), ground truth solid, prediction
     dashed. Cheap enough to log at every validation (e.g. to TensorBoard, see
-    :class:`axunet_bundle.handlers.ValidationOverlayHandler`).
+    :class:`axunet_bundle.visualize.ValidationOverlayHandler`).
 
     Args:
         image: ``(C, x, y, z)`` volumes in RAS orientation.

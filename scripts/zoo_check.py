@@ -1,5 +1,5 @@
 # Copyright (c) AXUNet bundle developers. Licensed under the Apache License, Version 2.0.
-"""The MONAI model zoo's checks, run on a bundle folder with MONAI's own functions: ``python tools/zoo_check.py``.
+"""The MONAI model zoo's checks, run on a bundle folder with MONAI's own functions: ``python scripts/zoo_check.py``.
 
 The checks and their order follow Project-MONAI/model-zoo ``ci/verify_bundle.py`` (``verify``: large files,
 directory, version, metadata, properties, data shape, TorchScript), then what the zoo's other PR jobs check: ONNX
@@ -80,7 +80,7 @@ MAX_FILE_KB = 1024
 JSON_INDENT = 4
 # model-zoo setup.cfg / pyproject.toml / runtests.sh; flags as in this project's pyproject.toml
 LINE_LENGTH = 120
-CODE_DIRS = ("axunet_bundle", "scripts", "tools", "tests")
+CODE_DIRS = ("axunet_bundle", "scripts", "tests")
 FORMAT_TOOLS = ("black", "isort", "flake8")
 #: offline copies of the metadata schema: the zoo's ci/prepare_schema.py puts it at eval/schema.json; this
 #: project keeps MONAI's schemas in ../shared/monai beside the checkout
@@ -825,8 +825,8 @@ def zoo_check(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python tools/zoo_check.py [BUNDLE_ROOT] [--schema FILE] ...``: see :func:`zoo_check`."""
-    parser = argparse.ArgumentParser(prog="python tools/zoo_check.py", description=__doc__.splitlines()[0])
+    """``python scripts/zoo_check.py [BUNDLE_ROOT] [--schema FILE] ...``: see :func:`zoo_check`."""
+    parser = argparse.ArgumentParser(prog="python scripts/zoo_check.py", description=__doc__.splitlines()[0])
     parser.add_argument("bundle_root", nargs="?", default=None, help="the bundle (default: this repository)")
     parser.add_argument("--schema", help="local metadata schema JSON (nothing is downloaded)")
     parser.add_argument("--model-dir", help="folder of model.pt (default: BUNDLE_ROOT/models)")

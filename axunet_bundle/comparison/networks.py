@@ -7,16 +7,29 @@ All take ``in_channels`` and ``out_channels`` and return a 2D network mapping ``
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
 from monai.networks.nets import AttentionUnet, BasicUNet
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import ConfigurationError
-from .axunet import AXUNet
+from ..networks import AXUNet
 
-__all__ = ["axunet", "xception_unet", "attention_resunet", "attention_gate_unet", "unet", "NETWORKS", "build_network"]
+__all__ = [
+    "axunet",
+    "xception_unet",
+    "attention_resunet",
+    "attention_gate_unet",
+    "unet",
+    "NETWORKS",
+    "build_network",
+    "count_flops",
+    "count_parameters",
+]
 
 SPATIAL_DIMS = 2
 #: Channel widths and strides of the Attention-Gate UNet baseline (Oktay et al.), five levels like Xception.
@@ -72,3 +85,21 @@ def build_network(name: str, **kwargs: Any) -> nn.Module:
     if name not in NETWORKS:
         raise ConfigurationError(f"unknown network {name!r}; choose one of {sorted(NETWORKS)}")
     return NETWORKS[name](**kwargs)
+
+
+def count_parameters(network: nn.Module) -> int:
+    """All parameters of ``network`` (trainable or not)."""
+    return sum(p.numel() for p in network.parameters())
+
+
+def count_flops(network: nn.Module, shape: Sequence[int]) -> int:
+    """FLOPs of one forward pass of ``network`` on an input of ``shape``, counted on the meta device (no compute).
+
+    PyTorch's :class:`~torch.utils.flop_counter.FlopCounterMode` counts 2 FLOPs per multiply-add of convolutions and
+    matrix products (element-wise operations are not counted).
+    """
+    meta = copy.deepcopy(network).to("meta").eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        meta(torch.empty(*shape, device="meta"))
+    return int(counter.get_total_flops())

@@ -10,7 +10,7 @@
 # limitations under the License.
 """
 A generated BraTS-like brain: one multi-modal MRI case as arrays (:func:`synth_case`), for tests, demos and smoke
-training; :mod:`axunet_bundle.data.synth` writes such cases as datasets.
+training; :mod:`axunet_bundle.synthetic` writes such cases as datasets.
 
 The cases mimic skull-stripped, co-registered BraTS data: an irregular ellipsoidal brain (exactly 0 outside),
 white matter, grey matter (cortex, sulci, deep nuclei) and CSF (surface, sulci, lateral ventricles) with
@@ -31,8 +31,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-from axunet_bundle.data.cases import LABEL_SUFFIX, MODALITIES
-from axunet_bundle.data.labels import LABEL_CONVENTIONS
+from ..data.cases import LABEL_SUFFIX, MODALITIES
+from ..data.labels import LABEL_CONVENTIONS
 
 __all__ = [
     "DEFAULT_SHAPE",

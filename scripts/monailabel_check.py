@@ -11,10 +11,10 @@
 """
 Check the bundle with the real MONAI Label (the ``monailabel`` package from PyPI), offline and on CPU.
 
-Run it with the interpreter of the MONAI Label environment (``bash tools/setup_monailabel_env.sh`` makes it), on the
+Run it with the interpreter of the MONAI Label environment (``bash scripts/setup_monailabel_env.sh`` makes it), on the
 model-zoo bundle folder that ``axunet bundle OUT`` writes::
 
-    .venv-monailabel/bin/python tools/monailabel_check.py --bundle OUT/brats_axunet_2d_segmentation [--workdir DIR]
+    .venv-monailabel/bin/python scripts/monailabel_check.py --bundle OUT/brats_axunet_2d_segmentation [--workdir DIR]
 
 That environment has MONAI Label and the packages the bundle's ``metadata.json`` requires, but not the
 ``axunet_bundle`` package: the bundle's own code runs, from the app's model folder, as it would for a MONAI Label
@@ -205,7 +205,7 @@ def write_studies(
     root: Path, n: int, shape: tuple[int, int, int], modalities: tuple[str, ...]
 ) -> tuple[Path, list[str], Path]:
     """Generated BraTS cases as 4D NIfTI images in ``studies/`` plus labels in ``studies/labels/final``."""
-    from axunet_bundle.data.synth import write_synthetic_dataset
+    from axunet_bundle.synthetic import write_synthetic_dataset
 
     brats = root / "brats"
     case_dirs = write_synthetic_dataset(brats, n=n, seed=0, shape=shape, progress=False)

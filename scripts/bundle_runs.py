@@ -10,7 +10,7 @@ with three; runs alternate between the bundles, and each figure is the median ov
 - **marginal cost of a case**: ``(T3 - T1) / 2``, the cost of each further case of a folder;
 - **peak resident memory** of the one-case process (its ``VmHWM``, polled; data-loader workers not included).
 
-Run it through ``tools/benchmark.py --zoo-bundle DIR`` (``DIR``: the zoo bundle's folder, e.g. from
+Run it through ``scripts/benchmark.py --zoo-bundle DIR`` (``DIR``: the zoo bundle's folder, e.g. from
 ``python -m monai.bundle download brats_mri_segmentation --bundle_dir .`` or the model-zoo repository's
 ``models/brats_mri_segmentation``).
 """

@@ -9,7 +9,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 """
-Generated BraTS-like datasets (cases of :func:`axunet_bundle.data.phantom.synth_case`) written in the layouts the
+Generated BraTS-like datasets (cases of :func:`axunet_bundle.synthetic.phantom.synth_case`) written in the layouts the
 bundle reads: BraTS 2021, 2023, 2024 post-treatment and the Decathlon's Task01.
 
 Every file written carries :data:`GENERATED_DESCRIP` in its NIfTI header's ``descrip`` field, so that whatever reads
@@ -28,12 +28,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from axunet_bundle.atomic import write_bytes_atomic, write_json_atomic
-from axunet_bundle.data.cases import LABEL_SUFFIX, LAYOUT_2021, LAYOUT_2023, LAYOUT_MSD, MODALITIES
-from axunet_bundle.data.labels import LABEL_CONVENTIONS
-from axunet_bundle.data.phantom import DEFAULT_SHAPE, LABEL_RC, add_resection_cavity, synth_case
-from axunet_bundle.errors import ConfigurationError
-from axunet_bundle.progress import progress as show_progress
+from ..atomic import write_bytes_atomic, write_json_atomic
+from ..data.cases import LABEL_SUFFIX, LAYOUT_2021, LAYOUT_2023, LAYOUT_MSD, MODALITIES
+from ..data.labels import LABEL_CONVENTIONS
+from ..errors import ConfigurationError
+from ..progress import progress as show_progress
+from .phantom import DEFAULT_SHAPE, LABEL_RC, add_resection_cavity, synth_case
 
 __all__ = [
     "GENERATED_DESCRIP",

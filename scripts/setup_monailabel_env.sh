@@ -4,8 +4,8 @@
 # .venv. This package itself is NOT installed there: MONAI Label runs the model-zoo bundle folder that
 # `axunet bundle` writes, which carries its own code, as a MONAI Label user would.
 #
-#   bash tools/setup_monailabel_env.sh          # idempotent: a second run with nothing changed takes seconds
-#   .venv-monailabel/bin/python tools/monailabel_check.py --bundle BUNDLE_FOLDER
+#   bash scripts/setup_monailabel_env.sh          # idempotent: a second run with nothing changed takes seconds
+#   .venv-monailabel/bin/python scripts/monailabel_check.py --bundle BUNDLE_FOLDER
 #
 # Why a venv of its own: monailabel drags in a large set of server dependencies (fastapi, uvicorn, pydicom,
 # dicomweb-client, girder-client, sam2, mlflow, ...) that the bundle itself does not need, and one of them
@@ -31,7 +31,7 @@ want_stamp="$(
     {
         echo "$MONAILABEL_SPEC"
         cat configs/metadata.json
-        cat tools/setup_monailabel_env.sh
+        cat scripts/setup_monailabel_env.sh
     } | sha256sum | cut -d' ' -f1
 )"
 

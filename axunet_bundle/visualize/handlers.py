@@ -12,6 +12,8 @@ import ignite.distributed as idist
 from ignite.engine import Engine, Events
 
 from .. import outputs
+from .overlays import TENSORBOARD_PIXELS_PER_VOXEL, axial_overlay
+from .plots import training_curves
 
 __all__ = ["TrainingCurvesWriter", "ValidationOverlayHandler"]
 
@@ -56,8 +58,6 @@ class ValidationOverlayHandler:
         pixels_per_voxel: int | None = None,
         output_transform: Callable = _last_case,
     ) -> None:
-        from ..visualize import TENSORBOARD_PIXELS_PER_VOXEL  # matplotlib is imported only where pictures are drawn
-
         self.log_dir = os.fspath(log_dir)
         self.writer = summary_writer
         self._own_writer = summary_writer is None
@@ -69,8 +69,6 @@ class ValidationOverlayHandler:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        from ..visualize import axial_overlay
-
         if engine.state.output is None:  # an empty validation
             return
         if self.writer is None:  # made at the first validation: a config instantiated on every rank makes no file
@@ -113,8 +111,6 @@ class TrainingCurvesWriter:
         engine.add_event_handler(Events.COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        from ..visualize import training_curves
-
         if idist.get_rank() > 0:
             return
         try:
