@@ -26,6 +26,7 @@ from monai.inferers import SliceInferer
 from monai.transforms import Compose
 
 from axunet_bundle import AXUNet
+from axunet_bundle.comparison.networks import NETWORKS
 from axunet_bundle.data.cases import find_cases
 from axunet_bundle.inferers import (
     DEFAULT_BACKGROUND_LOGIT,
@@ -39,7 +40,7 @@ from axunet_bundle.inferers import (
     prepare_network,
     weights_fingerprint,
 )
-from axunet_bundle.networks import NETWORKS, ChannelAttention, PositionAttention
+from axunet_bundle.networks import ChannelAttention, PositionAttention
 from scripts.benchmark import BEGIN_MARKER, END_MARKER, BenchmarkSettings, run_benchmark, write_markdown
 
 #: fast logits must match plain ones within this fraction of the largest plain logit
