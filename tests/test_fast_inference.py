@@ -28,18 +28,9 @@ from monai.transforms import Compose
 from axunet_bundle import AXUNet
 from axunet_bundle.comparison.networks import NETWORKS
 from axunet_bundle.data.cases import find_cases
-from axunet_bundle.inferers import (
-    DEFAULT_BACKGROUND_LOGIT,
-    GUARD_MIN_DICE,
-    BrainSliceInferer,
-    autocast_dtype,
-    backends,
-    brain_slice_mask,
-    fuse_batchnorm,
-    label_agreement,
-    prepare_network,
-    weights_fingerprint,
-)
+from axunet_bundle.inferers import BrainSliceInferer, autocast_dtype, backends, brain_slice_mask, prepare_network
+from axunet_bundle.inferers.backends import fuse_batchnorm, weights_fingerprint
+from axunet_bundle.inferers.slices import DEFAULT_BACKGROUND_LOGIT, GUARD_MIN_DICE, label_agreement
 from axunet_bundle.networks import ChannelAttention, PositionAttention
 from scripts.benchmark import BEGIN_MARKER, END_MARKER, BenchmarkSettings, run_benchmark, write_markdown
 
@@ -242,6 +233,7 @@ def test_fuse_batchnorm_skips_training_mode_layers():
     block = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).train()
     example = torch.zeros(1, 3, 8, 8)
     assert fuse_batchnorm(block, example) == 0
+    assert block.training and int(block[1].num_batches_tracked) == 0  # the search ran in eval mode
     assert fuse_batchnorm(block.eval(), example) == 1 and isinstance(block[1], torch.nn.Identity)
 
 

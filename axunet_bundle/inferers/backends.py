@@ -93,12 +93,15 @@ def fuse_batchnorm(module: nn.Module, example: torch.Tensor) -> int:
 
     handles = [m.register_forward_pre_hook(read) for m in module.modules()]
     handles += [m.register_forward_hook(wrote) for m in module.modules() if isinstance(m, _CONV_TYPES)]
+    modes = {m: m.training for m in module.modules()}
     try:
         with torch.no_grad():
-            module(example)
+            module.eval()(example)  # eval: the run must not update running statistics
     finally:
         for handle in handles:
             handle.remove()
+        for m, training in modes.items():
+            m.train(training)
     fused = 0
     for key, (conv, _) in conv_outputs.items():
         bn = readers.get(key, [None])
