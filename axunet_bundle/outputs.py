@@ -1,6 +1,7 @@
 # Copyright (c) AXUNet bundle developers. Licensed under the Apache License, Version 2.0.
 """The names of everything the bundle writes, in one place: the code uses these constants and the configs refer to
-them (``"$axunet_bundle.outputs.WEIGHTS"``), so that renaming an output is a one-line change."""
+them (``"$axunet_bundle.outputs.WEIGHTS"``), so that renaming an output is a one-line change (the comparison's own
+files are named in :mod:`axunet_bundle.comparison.variants`)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,6 @@ from pathlib import Path
 __all__ = [
     "ATTENTION_SUFFIX",
     "CHECKPOINT_PREFIX",
-    "COMPARISON_CSV",
-    "COMPARISON_MD",
-    "COMPARISON_PNG",
-    "COMPARISON_SETTINGS",
     "CURVES_PNG",
     "DICE_BOXPLOT_PNG",
     "EVAL_DIR",
@@ -22,19 +19,13 @@ __all__ = [
     "ONNX",
     "OVERLAYS_DIR",
     "OVERLAY_SUFFIX",
-    "PER_CASE_CSV",
     "RUNS_DIR",
     "SEGMENTATION_POSTFIX",
     "SEGMENTATION_SUFFIX",
     "SUMMARY_JSON",
     "TORCHSCRIPT",
-    "TRAINING_JSON",
     "VALIDATION_IMAGE_TAG",
-    "VARIANT_JSON",
     "WEIGHTS",
-    "WILCOXON_CSV",
-    "datalist_file",
-    "fold_dir",
     "segmentation_path",
 ]
 
@@ -64,29 +55,9 @@ ATTENTION_SUFFIX = "_attention.png"
 CURVES_PNG = "training_curves.png"
 #: TensorBoard tag of the validation overlay image
 VALIDATION_IMAGE_TAG = "val_overlay"
-#: ``axunet compare``: its shared settings, each variant's record, each run's training record (wall time)...
-COMPARISON_SETTINGS = "comparison.json"
-VARIANT_JSON = "variant.json"
-TRAINING_JSON = "training.json"
-#: ... and the table: Markdown, one CSV row per variant, the paired tests, every per-case score, the Dice box plots
-COMPARISON_MD = "comparison.md"
-COMPARISON_CSV = "comparison.csv"
-WILCOXON_CSV = "wilcoxon.csv"
-PER_CASE_CSV = "per_case.csv"
-COMPARISON_PNG = "comparison_dice.png"
 
 
 def segmentation_path(output_dir: str | os.PathLike, case_id: str) -> Path:
     """Where a case's label map is written: ``<output_dir>/<case_id>_seg.nii.gz`` (only the id's last path part is
     used, so no output leaves ``output_dir``)."""
     return Path(output_dir) / f"{Path(case_id).name}{SEGMENTATION_SUFFIX}"
-
-
-def fold_dir(fold: int) -> str:
-    """The folder of a comparison run's fold ``fold``: ``fold<k>``."""
-    return f"fold{fold}"
-
-
-def datalist_file(fold: int) -> str:
-    """The datalist of a comparison's fold ``fold``: ``datalist_fold<k>.json``."""
-    return f"datalist_fold{fold}.json"

@@ -4,7 +4,8 @@ encoder weights file fits its timm backbone.
 
 Every loader in the bundle reads ``.pt`` files with ``torch.load(..., weights_only=True)`` (or safetensors), which
 never runs code from the file; this module turns PyTorch's long "Weights only load failed" text (which suggests
-retrying with ``weights_only=False``, i.e. running the code) into :class:`UnsafeWeightsError`.
+retrying with ``weights_only=False``, i.e. running the code) into :class:`UnsafeWeightsError`, and checks a
+checkpoint before an engine starts (MONAI's ``CheckpointLoader`` would fail only once the engine runs).
 """
 
 from __future__ import annotations
@@ -21,9 +22,6 @@ __all__ = [
     "PretrainedWeightsError",
     "UnsafeWeightsError",
     "check_encoder_weights",
-    "unsafe_weights_message",
-    "find_unsafe_globals",
-    "refused_as_unsafe",
     "check_plain_weights",
     "check_checkpoint_loaders",
     "load_plain_weights",
@@ -36,7 +34,7 @@ MAX_LISTED_GLOBALS = 5
 
 
 #: the input channels of an ImageNet stem (timm adapts it to other counts when loading)
-_IMAGENET_CHANNELS = 3
+IMAGENET_CHANNELS = 3
 
 
 class UnsafeWeightsError(AxunetError, RuntimeError):
@@ -47,53 +45,26 @@ class PretrainedWeightsError(AxunetError, RuntimeError):
     """Pretrained encoder weights could not be obtained or do not fit the backbone."""
 
 
-def unsafe_weights_message(
-    path: str | os.PathLike, unsafe_globals: Iterable[str] = (), what: str = "weights file"
-) -> str:
-    """The one-line refusal for ``path``, naming the offending pickle globals when they are known.
-
-    Args:
-        path: the refused file.
-        unsafe_globals: names such as ``builtins.exec`` found in its pickle.
-        what: what the file was meant to be, e.g. ``"checkpoint"``.
-    """
-    names = sorted(unsafe_globals)
-    shown = ", ".join(names[:MAX_LISTED_GLOBALS]) + (" ..." if len(names) > MAX_LISTED_GLOBALS else "")
-    found = f" ({shown})" if shown else ""
-    return (
-        f"cannot read {what} {os.fspath(path)}: not a plain weights file, it holds pickled Python objects{found} "
-        "that could run code when loaded; use a state dict saved with torch.save(model.state_dict(), ...) or a "
-        ".safetensors file, from a source you trust"
-    )
-
-
-def find_unsafe_globals(path: str | os.PathLike) -> list[str] | None:
-    """Pickle globals of a ``torch.save`` zip file that ``weights_only`` loading refuses; ``None`` when the file is
-    not such a zip (legacy format, TorchScript, not a checkpoint). Only disassembles the pickle: nothing is run.
-
-    Args:
-        path: the file to inspect.
-    """
+def _unsafe_globals(path: str | os.PathLike) -> list[str] | None:
+    """Pickle globals of a ``torch.save`` zip file that ``weights_only`` loading refuses, found by torch without
+    running anything; ``None`` when the file is not such a zip (legacy format, TorchScript, not a checkpoint)."""
     try:
         return torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception:  # noqa: BLE001 - any failure means "cannot tell statically"; the weights-only load decides
         return None
 
 
-def refused_as_unsafe(err: BaseException) -> bool:
-    """Whether ``err`` (or an exception it was raised from, e.g. timm's wrapper) is a ``weights_only`` refusal.
-
-    Args:
-        err: an exception raised while loading weights.
-    """
-    visited: set[int] = set()  # a chain can loop when an exception is re-raised inside its own handler
-    current: BaseException | None = err
-    while current is not None and id(current) not in visited:
-        if isinstance(current, pickle.UnpicklingError):
-            return True
-        visited.add(id(current))
-        current = current.__cause__ or current.__context__
-    return False
+def _refusal(path: str | os.PathLike, what: str, unsafe: Iterable[str] | None = None) -> UnsafeWeightsError:
+    """The one-line refusal of ``path`` (a ``what``, e.g. ``"checkpoint"``), naming the offending pickle globals
+    (``unsafe``, e.g. ``builtins.exec``; looked up when not given)."""
+    names = sorted(unsafe if unsafe is not None else _unsafe_globals(path) or ())
+    shown = ", ".join(names[:MAX_LISTED_GLOBALS]) + (" ..." if len(names) > MAX_LISTED_GLOBALS else "")
+    found = f" ({shown})" if shown else ""
+    return UnsafeWeightsError(
+        f"cannot read {what} {os.fspath(path)}: not a plain weights file, it holds pickled Python objects{found} "
+        "that could run code when loaded; use a state dict saved with torch.save(model.state_dict(), ...) or a "
+        ".safetensors file, from a source you trust"
+    )
 
 
 def check_plain_weights(path: str | os.PathLike, what: str = "weights file") -> None:
@@ -113,9 +84,9 @@ def check_plain_weights(path: str | os.PathLike, what: str = "weights file") -> 
     path = os.fspath(path)
     if not os.path.isfile(path) or path.lower().endswith(SAFE_SUFFIXES):
         return
-    unsafe = find_unsafe_globals(path)
+    unsafe = _unsafe_globals(path)
     if unsafe:
-        raise UnsafeWeightsError(unsafe_weights_message(path, unsafe, what))
+        raise _refusal(path, what, unsafe)
     if unsafe is None:
         try:
             load_plain_weights(path, what=what, map_location="cpu")
@@ -156,7 +127,7 @@ def load_plain_weights(path: str | os.PathLike, what: str = "checkpoint", **load
     try:
         return torch.load(path, weights_only=True, **load_kwargs)
     except pickle.UnpicklingError as err:  # a weights-only refusal: name the file and what it carries, briefly
-        raise UnsafeWeightsError(unsafe_weights_message(path, find_unsafe_globals(path) or (), what)) from err
+        raise _refusal(path, what) from err
 
 
 def check_encoder_weights(backbone: str, path: str) -> None:
@@ -177,12 +148,11 @@ def check_encoder_weights(backbone: str, path: str) -> None:
     if not os.path.isfile(path):
         raise PretrainedWeightsError(f"pretrained weights file not found: {path}")
     try:
+        check_plain_weights(path, what="pretrained weights file")
         state = timm.models.load_state_dict(path, weights_only=True)
-    except Exception as err:  # torch/safetensors raise many types for a corrupt or unsafe file
-        if refused_as_unsafe(err):
-            raise PretrainedWeightsError(
-                unsafe_weights_message(path, find_unsafe_globals(path) or (), "pretrained weights file")
-            ) from err
+    except UnsafeWeightsError as err:
+        raise PretrainedWeightsError(str(err)) from err
+    except Exception as err:  # torch/safetensors raise many types for a corrupt file
         raise PretrainedWeightsError(f"cannot read pretrained weights file {path}: {err}") from err
     reference = timm.create_model(backbone, pretrained=False, num_classes=0)
     expected = reference.state_dict()
@@ -196,7 +166,7 @@ def check_encoder_weights(backbone: str, path: str) -> None:
         if k in state and state[k].shape != v.shape and k != f"{first_conv}.weight"
     ]
     stem = state.get(f"{first_conv}.weight")
-    if stem is not None and stem.ndim == 4 and stem.shape[1] != _IMAGENET_CHANNELS:
+    if stem is not None and stem.ndim == 4 and stem.shape[1] != IMAGENET_CHANNELS:
         mismatched.append(f"{first_conv}.weight has {stem.shape[1]} input channels, expected ImageNet's 3")
     if missing or unexpected or mismatched:
         details = []

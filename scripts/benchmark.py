@@ -704,7 +704,7 @@ def backend_rows(settings: BenchmarkSettings, repeats: int = REPEATS) -> list[di
     variants: dict[str, tuple[Callable, bool]] = {
         "eager (NCHW)": (net, False),
         "eager channels_last": (copy.deepcopy(net).to(memory_format=torch.channels_last), True),
-        "folded BN + channels_last": (prepare_network(net), True),
+        "folded BN + channels_last": (prepare_network(net, torch.zeros(1, 3, *settings.roi, device=device)), True),
     }
     if device.type == "cpu" and optional_import("onnxruntime")[1]:
         with tempfile.TemporaryDirectory() as tmp:

@@ -20,7 +20,7 @@ from conftest import CONFIGS, TINY_SHAPE
 from axunet_bundle import outputs
 from axunet_bundle.cli import main
 from axunet_bundle.cli.compare import run_comparison
-from axunet_bundle.comparison import Variant, describe_dataset, load_variants, network_cost, paired_wilcoxon
+from axunet_bundle.comparison import Variant, describe_dataset, load_variants, network_cost, paired_wilcoxon, variants
 from axunet_bundle.comparison.networks import build_network, count_parameters
 from axunet_bundle.errors import ConfigurationError
 from axunet_bundle.evaluation import report_columns
@@ -64,16 +64,16 @@ def compared(dataset, tmp_path_factory) -> tuple[Path, str]:
 
 def per_case(out: Path, variant: str) -> dict[str, dict[str, float]]:
     """A run's own evaluation report, by case id."""
-    rows = read_csv(out / variant / outputs.fold_dir(FOLD) / outputs.EVAL_DIR / outputs.METRICS_CSV)
+    rows = read_csv(out / variant / variants.fold_dir(FOLD) / outputs.EVAL_DIR / outputs.METRICS_CSV)
     return {row["case_id"]: {c: float(row[c]) for c in report_columns()} for row in rows}
 
 
 @pytest.mark.slow  # the comparison trains tiny variants: about 30 s on 2 CPU cores
 def test_table_has_a_row_per_variant_with_every_metric_and_its_costs(compared, dataset):
     out, printed = compared
-    rows = read_csv(out / outputs.COMPARISON_CSV)
+    rows = read_csv(out / variants.COMPARISON_CSV)
     assert [row["variant"] for row in rows] == VARIANTS
-    validation = json.loads((out / outputs.datalist_file(FOLD)).read_text())["validation"]
+    validation = json.loads((out / variants.datalist_file(FOLD)).read_text())["validation"]
     for row in rows:
         scores = per_case(out, row["variant"])
         assert sorted(scores) == sorted(item["case_id"] for item in validation)  # the same cases for every variant
@@ -88,16 +88,16 @@ def test_table_has_a_row_per_variant_with_every_metric_and_its_costs(compared, d
         assert int(row["parameters"]) == count_parameters(net)
         assert float(row["gflop_per_slice"]) > 0 and float(row["training_seconds_per_fold"]) > 0
 
-    markdown = (out / outputs.COMPARISON_MD).read_text()
+    markdown = (out / variants.COMPARISON_MD).read_text()
     title = markdown.splitlines()[0]
     assert title.startswith("# ") and "generated BraTS-like cases (not BraTS)" in title
     assert "1 epoch per fold, seed 0" in markdown and "2-fold" in markdown and "64x64" in markdown
     for variant in VARIANTS:
         assert f"\n| {variant} | " in markdown
     assert not any(number in markdown for number in PAPER_NUMBERS)
-    assert str(out / outputs.COMPARISON_MD) in printed
+    assert str(out / variants.COMPARISON_MD) in printed
 
-    pixels = matplotlib.image.imread(out / outputs.COMPARISON_PNG)
+    pixels = matplotlib.image.imread(out / variants.COMPARISON_PNG)
     assert pixels.shape[0] == round(3 * COMPARISON_PANEL_INCHES * FIGURE_DPI)  # one panel per region
 
 
@@ -105,7 +105,7 @@ def test_table_has_a_row_per_variant_with_every_metric_and_its_costs(compared, d
 def test_wilcoxon_tests_are_scipys_on_the_runs_per_case_scores(compared):
     out, _ = compared
     reference = per_case(out, "axunet")
-    tests = read_csv(out / outputs.WILCOXON_CSV)
+    tests = read_csv(out / variants.WILCOXON_CSV)
     assert {(t["variant"], t["column"]) for t in tests} == {(v, c) for v in VARIANTS[1:] for c in report_columns()}
     computed = 0
     for test in tests:
@@ -143,9 +143,9 @@ def test_a_second_invocation_skips_finished_runs(compared, dataset, capsys):
 @pytest.mark.slow  # the comparison trains tiny variants: about 30 s on 2 CPU cores
 def test_a_stopped_comparison_continues_where_it_stopped(compared, dataset):
     out, _ = compared
-    fold = outputs.fold_dir(FOLD)
+    fold = variants.fold_dir(FOLD)
     # xception_unet stopped during its training (no training record), unet during its evaluation
-    (out / "xception_unet" / fold / outputs.TRAINING_JSON).unlink()
+    (out / "xception_unet" / fold / variants.TRAINING_JSON).unlink()
     (out / "xception_unet" / fold / outputs.EVAL_DIR / outputs.METRICS_CSV).unlink()
     (out / "unet" / fold / outputs.EVAL_DIR / outputs.METRICS_CSV).unlink()
     unet_weights = out / "unet" / fold / outputs.MODELS_DIR / outputs.WEIGHTS
@@ -170,7 +170,7 @@ def test_a_stopped_comparison_continues_where_it_stopped(compared, dataset):
     ]
     assert unet_weights.stat().st_mtime_ns == trained
     assert not list((out / "xception_unet" / fold / outputs.MODELS_DIR).glob("checkpoint*"))  # only the weights
-    assert [row["variant"] for row in read_csv(out / outputs.COMPARISON_CSV)] == VARIANTS
+    assert [row["variant"] for row in read_csv(out / variants.COMPARISON_CSV)] == VARIANTS
 
 
 @pytest.mark.slow  # the comparison trains tiny variants: about 30 s on 2 CPU cores

@@ -28,18 +28,9 @@ from monai.transforms import Compose
 from axunet_bundle import AXUNet
 from axunet_bundle.comparison.networks import NETWORKS
 from axunet_bundle.data.cases import find_cases
-from axunet_bundle.inferers import (
-    DEFAULT_BACKGROUND_LOGIT,
-    GUARD_MIN_DICE,
-    BrainSliceInferer,
-    autocast_dtype,
-    backends,
-    brain_slice_mask,
-    fuse_batchnorm,
-    label_agreement,
-    prepare_network,
-    weights_fingerprint,
-)
+from axunet_bundle.inferers import BrainSliceInferer, autocast_dtype, backends, brain_slice_mask, prepare_network
+from axunet_bundle.inferers.backends import fuse_batchnorm, weights_fingerprint
+from axunet_bundle.inferers.slices import DEFAULT_BACKGROUND_LOGIT, GUARD_MIN_DICE, label_agreement
 from axunet_bundle.networks import ChannelAttention, PositionAttention
 from scripts.benchmark import BEGIN_MARKER, END_MARKER, BenchmarkSettings, run_benchmark, write_markdown
 
@@ -227,7 +218,7 @@ def test_wrong_prepared_network_is_caught_by_the_first_use_check(net, volume, mo
 def test_prepare_network_folds_every_batchnorm_and_leaves_the_original_alone(net):
     batchnorms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    prepared = prepare_network(net)
+    prepared = prepare_network(net, torch.zeros(1, 3, SIZE, SIZE))
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in prepared.modules())
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()) == batchnorms
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
@@ -240,8 +231,27 @@ def test_prepare_network_folds_every_batchnorm_and_leaves_the_original_alone(net
 
 def test_fuse_batchnorm_skips_training_mode_layers():
     block = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).train()
-    assert fuse_batchnorm(block) == 0
-    assert fuse_batchnorm(block.eval()) == 1 and isinstance(block[1], torch.nn.Identity)
+    example = torch.zeros(1, 3, 8, 8)
+    assert fuse_batchnorm(block, example) == 0
+    assert block.training and int(block[1].num_batches_tracked) == 0  # the search ran in eval mode
+    assert fuse_batchnorm(block.eval(), example) == 1 and isinstance(block[1], torch.nn.Identity)
+
+
+class _ConvReadTwice(torch.nn.Module):
+    """A convolution whose output a BN and another module both read: folding the BN would change the other's input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn, self.other = torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4), torch.nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return self.bn(y) + self.other(y)
+
+
+def test_fuse_batchnorm_leaves_a_convolution_whose_output_is_also_read_elsewhere():
+    block = _ConvReadTwice().eval()
+    assert fuse_batchnorm(block, torch.zeros(1, 3, 4, 4)) == 0 and isinstance(block.bn, torch.nn.BatchNorm2d)
 
 
 def test_weights_fingerprint_follows_weights(net):

@@ -6,6 +6,7 @@ import re
 import urllib.error
 
 import pytest
+import timm
 import torch
 import torch.nn.functional as F
 
@@ -13,7 +14,13 @@ from axunet_bundle import AXUNet
 from axunet_bundle.comparison.networks import NETWORKS, build_network
 from axunet_bundle.errors import ConfigurationError
 from axunet_bundle.export import export_onnx, export_torchscript, max_abs_diff_onnx, max_abs_diff_torchscript
-from axunet_bundle.networks import ChannelAttention, DualAttention, PositionAttention, PretrainedWeightsError
+from axunet_bundle.networks import (
+    ChannelAttention,
+    DualAttention,
+    PositionAttention,
+    PretrainedWeightsError,
+    TimmEncoder,
+)
 
 SIZES = (224, 240, 256, 160, 96)
 EXPORT_TOLERANCE = 1e-4
@@ -182,9 +189,18 @@ def test_baselines_map_slices_to_three_logits(name):
         assert model(torch.randn(1, 3, 96, 96)).shape == (1, 3, 96, 96)
 
 
+def timm_weights(encoder: TimmEncoder) -> dict[str, torch.Tensor]:
+    """The encoder's weights under timm's classification-model key names (what ``pretrained_path`` reads)."""
+    reference = set(timm.create_model(encoder.backbone, pretrained=False, num_classes=0).state_dict())
+    return {
+        k.removeprefix("body.") if k.removeprefix("body.") in reference else k: v
+        for k, v in encoder.body.state_dict().items()
+    }
+
+
 def test_pretrained_path_round_trip(tmp_path, net):
     weights = tmp_path / "legacy_xception.pth"
-    torch.save(net.encoder.timm_state_dict(), weights)
+    torch.save(timm_weights(net.encoder), weights)
     fresh = AXUNet(pretrained_path=weights).eval()
     fresh.load_state_dict({k: v for k, v in net.state_dict().items() if not k.startswith("encoder.")}, strict=False)
     x = torch.randn(2, 3, 96, 96)
@@ -196,7 +212,7 @@ def test_pretrained_path_round_trip(tmp_path, net):
 
 def test_pretrained_path_adapts_the_stem_to_four_channels(tmp_path, net):
     weights = tmp_path / "legacy_xception.pth"
-    torch.save(net.encoder.timm_state_dict(), weights)
+    torch.save(timm_weights(net.encoder), weights)
     model = AXUNet(in_channels=4, pretrained_path=weights)
     stem = model.encoder.body.state_dict()["body.conv1.weight"]
     assert stem.shape[1] == 4

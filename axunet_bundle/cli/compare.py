@@ -97,11 +97,14 @@ def _prepare(
     """Check everything a user gives before anything is written (a mistake leaves no settings behind), then write
     or check the settings, the variants' records and the datalists. The options are :func:`compare`'s."""
     from ..comparison import (
+        COMPARISON_SETTINGS,
         DEFAULT_REFERENCE,
         EXECUTION_IDS,
         RESERVED_IDS,
+        VARIANT_JSON,
         check_overrides,
         check_record,
+        datalist_file,
         load_variants,
         network_cost,
         plan_runs,
@@ -134,12 +137,12 @@ def _prepare(
 
     shared = {key: value for key, value in overrides.items() if key not in EXECUTION_IDS}
     settings = {"dataset_dir": str(dataset), "folds": folds, "seed": seed, "epochs": epochs, "pretrained": pretrained}
-    check_record(out / outputs.COMPARISON_SETTINGS, {**settings, "overrides": shared}, "a comparison")
+    check_record(out / COMPARISON_SETTINGS, {**settings, "overrides": shared}, "a comparison")
     for v in variant_list:
         record = {**v.spec(), "description": v.description, **costs[v.name]}
         ignored = ["description", "gflop_per_slice"]  # FlopCounterMode may count differently in another torch
-        check_record(out / v.name / outputs.VARIANT_JSON, record, f"variant {v.name!r}", ignored)
-    datalists = {k: out / outputs.datalist_file(k) for k in fold_ids}
+        check_record(out / v.name / VARIANT_JSON, record, f"variant {v.name!r}", ignored)
+    datalists = {k: out / datalist_file(k) for k in fold_ids}
     for k, path in datalists.items():
         if path.is_file() and json.loads(path.read_text(encoding="utf-8")) != json.loads(json.dumps(splits[k])):
             raise ConfigurationError(f"{path} differs from the split of {dataset} now: its cases changed")
@@ -284,9 +287,11 @@ def compare(
             from scratch either way.
         overrides: bundle ids for every variant, e.g. --batch_size 16 --roi_size "[224,224]" --num_workers 4.
     """
+    from ..comparison import COMPARISON_CSV, COMPARISON_MD, COMPARISON_PNG, PER_CASE_CSV, WILCOXON_CSV
+
     only = split_names(only) if only else None
     options = dict(variants=variants, only=only, reference=reference, folds=folds, fold=fold, epochs=epochs)
     steps, tables = run_comparison(dataset_dir, output_dir, overrides, seed=seed, pretrained=pretrained, **options)
-    print(f"ran {len(steps)} steps; table: {tables[outputs.COMPARISON_MD]}")
-    for name in (outputs.COMPARISON_CSV, outputs.WILCOXON_CSV, outputs.PER_CASE_CSV, outputs.COMPARISON_PNG):
+    print(f"ran {len(steps)} steps; table: {tables[COMPARISON_MD]}")
+    for name in (COMPARISON_CSV, WILCOXON_CSV, PER_CASE_CSV, COMPARISON_PNG):
         print(f"  {tables[name]}")

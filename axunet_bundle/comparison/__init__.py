@@ -18,16 +18,24 @@ A run (variant, fold) is finished when its ``eval/metrics.csv`` exists: the eval
 
 from .tables import PairedTest, VariantScores, collect_scores, metric_families, paired_wilcoxon, write_tables
 from .variants import (
+    COMPARISON_CSV,
+    COMPARISON_MD,
+    COMPARISON_PNG,
+    COMPARISON_SETTINGS,
     DEFAULT_REFERENCE,
     EXECUTION_IDS,
     NETWORK_TARGET,
+    PER_CASE_CSV,
     RESERVED_IDS,
     SHARED_IDS,
+    VARIANT_JSON,
     WEIGHTS_FILE_ARG,
+    WILCOXON_CSV,
     Run,
     Variant,
     check_overrides,
     check_record,
+    datalist_file,
     describe_dataset,
     load_variants,
     network_cost,
@@ -35,6 +43,14 @@ from .variants import (
 )
 
 __all__ = [
+    "COMPARISON_CSV",
+    "COMPARISON_MD",
+    "COMPARISON_PNG",
+    "COMPARISON_SETTINGS",
+    "PER_CASE_CSV",
+    "VARIANT_JSON",
+    "WILCOXON_CSV",
+    "datalist_file",
     "DEFAULT_REFERENCE",
     "EXECUTION_IDS",
     "NETWORK_TARGET",

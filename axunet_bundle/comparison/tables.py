@@ -16,13 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from .. import outputs
 from ..atomic import write_text_atomic
 from ..challenge_metrics import LESIONWISE_DSC
 from ..data.labels import REGIONS
 from ..errors import ConfigurationError
 from ..evaluation import CASE_ID, LEGACY_DICE, LEGACY_HD95, report_columns
-from .variants import Run, Variant
+from .variants import COMPARISON_CSV, COMPARISON_MD, COMPARISON_PNG, PER_CASE_CSV, WILCOXON_CSV, Run, Variant
 
 #: below this many non-zero differences a two-sided exact Wilcoxon p-value cannot be below 0.05 (2 / 2**5 = 0.0625)
 MIN_WILCOXON_N = 6
@@ -226,23 +225,23 @@ def write_tables(
             tests.append({"variant": name, "reference": reference, "column": column, **test.__dict__})
 
     written = {
-        outputs.COMPARISON_CSV: write_text_atomic(out / outputs.COMPARISON_CSV, _csv(list(rows[0]), rows)),
-        outputs.WILCOXON_CSV: write_text_atomic(
-            out / outputs.WILCOXON_CSV,
+        COMPARISON_CSV: write_text_atomic(out / COMPARISON_CSV, _csv(list(rows[0]), rows)),
+        WILCOXON_CSV: write_text_atomic(
+            out / WILCOXON_CSV,
             _csv(["variant", "reference", "column", *PairedTest.__dataclass_fields__], tests),
         ),
-        outputs.PER_CASE_CSV: write_text_atomic(out / outputs.PER_CASE_CSV, _per_case_csv(scores, columns)),
+        PER_CASE_CSV: write_text_atomic(out / PER_CASE_CSV, _per_case_csv(scores, columns)),
     }
     header = ["variant", "model", "cases"] + [_label(f, r) for f, members in shown.items() for r, _ in members]
     header += ["parameters (M)", "GFLOP / slice", "training / fold"]
     lines = [f"# {title}", "", *context, "", *_markdown_table(header, markdown_rows), ""]
     lines += _markdown_tests(tests, shown, reference, scores)
-    written[outputs.COMPARISON_MD] = write_text_atomic(out / outputs.COMPARISON_MD, "\n".join(lines) + "\n")
+    written[COMPARISON_MD] = write_text_atomic(out / COMPARISON_MD, "\n".join(lines) + "\n")
     dice = {
         name: {r: np.asarray(list(entry.values(f"{LEGACY_DICE}_{r.lower()}").values())) for r in REGIONS}
         for name, entry in scores.items()
     }
-    written[outputs.COMPARISON_PNG] = comparison_boxplot(dice, out / outputs.COMPARISON_PNG, title=title)
+    written[COMPARISON_PNG] = comparison_boxplot(dice, out / COMPARISON_PNG, title=title)
     return written
 
 

@@ -21,6 +21,28 @@ from ..errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
 
+#: a comparison folder holds its shared settings, each variant's record, each run's training record (wall time)...
+COMPARISON_SETTINGS = "comparison.json"
+VARIANT_JSON = "variant.json"
+TRAINING_JSON = "training.json"
+#: ... and the table: Markdown, one CSV row per variant, the paired tests, every per-case score, the Dice box plots
+COMPARISON_MD = "comparison.md"
+COMPARISON_CSV = "comparison.csv"
+WILCOXON_CSV = "wilcoxon.csv"
+PER_CASE_CSV = "per_case.csv"
+COMPARISON_PNG = "comparison_dice.png"
+
+
+def fold_dir(fold: int) -> str:
+    """The folder of a comparison run's fold ``fold``: ``fold<k>``."""
+    return f"fold{fold}"
+
+
+def datalist_file(fold: int) -> str:
+    """The datalist of a comparison's fold ``fold``: ``datalist_fold<k>.json``."""
+    return f"datalist_fold{fold}.json"
+
+
 #: the variant the others are tested against, when the variants include it
 DEFAULT_REFERENCE = "axunet"
 #: what a variant's ``network_def`` instantiates
@@ -254,7 +276,7 @@ class Run:
 
     @property
     def training_record(self) -> Path:
-        return self.folder / outputs.TRAINING_JSON
+        return self.folder / TRAINING_JSON
 
     @property
     def finished(self) -> bool:
@@ -268,7 +290,7 @@ class Run:
 def plan_runs(output_dir: str | os.PathLike, variants: Sequence[Variant], folds: Sequence[int]) -> list[Run]:
     """Every (variant, fold) run, fold by fold (all variants of fold 0 first), finished or not."""
     out = Path(output_dir)
-    return [Run(v, k, out / v.name / outputs.fold_dir(k)) for k in folds for v in variants]
+    return [Run(v, k, out / v.name / fold_dir(k)) for k in folds for v in variants]
 
 
 def describe_dataset(dataset_dir: str | os.PathLike, label_files: Sequence[str | os.PathLike]) -> str:

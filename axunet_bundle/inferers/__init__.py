@@ -2,38 +2,15 @@
 """Inferers for whole 3D volumes: the bundle's slice-by-slice inferer with its faster backends, and flip test-time
 augmentation around any MONAI inferer."""
 
-from .backends import (
-    PRECISIONS,
-    autocast_dtype,
-    build_onnx_network,
-    fuse_batchnorm,
-    prepare_network,
-    weights_fingerprint,
-)
+from .backends import autocast_dtype, build_onnx_network, prepare_network
 from .flip import FlipInferer
-from .slices import (
-    BACKENDS,
-    DEFAULT_BACKGROUND_LOGIT,
-    GUARD_MIN_DICE,
-    GUARD_SLICES,
-    BrainSliceInferer,
-    brain_slice_mask,
-    label_agreement,
-)
+from .slices import BrainSliceInferer, brain_slice_mask
 
 __all__ = [
-    "BACKENDS",
-    "DEFAULT_BACKGROUND_LOGIT",
-    "GUARD_MIN_DICE",
-    "GUARD_SLICES",
-    "PRECISIONS",
     "BrainSliceInferer",
     "FlipInferer",
     "autocast_dtype",
     "brain_slice_mask",
-    "label_agreement",
     "build_onnx_network",
-    "fuse_batchnorm",
     "prepare_network",
-    "weights_fingerprint",
 ]

@@ -4,9 +4,8 @@
 export cached on disk, keyed by a hash of the weights), or a copy of the network with BatchNorm folded into the
 convolutions in ``channels_last`` format (with bf16/fp16 autocast on CUDA).
 
-The BatchNorm folding knows timm Xception's modules by their class names (``Xception``, ``Block``,
-``SeparableConv2d``): ``tests/test_fast_inference.py`` checks that every BatchNorm of AXUNet is folded, so a timm
-rename fails a test instead of silently leaving the network unfolded.
+The BatchNorm folding finds each convolution -> BatchNorm pair by running an example through the network once;
+``tests/test_fast_inference.py`` checks that every BatchNorm of AXUNet is folded.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
@@ -50,50 +48,13 @@ PRECISIONS = ("auto", "float32", "bfloat16")
 CACHE_ENV = "AXUNET_BUNDLE_CACHE"
 #: at most this many cached exports are kept (oldest removed first): training changes the weights every epoch
 MAX_CACHED_EXPORTS = 4
-HASH_CHUNK = 1 << 24
 ONNX_SUFFIX = ".onnx"
-#: modules whose children run one after the other in registration order (outputs flow only to the next child)
-_SEQUENTIAL_TYPES: tuple[type, ...] = (nn.Sequential,)
-#: timm modules with (conv attribute, batch-norm attribute) pairs applied back to back in their ``forward``
-_ATTRIBUTE_PAIRS: dict[str, tuple[tuple[str, str], ...]] = {
-    "Xception": (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"), ("conv4", "bn4")),
-    "Block": (("skip", "skipbn"),),
-}
-#: timm modules whose output is the output of one of their convolutions (``SeparableConv2d``: depthwise, pointwise)
-_LAST_CONV: dict[str, str] = {"SeparableConv2d": "pointwise"}
 _CONV_TYPES = (nn.Conv2d, nn.ConvTranspose2d)
 
 
-def _is_timm(module: nn.Module, name: str) -> bool:
-    return type(module).__name__ == name and type(module).__module__.startswith("timm.")
-
-
-def _last_conv(module: nn.Module) -> nn.Module | None:
-    """The convolution whose output is ``module``'s output, when that is known from the module's structure."""
-    if isinstance(module, _CONV_TYPES):
-        return module
-    if isinstance(module, _SEQUENTIAL_TYPES) and len(module) > 0:
-        return _last_conv(module[-1])
-    for name, attribute in _LAST_CONV.items():
-        if _is_timm(module, name):
-            return _last_conv(getattr(module, attribute))
-    return None
-
-
-def _first_batchnorm(module: nn.Module) -> tuple[nn.Module, str, nn.BatchNorm2d] | None:
-    """(parent, attribute, BN) when ``module`` is, or is a Sequential that starts with, an eval-mode BatchNorm2d."""
-    if isinstance(module, _SEQUENTIAL_TYPES) and len(module) > 0:
-        first_name = next(iter(module._modules))
-        if isinstance(module[0], nn.BatchNorm2d):
-            return module, first_name, module[0]
-        return _first_batchnorm(module[0])
-    return None
-
-
-def _fusable(conv: nn.Module | None, bn: nn.Module) -> bool:
+def _fusable(conv: nn.Module, bn: nn.Module) -> bool:
     return (
-        isinstance(conv, _CONV_TYPES)
-        and isinstance(bn, nn.BatchNorm2d)
+        isinstance(bn, nn.BatchNorm2d)
         and not bn.training
         and bn.track_running_stats
         and bn.running_mean is not None
@@ -102,50 +63,57 @@ def _fusable(conv: nn.Module | None, bn: nn.Module) -> bool:
     )
 
 
-def _fuse_into(conv: nn.Module, parent: nn.Module, name: str) -> None:
-    bn = getattr(parent, name)
-    fused = fuse_conv_bn_eval(conv, bn, transpose=isinstance(conv, nn.ConvTranspose2d))
-    conv.weight, conv.bias = fused.weight, fused.bias
-    setattr(parent, name, nn.Identity())
-
-
-def fuse_batchnorm(module: nn.Module) -> int:
+def fuse_batchnorm(module: nn.Module, example: torch.Tensor) -> int:
     """Fold eval-mode ``BatchNorm2d`` layers into the convolution whose output they normalise, in place.
 
-    Only pairs whose data flow is certain from the structure are fused: a convolution (or a module known to end
-    with one) directly followed by a BN in an ``nn.Sequential`` (MONAI ``Convolution`` + ``ADN`` included), and
-    timm Xception's ``convN``/``bnN`` and ``skip``/``skipbn`` attribute pairs. Each fused BN becomes ``Identity``.
+    The pairs are found by running ``example`` through ``module`` once: a BN is folded when its input is the very
+    tensor a ``Conv2d``/``ConvTranspose2d`` returned and no other module reads that tensor, so no knowledge of the
+    modules' classes is needed (timm's Xception, MONAI's ``Convolution`` + ``ADN``). The first-use check of
+    :class:`~axunet_bundle.inferers.BrainSliceInferer` catches a conv output that plain code (``x + y``) also reads.
+    Each folded BN becomes ``Identity``.
 
     Args:
         module: a network in eval mode (BNs in training mode are left alone).
+        example: an input of ``module``, e.g. ``(1, C, H, W)`` zeros; its values do not matter.
 
     Returns:
         the number of BatchNorm layers folded.
     """
+    names = {m: name for name, m in module.named_modules()}
+    conv_outputs: dict[int, tuple[nn.Module, torch.Tensor]] = {}  # the tensors stay alive: ids stay unique
+    readers: dict[int, list[nn.Module]] = {}
+
+    def wrote(conv: nn.Module, args: tuple, out: torch.Tensor) -> None:
+        conv_outputs[id(out)] = conv, out
+
+    def read(reader: nn.Module, args: tuple) -> None:
+        for arg in args:
+            if id(arg) in conv_outputs and conv_outputs[id(arg)][1] is arg and not list(reader.children()):
+                readers.setdefault(id(arg), []).append(reader)
+
+    handles = [m.register_forward_pre_hook(read) for m in module.modules()]
+    handles += [m.register_forward_hook(wrote) for m in module.modules() if isinstance(m, _CONV_TYPES)]
+    modes = {m: m.training for m in module.modules()}
+    try:
+        with torch.no_grad():
+            module.eval()(example)  # eval: the run must not update running statistics
+    finally:
+        for handle in handles:
+            handle.remove()
+        for m, training in modes.items():
+            m.train(training)
     fused = 0
-    for parent in list(module.modules()):
-        if isinstance(parent, _SEQUENTIAL_TYPES):
-            children = list(parent._modules.items())
-            for (_, first), (second_name, second) in zip(children, children[1:]):
-                found = (parent, second_name, second) if isinstance(second, nn.BatchNorm2d) else None
-                found = found or _first_batchnorm(second)
-                conv = _last_conv(first)
-                if found is not None and _fusable(conv, found[2]):
-                    _fuse_into(conv, found[0], found[1])
-                    fused += 1
-        for class_name, pairs in _ATTRIBUTE_PAIRS.items():
-            if _is_timm(parent, class_name):
-                for conv_name, bn_name in pairs:
-                    conv = _last_conv(getattr(parent, conv_name, None) or nn.Identity())
-                    if _fusable(conv, getattr(parent, bn_name, None)):
-                        _fuse_into(conv, parent, bn_name)
-                        fused += 1
+    for key, (conv, _) in conv_outputs.items():
+        bn = readers.get(key, [None])
+        if len(bn) == 1 and _fusable(conv, bn[0]):
+            folded = fuse_conv_bn_eval(conv, bn[0], transpose=isinstance(conv, nn.ConvTranspose2d))
+            conv.weight, conv.bias = folded.weight, folded.bias
+            module.set_submodule(names[bn[0]], nn.Identity())
+            fused += 1
     return fused
 
 
-def prepare_network(
-    network: nn.Module, channels_last: bool = True, fuse_bn: bool = True, inplace: bool = False
-) -> nn.Module:
+def prepare_network(network: nn.Module, example: torch.Tensor) -> nn.Module:
     """A copy of ``network`` for inference: eval mode, no gradients, BatchNorm folded into convolutions
     (:func:`fuse_batchnorm`) and ``channels_last`` memory format.
 
@@ -154,18 +122,11 @@ def prepare_network(
 
     Args:
         network: the network, with its weights loaded (BN folding freezes the current weights).
-        channels_last: convert parameters to ``torch.channels_last``.
-        fuse_bn: fold BatchNorm layers into convolutions.
-        inplace: modify ``network`` itself instead of a deep copy (it then no longer trains correctly).
+        example: an input of ``network`` on its device, e.g. ``(1, C, H, W)`` zeros (see :func:`fuse_batchnorm`).
     """
-    prepared = network if inplace else copy.deepcopy(network)
-    prepared.eval().requires_grad_(False)
-    if fuse_bn:
-        count = fuse_batchnorm(prepared)
-        logger.debug("folded %d BatchNorm layers into convolutions", count)
-    if channels_last:
-        prepared = prepared.to(memory_format=torch.channels_last)
-    return prepared
+    prepared = copy.deepcopy(network).eval().requires_grad_(False)
+    logger.debug("folded %d BatchNorm layers into convolutions", fuse_batchnorm(prepared, example))
+    return prepared.to(memory_format=torch.channels_last)
 
 
 def weights_fingerprint(network: nn.Module, extra: Sequence[Any] = ()) -> str:
@@ -179,12 +140,7 @@ def weights_fingerprint(network: nn.Module, extra: Sequence[Any] = ()) -> str:
     hasher.update(f"{type(network).__module__}.{type(network).__qualname__}\n{network!r}\n{list(extra)!r}".encode())
     for name, tensor in network.state_dict().items():
         hasher.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        data = tensor.detach().cpu().contiguous()
-        if data.dtype == torch.bfloat16:
-            data = data.view(torch.int16)
-        flat = data.numpy().reshape(-1).view(np.uint8) if data.numel() else np.zeros(0, np.uint8)
-        for start in range(0, flat.size, HASH_CHUNK):
-            hasher.update(flat[start : start + HASH_CHUNK])
+        hasher.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())  # the raw bytes
     return hasher.hexdigest()
 
 

@@ -25,7 +25,25 @@ DEFAULT_QK_REDUCTION = 8
 DEFAULT_EPS = 1e-6
 
 
-class PositionAttention(nn.Module):
+class _GatedAttention(nn.Module):
+    """``x + gamma * attend(x)`` with a learnt scalar ``gamma`` starting at 0; subclasses define ``attend``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def attend(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        """``gamma * attend(x)``: what the module adds to its input."""
+        return self.gamma * self.attend(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.residual(x)
+
+
+class PositionAttention(_GatedAttention):
     """Position attention module (PAM): every pixel attends to every other pixel of the map.
 
     With ``Q, K = conv1x1(x)`` (``in_channels // qk_reduction`` channels), ``V = conv1x1(x)`` (``in_channels``
@@ -60,7 +78,6 @@ class PositionAttention(nn.Module):
         self.query = nn.Conv2d(in_channels, qk_channels, kernel_size=1)
         self.key = nn.Conv2d(in_channels, qk_channels, kernel_size=1)
         self.value = nn.Conv2d(in_channels, in_channels, kernel_size=1)
-        self.gamma = nn.Parameter(torch.zeros(1))
 
     def _projections(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Queries ``(B, m, N)``, keys ``(B, m, N)`` and values ``(B, C, N)``; softplus-mapped for that kernel."""
@@ -93,24 +110,13 @@ class PositionAttention(nn.Module):
             return scores / (scores.sum(dim=-1, keepdim=True) + self.eps)
         return torch.softmax(scores, dim=-1)
 
-    def residual(self, x: torch.Tensor) -> torch.Tensor:
-        """``gamma * O``: what the module adds to its input."""
-        return self.gamma * self.attend(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.residual(x)
-
-
-class ChannelAttention(nn.Module):
+class ChannelAttention(_GatedAttention):
     """Channel attention module (CAM) of DANet: every channel attends to every other channel.
 
     With ``X`` the input reshaped to ``(C, N)``, ``E = X X^T``, ``A = softmax(max_l E[:, l] - E)`` row-wise and
     the output ``x + gamma * (A X)``. There are no projections; ``gamma`` is the only parameter.
     """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.gamma = nn.Parameter(torch.zeros(1))
 
     def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
         """The ``(B, C, C)`` channel attention weights (rows sum to 1)."""
@@ -122,13 +128,6 @@ class ChannelAttention(nn.Module):
     def attend(self, x: torch.Tensor) -> torch.Tensor:
         """The attended map ``A X`` (before ``gamma`` and the residual), shape of ``x``."""
         return torch.bmm(self.attention_weights(x), x.flatten(2)).reshape(x.shape)
-
-    def residual(self, x: torch.Tensor) -> torch.Tensor:
-        """``gamma * A X``: what the module adds to its input."""
-        return self.gamma * self.attend(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.residual(x)
 
 
 class DualAttention(nn.Module):

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigurationError
-from ..weights import PretrainedWeightsError, check_encoder_weights
+from ..weights import IMAGENET_CHANNELS, PretrainedWeightsError, check_encoder_weights
 
 __all__ = ["TimmEncoder", "DEFAULT_BACKBONE"]
 
@@ -19,8 +19,6 @@ __all__ = ["TimmEncoder", "DEFAULT_BACKBONE"]
 DEFAULT_BACKBONE = "legacy_xception"
 #: The four maps AXUNet uses: strides 4, 8, 16 and 32 (index 0, stride 2, is computed but not returned).
 DEFAULT_OUT_INDICES = (1, 2, 3, 4)
-#: timm adapts a 3-channel ImageNet stem to other input channel counts.
-IMAGENET_CHANNELS = 3
 
 
 class TimmEncoder(nn.Module):
@@ -74,20 +72,6 @@ class TimmEncoder(nn.Module):
     def channels(self) -> list[int]:
         """Channels of the returned maps, fine to coarse."""
         return list(self.feature_info.channels())
-
-    @property
-    def reductions(self) -> list[int]:
-        """Nominal strides of the returned maps, fine to coarse."""
-        return list(self.feature_info.reduction())
-
-    def timm_state_dict(self) -> dict[str, torch.Tensor]:
-        """The encoder's weights with timm's classification-model key names (what ``pretrained_path`` reads)."""
-        reference = set(timm.create_model(self.backbone, pretrained=False, num_classes=0).state_dict())
-        out = {}
-        for key, value in self.body.state_dict().items():
-            name = key[len("body.") :] if key.startswith("body.") and key[len("body.") :] in reference else key
-            out[name] = value
-        return out
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.body(x)
