@@ -18,10 +18,10 @@ import numpy as np
 
 from .. import outputs
 from ..atomic import write_text_atomic
-from ..challenge_metrics import LESIONWISE_DSC
 from ..data.labels import REGIONS
 from ..errors import ConfigurationError
 from ..evaluation import CASE_ID, LEGACY_DICE, LEGACY_HD95, report_columns
+from ..evaluation.challenge import LESIONWISE_DSC
 from .variants import Run, Variant
 
 #: below this many non-zero differences a two-sided exact Wilcoxon p-value cannot be below 0.05 (2 / 2**5 = 0.0625)
