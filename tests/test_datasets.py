@@ -20,10 +20,10 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.transforms import Compose
 
 from axunet_bundle import AXUNet
+from axunet_bundle.cli.data import check_dataset
 from axunet_bundle.cli.workflows import WORKFLOW_CONFIGS
 from axunet_bundle.data.cases import DEFAULT_MODALITIES, LAYOUT_MSD, discover, find_cases
 from axunet_bundle.data.datalist import evaluation_cases, labelled_cases, make_datalist
-from axunet_bundle.data.integrity import check_dataset
 from axunet_bundle.errors import LeftOutCasesError
 from axunet_bundle.outputs import segmentation_path
 from axunet_bundle.synthetic.datasets import MSD_MODALITY, write_synthetic_dataset

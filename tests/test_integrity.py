@@ -12,8 +12,9 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
+from axunet_bundle.cli.data import check_dataset, run_check
 from axunet_bundle.data.cases import DEFAULT_MODALITIES, MODALITIES, CaseError, find_cases
-from axunet_bundle.data.integrity import check_case, check_dataset, run_check
+from axunet_bundle.data.integrity import check_case
 from axunet_bundle.data.pipeline import ValidateCased
 from axunet_bundle.errors import DatasetError
 

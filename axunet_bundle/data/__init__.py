@@ -16,7 +16,7 @@ from .datalist import (
     make_datalist,
     write_datalist,
 )
-from .integrity import check_case, check_dataset
+from .integrity import check_case
 from .labels import REGIONS, labels_to_regions, regions_to_labels
 from .pipeline import LabelsToRegionsd, RegionsToLabelsd, SelectModalitiesd, ValidateCased
 from .slices import SliceCacheDataset, prepare_slice_cache
@@ -36,7 +36,6 @@ __all__ = [
     "ValidateCased",
     "cases",
     "check_case",
-    "check_dataset",
     "datalist",
     "discover",
     "evaluation_cases",

@@ -2,9 +2,9 @@
 """
 Dataset integrity checks, in the spirit of nnU-Net's ``verify_dataset_integrity``.
 
-:func:`check_case` / :func:`check_dataset` look at files on disk and report every problem as a
-:class:`~axunet_bundle.errors.CaseError` instead of raising; :func:`run_check` is the command-line entry (``axunet
-check DIR``), the one that reads every voxel. The runs select their cases by the headers alone; the voxels are
+:func:`check_case` and :func:`dataset_problems` look at files on disk and report every problem as a
+:class:`~axunet_bundle.errors.CaseError` instead of raising; ``axunet check DIR`` (:mod:`axunet_bundle.cli.data`)
+runs them over a dataset, reading every voxel. The runs select their cases by the headers alone; the voxels are
 checked once, as the chain loads them, by :class:`axunet_bundle.data.pipeline.ValidateCased` with the same
 :func:`image_problems` and :func:`label_problems`.
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 import gzip
 import math
 import os
-import sys
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,31 +27,23 @@ from monai.utils import convert_to_numpy
 from nibabel.filebasedimages import ImageFileError
 
 from ..errors import CaseError
-from ..progress import progress as show_progress
 from .cases import (
-    DEFAULT_MODALITIES,
     LABEL_SUFFIX,
     LAYOUT_MSD,
     MODALITIES,
     Case,
     Discovery,
-    discover,
     validate_modalities,
 )
 from .labels import AUTO, RC_OR_ET, invalid_label_values, label_values, resolve_convention, validate_convention
 
 __all__ = [
     "AFFINE_TOLERANCE",
-    "EXIT_OK",
-    "EXIT_PROBLEMS",
-    "EXIT_UNUSABLE",
     "check_case",
-    "check_dataset",
     "dataset_problems",
     "image_problems",
     "label_problems",
     "read_problem",
-    "run_check",
 ]
 
 AFFINE_TOLERANCE = 1e-3
@@ -60,9 +51,6 @@ AFFINE_TOLERANCE = 1e-3
 geometry. Image modalities are stacked by MONAI's ``LoadImage``, which needs ``np.allclose`` affines."""
 LOADED_DTYPE = np.dtype(np.float32)  # what the bundle's LoadImaged gives the network
 
-EXIT_OK = 0
-EXIT_PROBLEMS = 1
-EXIT_UNUSABLE = 2  # the dataset directory is missing, empty or cannot be enumerated
 
 SPATIAL_DIMS = 3
 NIFTI1_HEADER_BYTES = 348  # the smallest NIfTI header (NIfTI-1); a file shorter than this was cut inside it
@@ -413,65 +401,3 @@ def dataset_problems(found: Discovery, labels_needed: bool = True) -> list[CaseE
             if case.label is None and case.layout != LAYOUT_MSD  # dataset.json lists its test cases as such
         ]
     return problems
-
-
-def check_dataset(
-    root: str | os.PathLike,
-    modalities: Sequence[str] = DEFAULT_MODALITIES,
-    read_voxels: bool = True,
-    progress: bool = True,
-    convention: str = AUTO,
-) -> tuple[list[Case], list[CaseError]]:
-    """
-    Find and check every case under `root` (:func:`check_case`) and the dataset as a whole
-    (:func:`dataset_problems`); a bad case never stops the check of the others.
-
-    Args:
-        root: dataset directory.
-        modalities: canonical modalities every case must have (default: the model's).
-        read_voxels: see :func:`check_case`.
-        progress: show a tqdm progress bar, but only when stderr is a terminal.
-        convention: the label convention setting, see :func:`check_case`.
-
-    Returns:
-        ``(cases, problems)``: all cases found (sorted by case id) and all problems, case by case, then the
-        dataset's.
-
-    Raises:
-        DatasetError: when `root` does not exist, is a file, holds no case or a case id twice.
-        ConfigurationError: for an unknown modality or convention name.
-    """
-    found = discover(root, modalities)
-    problems: list[CaseError] = []
-    # a bar on a terminal; no log lines otherwise: the report itself is the check's output
-    cases = show_progress(found.cases, desc="checking cases", unit="case", enabled=progress and sys.stderr.isatty())
-    for case in cases:
-        problems.extend(check_case(case, modalities, read_voxels=read_voxels, convention=convention))
-    return found.cases, problems + dataset_problems(found)
-
-
-def run_check(
-    dataset_dir: str | os.PathLike, modalities: Sequence[str] = DEFAULT_MODALITIES, convention: str = AUTO
-) -> int:
-    """
-    Check a dataset fully (headers and voxels) and print the result, for ``axunet check DIR``: one line per problem
-    to stdout, then the summary line ``"N cases checked, M with problems"``.
-
-    Args:
-        dataset_dir: dataset directory.
-        modalities: canonical modalities every case must have (default: the model's).
-        convention: the label convention setting, see :func:`check_case`.
-
-    Returns:
-        exit code: :data:`EXIT_OK` (0) when clean, :data:`EXIT_PROBLEMS` (1) when any problem was found.
-
-    Raises:
-        DatasetError: when the directory cannot be used at all (missing, not a directory, no case, duplicated case
-            ids); the command line prints its one line and exits with :data:`EXIT_UNUSABLE` (2).
-    """
-    cases, problems = check_dataset(dataset_dir, modalities, read_voxels=True, progress=True, convention=convention)
-    for problem in problems:
-        print(problem)
-    n_bad = len({p.case_id for p in problems})
-    print(f"{len(cases)} cases checked, {n_bad} with problems")
-    return EXIT_PROBLEMS if problems else EXIT_OK
