@@ -10,11 +10,14 @@ anything else keeps its traceback, as a bug should.
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 from types import TracebackType
 
 __all__ = [
     "AxunetError",
+    "CaseError",
     "ConfigurationError",
     "DatasetError",
     "LeftOutCasesError",
@@ -45,6 +48,36 @@ class ConfigurationError(AxunetError, ValueError):
 
 class DatasetError(AxunetError, ValueError):
     """A dataset folder that cannot be used at all: missing, a file, holding no case, or holding one case twice."""
+
+
+class CaseError(AxunetError, ValueError):
+    """
+    A problem with one file of one case: what a case check finds, and what a step that reads the case raises.
+
+    ``str()`` is a single line ``"<case_id>: <file name>: <reason>"`` so that it can be printed as-is in logs.
+
+    Args:
+        case_id: id of the case (the shared file-name prefix).
+        file: the file concerned (only its name is shown), or ``None`` when no single file is to blame.
+        reason: what is wrong, in a few words.
+    """
+
+    def __init__(self, case_id: str, file: str | os.PathLike | None, reason: str) -> None:
+        self.case_id = case_id
+        self.file = file
+        self.reason = reason
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        parts = [self.case_id] + ([Path(self.file).name] if self.file is not None else []) + [self.reason]
+        return ": ".join(str(p) for p in parts)
+
+    def __str__(self) -> str:
+        return self._message()
+
+    def __reduce__(self):
+        # keeps the exception picklable (e.g. raised in a DataLoader worker process)
+        return type(self), (self.case_id, self.file, self.reason)
 
 
 class LeftOutCasesError(AxunetError):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Hashable, Mapping
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,22 +16,21 @@ from monai.utils import convert_to_dst_type
 from scipy import ndimage
 
 from .atomic import atomic_path
-from .data.cases import parse_file_name
+from .data.cases import case_id_from_path
 from .data.labels import REGIONS
+from .data.pipeline import CASE_ID_KEY
 from .errors import ConfigurationError
 
 __all__ = [
     "is_nonzero",
     "ET_CHANNEL",
     "RemoveSmallEnhancingd",
-    "case_id_from_path",
     "case_name_formatter",
     "AtomicNibabelWriter",
 ]
 
 #: index of the enhancing-tumour channel in (WT, TC, ET) region masks
 ET_CHANNEL = REGIONS.index("ET")
-NIFTI_EXTENSIONS = (".nii.gz", ".nii")
 #: appended to the subject given to MONAI's SaveImage, which removes one extension from it
 SUBJECT_EXTENSION = ".nii"
 
@@ -85,26 +83,15 @@ class RemoveSmallEnhancingd(MapTransform):
         return d
 
 
-def case_id_from_path(path: str | os.PathLike) -> str:
-    """The case id of an image file: the BraTS prefix (``BraTS2021_00000_t1ce.nii.gz`` -> ``BraTS2021_00000``),
-    else the file name without its NIfTI extension. Only the file name is used, so a case id never holds a path."""
-    name = Path(os.fspath(path)).name
-    parsed = parse_file_name(name)
-    if parsed is not None:
-        return parsed[0]
-    for extension in NIFTI_EXTENSIONS:
-        if name.lower().endswith(extension):
-            return name[: -len(extension)]
-    return name
-
-
 def case_name_formatter(metadict: dict, saver: object) -> dict:
     """``SaveImaged(output_name_formatter=...)``: name outputs after the case (``<case_id>_seg.nii.gz``) rather than
-    after the first image file (``<case_id>_t1ce_seg.nii.gz``). Only the file name is used, so no output leaves
-    the output folder."""
+    after the first image file (``<case_id>_t1ce_seg.nii.gz``): the id the case's item carries (``ValidateCased``
+    puts it in the image's metadata, which the prediction inherits), else the one its image file's name gives (a
+    chain without that step). Either way a plain name, so no output leaves the output folder."""
+    case_id = metadict.get(CASE_ID_KEY) or case_id_from_path(metadict.get("filename_or_obj", "case"))
     # MONAI strips what looks like an extension from the subject ("a..b" -> "a."), which would merge cases whose ids
     # differ after a dot: give it an extension to strip
-    return {"subject": case_id_from_path(metadict.get("filename_or_obj", "case")) + SUBJECT_EXTENSION, "idx": None}
+    return {"subject": str(case_id) + SUBJECT_EXTENSION, "idx": None}
 
 
 class AtomicNibabelWriter(NibabelWriter):

@@ -23,20 +23,19 @@ from monai.metrics import compute_hausdorff_distance
 from official_brats import assert_same_numbers, official_scores
 from panoptica import Panoptica_Evaluator
 
-from axunet_bundle import challenge_metrics
-from axunet_bundle.challenge_metrics import CHALLENGE_LABELS, challenge_columns, score_challenge
 from axunet_bundle.cli import main
+from axunet_bundle.cli.score import label_map_files, score_folders
 from axunet_bundle.data.labels import labels_to_regions
 from axunet_bundle.errors import ConfigurationError, DatasetError, LeftOutCasesError
-from axunet_bundle.evaluation import (
+from axunet_bundle.evaluation import challenge as challenge_metrics
+from axunet_bundle.evaluation.challenge import CHALLENGE_LABELS, challenge_columns, score_challenge
+from axunet_bundle.evaluation.metrics import HD95_EMPTY_PENALTY
+from axunet_bundle.evaluation.report import (
     ReportExistsError,
-    label_map_files,
     report_columns,
-    score_folders,
     score_label_maps,
     summarize,
 )
-from axunet_bundle.metrics import HD95_EMPTY_PENALTY
 from axunet_bundle.synthetic import write_synthetic_dataset
 
 SHAPE = (40, 40, 30)

@@ -14,14 +14,13 @@ from monai.transforms import Compose
 from axunet_bundle.data.labels import (
     LABEL_CONVENTIONS,
     REGIONS,
-    LabelsToRegionsd,
-    RegionsToLabelsd,
     invalid_label_values,
     label_values,
     labels_to_regions,
     region_labels,
     regions_to_labels,
 )
+from axunet_bundle.data.pipeline import LabelsToRegionsd, RegionsToLabelsd
 
 CONVENTIONS = sorted(LABEL_CONVENTIONS)
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 from monai.metrics import compute_hausdorff_distance
 
-from axunet_bundle.metrics import HD95_EMPTY_PENALTY, compute_brats_dice, compute_brats_hd95
+from axunet_bundle.evaluation.metrics import HD95_EMPTY_PENALTY, compute_brats_dice, compute_brats_hd95
 
 SIZE = 16  # side of the test volumes
 N_REGIONS = 3

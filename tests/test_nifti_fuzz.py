@@ -3,7 +3,7 @@
 Every file goes through what the bundle does with a case: the integrity check (:func:`check_case`, reading voxels),
 then, for a case it lets through, the ``LoadImaged`` + ``ValidateCased`` head of ``configs/inference.json``'s
 preprocessing (with the label, as in ``evaluate.json``). Property: the case is either refused with one line naming
-the case and the file (a :class:`Problem` or a :class:`CaseError`) or loaded into finite, channel-first data of the
+the case and the file (a :class:`CaseError`, reported or raised) or loaded into finite, channel-first data of the
 case's shape; no other exception, and no example runs longer than :data:`WALL_CLOCK_LIMIT_S`.
 """
 

@@ -3,12 +3,32 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
+from ..data.cases import DEFAULT_MODALITIES, Case, discover
+from ..data.integrity import check_case, dataset_problems
+from ..data.labels import AUTO
+from ..errors import CaseError
+from ..progress import progress as show_progress
 from .configs import read_config
 
-__all__ = ["check", "datalist", "prepare", "split_names", "synth"]
+__all__ = [
+    "EXIT_OK",
+    "EXIT_PROBLEMS",
+    "check",
+    "check_dataset",
+    "datalist",
+    "prepare",
+    "run_check",
+    "split_names",
+    "synth",
+]
+
+EXIT_OK = 0
+EXIT_PROBLEMS = 1
 
 
 def split_names(values: str | tuple | list) -> list[str]:
@@ -45,8 +65,6 @@ def check(dataset_dir: str, modalities: str = "t1ce,t2,flair", label_convention:
         modalities: comma-separated modalities every case must have (default: the model's).
         label_convention: how to read the labels: auto (each dataset's own), brats2021, brats2023, brats2024, msd.
     """
-    from ..data.integrity import run_check
-
     sys.exit(run_check(dataset_dir, modalities=split_names(modalities), convention=label_convention))
 
 
@@ -129,3 +147,65 @@ def prepare(dataset_dir: str, output: str, workers: int = 2, config_file: str | 
     for problem in problems:
         print(problem)
     sys.exit(1 if problems else 0)
+
+
+def check_dataset(
+    root: str | os.PathLike,
+    modalities: Sequence[str] = DEFAULT_MODALITIES,
+    read_voxels: bool = True,
+    progress: bool = True,
+    convention: str = AUTO,
+) -> tuple[list[Case], list[CaseError]]:
+    """
+    Find and check every case under `root` (:func:`~axunet_bundle.data.integrity.check_case`) and the dataset as a whole
+    (:func:`~axunet_bundle.data.integrity.dataset_problems`); a bad case never stops the check of the others.
+
+    Args:
+        root: dataset directory.
+        modalities: canonical modalities every case must have (default: the model's).
+        read_voxels: see :func:`~axunet_bundle.data.integrity.check_case`.
+        progress: show a tqdm progress bar, but only when stderr is a terminal.
+        convention: the label convention setting, see :func:`~axunet_bundle.data.integrity.check_case`.
+
+    Returns:
+        ``(cases, problems)``: all cases found (sorted by case id) and all problems, case by case, then the
+        dataset's.
+
+    Raises:
+        DatasetError: when `root` does not exist, is a file, holds no case or a case id twice.
+        ConfigurationError: for an unknown modality or convention name.
+    """
+    found = discover(root, modalities)
+    problems: list[CaseError] = []
+    # a bar on a terminal; no log lines otherwise: the report itself is the check's output
+    cases = show_progress(found.cases, desc="checking cases", unit="case", enabled=progress and sys.stderr.isatty())
+    for case in cases:
+        problems.extend(check_case(case, modalities, read_voxels=read_voxels, convention=convention))
+    return found.cases, problems + dataset_problems(found)
+
+
+def run_check(
+    dataset_dir: str | os.PathLike, modalities: Sequence[str] = DEFAULT_MODALITIES, convention: str = AUTO
+) -> int:
+    """
+    Check a dataset fully (headers and voxels) and print the result, for ``axunet check DIR``: one line per problem
+    to stdout, then the summary line ``"N cases checked, M with problems"``.
+
+    Args:
+        dataset_dir: dataset directory.
+        modalities: canonical modalities every case must have (default: the model's).
+        convention: the label convention setting, see :func:`~axunet_bundle.data.integrity.check_case`.
+
+    Returns:
+        exit code: :data:`EXIT_OK` (0) when clean, :data:`EXIT_PROBLEMS` (1) when any problem was found.
+
+    Raises:
+        DatasetError: when the directory cannot be used at all (missing, not a directory, no case, duplicated case
+            ids); the command line prints its one line and exits with status 2.
+    """
+    cases, problems = check_dataset(dataset_dir, modalities, read_voxels=True, progress=True, convention=convention)
+    for problem in problems:
+        print(problem)
+    n_bad = len({p.case_id for p in problems})
+    print(f"{len(cases)} cases checked, {n_bad} with problems")
+    return EXIT_PROBLEMS if problems else EXIT_OK

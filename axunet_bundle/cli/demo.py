@@ -49,9 +49,9 @@ def demo(
         epochs: training epochs.
         seed: seed of the generated data and of training.
     """
-    from ..challenge_metrics import LESIONWISE_DSC
     from ..data.datalist import write_datalist
     from ..evaluation import LEGACY_DICE
+    from ..evaluation.challenge import LESIONWISE_DSC
     from ..synthetic import write_synthetic_dataset
 
     started = time.perf_counter()

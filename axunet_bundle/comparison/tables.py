@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 
 from ..atomic import write_text_atomic
-from ..challenge_metrics import LESIONWISE_DSC
 from ..data.labels import REGIONS
 from ..errors import ConfigurationError
 from ..evaluation import CASE_ID, LEGACY_DICE, LEGACY_HD95, report_columns
+from ..evaluation.challenge import LESIONWISE_DSC
 from .variants import COMPARISON_CSV, COMPARISON_MD, COMPARISON_PNG, PER_CASE_CSV, WILCOXON_CSV, Run, Variant
 
 #: below this many non-zero differences a two-sided exact Wilcoxon p-value cannot be below 0.05 (2 / 2**5 = 0.0625)

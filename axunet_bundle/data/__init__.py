@@ -1,18 +1,30 @@
 # Copyright (c) AXUNet bundle developers. Licensed under the Apache License, Version 2.0.
-"""BraTS data: case discovery in every layout, label conventions, integrity checks, the chains' loading transforms,
-datalists, slice cache."""
+"""BraTS data, each module importing only those before it: label values and regions (:mod:`.labels`); case
+discovery in every layout (:mod:`.cases`); file checks (:mod:`.integrity`); the chains' loading transforms
+(:mod:`.pipeline`); datalists, case selection and the loader that leaves out a failing case (:mod:`.datalist`); the
+slice cache (:mod:`.slices`)."""
 
-from . import cases, datalist, decathlon, integrity, labels, pipeline, slices
-from .cases import DEFAULT_MODALITIES, MODALITIES, Case, CaseError, discover, find_cases
-from .datalist import CaseSelection, evaluation_cases, inference_cases, load_datalist, make_datalist, write_datalist
-from .integrity import check_case, check_dataset
-from .labels import REGIONS, LabelsToRegionsd, RegionsToLabelsd, labels_to_regions, regions_to_labels
-from .pipeline import SelectModalitiesd, ValidateCased
+from ..errors import CaseError
+from . import cases, datalist, integrity, labels, pipeline, slices
+from .cases import DEFAULT_MODALITIES, MODALITIES, Case, discover, find_cases
+from .datalist import (
+    CaseLoader,
+    CaseSelection,
+    evaluation_cases,
+    inference_cases,
+    load_datalist,
+    make_datalist,
+    write_datalist,
+)
+from .integrity import check_case
+from .labels import REGIONS, labels_to_regions, regions_to_labels
+from .pipeline import LabelsToRegionsd, RegionsToLabelsd, SelectModalitiesd, ValidateCased
 from .slices import SliceCacheDataset, prepare_slice_cache
 
 __all__ = [
     "Case",
     "CaseError",
+    "CaseLoader",
     "CaseSelection",
     "DEFAULT_MODALITIES",
     "LabelsToRegionsd",
@@ -24,9 +36,7 @@ __all__ = [
     "ValidateCased",
     "cases",
     "check_case",
-    "check_dataset",
     "datalist",
-    "decathlon",
     "discover",
     "evaluation_cases",
     "find_cases",

@@ -14,8 +14,12 @@ Discovery of BraTS cases on disk, in every layout the bundle reads:
 - per-modality files sharing a file-name prefix, the case id: ``BraTS2021_00000_{t1,t1ce,t2,flair,seg}.nii.gz``
   (BraTS 2018-2021, also ``BraTS20_Training_001_t1ce.nii``), ``BraTS-GLI-00000-000-{t1n,t1c,t2w,t2f,seg}.nii.gz``
   (BraTS 2023+); a case without a ``seg`` file is an inference case;
-- the Medical Segmentation Decathlon's ``Task01_BrainTumour`` (``dataset.json``, one 4D image per case, channels
-  named by ``dataset.json``): :mod:`axunet_bundle.data.decathlon`;
+- the Medical Segmentation Decathlon's ``Task01_BrainTumour`` (BraTS 2016-2017 data; also MONAI's
+  ``DecathlonDataset``, MONAI Label's sample dataset and nnU-Net's Task001): a ``dataset.json``,
+  ``imagesTr/BRATS_001.nii.gz`` (one 4D image per case), ``labelsTr/BRATS_001.nii.gz``, ``imagesTs/``. The image
+  channels are picked by the names ``dataset.json`` gives them (``"modality": {"0": "FLAIR", "1": "T1w", "2":
+  "t1gd", "3": "T2w"}``), never by position, and the labels are read in the convention its ``"labels"`` name
+  (``{"1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"}``: the ``msd`` convention);
 - one multi-channel NIfTI per case with no modality suffix (what MONAI Label sends, what converters write): its
   channels are the model's modalities in the model's order, and a label may sit in ``labels/`` or ``labels/final/``
   beside it (MONAI Label's datastore).
@@ -26,6 +30,7 @@ label (the BraTS 2020 release keeps case 355's as ``W39_1998.09.19_Segm.nii``) i
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -33,12 +38,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 import nibabel as nib
 from monai.utils import ensure_tuple
 
-from ..errors import AxunetError, ConfigurationError, DatasetError
-from .labels import convention_for_names
+from ..errors import CaseError, ConfigurationError, DatasetError
+from .labels import DEFAULT_CONVENTION, LABEL_CONVENTIONS
 
 __all__ = [
     "MODALITIES",
@@ -51,12 +57,19 @@ __all__ = [
     "CaseError",
     "DatasetPathError",
     "Discovery",
+    "case_id_from_path",
     "check_case_id",
+    "convention_for_names",
     "discover",
     "find_cases",
     "layout_of_file",
     "parse_file_name",
     "validate_modalities",
+    "DATASET_JSON",
+    "decathlon_cases",
+    "find_dataset_json",
+    "label_convention",
+    "modality_channels",
 ]
 
 MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
@@ -117,36 +130,6 @@ _EXAMPLE_FILE = "..._t1ce.nii.gz"
 # OS's), no NUL, and not a name that points at a directory itself
 _PATH_SEPARATORS = ("/", "\\", "\0")
 _DIRECTORY_NAMES = ("", ".", "..")
-
-
-class CaseError(AxunetError, ValueError):
-    """
-    A problem with one file of one case.
-
-    ``str()`` is a single line ``"<case_id>: <file name>: <reason>"`` so that it can be printed as-is in logs.
-
-    Args:
-        case_id: id of the case (the shared file-name prefix).
-        file: the file concerned (only its name is shown), or ``None`` when no single file is to blame.
-        reason: what is wrong, in a few words.
-    """
-
-    def __init__(self, case_id: str, file: str | os.PathLike | None, reason: str) -> None:
-        self.case_id = case_id
-        self.file = file
-        self.reason = reason
-        super().__init__(self._message())
-
-    def _message(self) -> str:
-        parts = [self.case_id] + ([Path(self.file).name] if self.file is not None else []) + [self.reason]
-        return ": ".join(str(p) for p in parts)
-
-    def __str__(self) -> str:
-        return self._message()
-
-    def __reduce__(self):
-        # keeps the exception picklable (e.g. raised in a DataLoader worker process)
-        return type(self), (self.case_id, self.file, self.reason)
 
 
 class DatasetPathError(DatasetError, OSError):
@@ -367,6 +350,22 @@ def nifti_stem(name: str) -> str | None:
     return None
 
 
+def case_id_from_path(path: str | os.PathLike) -> str:
+    """The case id a file's name gives, the one helper that reads ids from names: the BraTS prefix
+    (``BraTS2021_00000_t1ce.nii.gz`` -> ``BraTS2021_00000``), else the name without its NIfTI extension
+    (``BRATS_001.nii.gz`` -> ``BRATS_001``), else the name. Only the file name is used, so an id never holds a path."""
+    name = Path(os.fspath(path)).name
+    parsed = parse_file_name(name)
+    return parsed[0] if parsed is not None else nifti_stem(name) or name
+
+
+def convention_for_names(file_name: str | None) -> str:
+    """The convention a BraTS file name implies: ``brats2023`` for BraTS 2023+ names (``BraTS-GLI-00000-000-t1c``
+    or the ``t1n/t1c/t2w/t2f`` suffixes), else ``brats2021``. What ``"auto"`` falls back to for an item that does
+    not say its convention (a datalist written by an older version, what MONAI Label sends)."""
+    return "brats2023" if file_name and layout_of_file(file_name) == LAYOUT_2023 else DEFAULT_CONVENTION
+
+
 def file_channels(path: Path) -> int:
     """Channels of a NIfTI image from its header: 1 for a 3D volume (trailing singleton dimensions allowed), else
     the product of the dimensions after the third (``X, Y, Z, C``, or ITK's vector layout ``X, Y, Z, 1, C``);
@@ -431,7 +430,7 @@ def _cases_in_directory(
     strays = []
     for path in unparsed:
         if file_channels(path) > 1:  # one multi-channel image per case, channels in the model's order
-            stem = nifti_stem(path.name) or path.name
+            stem = case_id_from_path(path)
             images = {m: path for m in modalities}
             label = _label_beside(directory, stem)
             convention = convention_for_names(path.name)
@@ -439,6 +438,142 @@ def _cases_in_directory(
         else:
             strays.append(path)
     return cases, strays
+
+
+# the Medical Segmentation Decathlon's task folders
+
+DATASET_JSON = "dataset.json"
+#: sub-folders of a Decathlon task: the user may point at one of them
+TASK_FOLDERS = ("imagesTr", "imagesTs", "labelsTr")
+#: how a Decathlon label name says its tumour class, tried in order ("non-enhancing" before "enhancing"): parts of
+#: the name, or whole words
+_CLASS_NAMES = (
+    ("RC", ("resection", "cavity"), ("rc",)),
+    ("NCR", ("non-enhancing", "non enhancing", "nonenhancing", "necro"), ("ncr", "net", "netc")),
+    ("ED", ("edema", "oedema"), ("ed", "snfh")),
+    ("ET", ("enhancing",), ("et",)),
+)
+_BACKGROUND = ("background", "bg")
+
+
+def find_dataset_json(root: Path) -> Path | None:
+    """The ``dataset.json`` of a Decathlon task folder ``root``, or of the task whose ``imagesTr``/``imagesTs``/
+    ``labelsTr`` folder ``root`` is; ``None`` when there is none (or it names no modalities: not a Decathlon
+    task)."""
+    for folder in (root, root.parent if root.name in TASK_FOLDERS else None):
+        if folder is not None and (folder / DATASET_JSON).is_file():
+            path = folder / DATASET_JSON
+            try:
+                spec = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as err:
+                raise DatasetError(f"{path}: not a readable JSON file ({err})") from None
+            if isinstance(spec, Mapping) and "modality" in spec:
+                return path
+    return None
+
+
+def _normalised(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def modality_channels(modality: Mapping[str, str], source: Path) -> dict[str, int]:
+    """Canonical modality -> channel index, from ``dataset.json``'s ``"modality"`` (channel index -> name).
+
+    Raises:
+        DatasetError: for a channel index that is not a number, or two channels of the same modality.
+    """
+    channels: dict[str, int] = {}
+    for index, name in modality.items():
+        canonical = MODALITY_ALIASES.get(_normalised(str(name)))
+        if canonical is None:
+            continue  # a channel the bundle does not know (e.g. ADC): never used
+        try:
+            channel = int(index)
+        except ValueError:
+            raise DatasetError(f"{source}: modality channel {index!r} is not a channel number") from None
+        if canonical in channels:
+            raise DatasetError(f"{source}: channels {channels[canonical]} and {channel} are both {canonical}")
+        channels[canonical] = channel
+    return channels
+
+
+def _label_class(name: str) -> str | None:
+    """The tumour class a label name says (``"ED"`` for ``"edema"``), ``None`` for background, ``""`` for none."""
+    text = name.strip().lower().replace("_", " ")
+    if text in _BACKGROUND:
+        return None
+    words = set(re.split(r"[^a-z0-9]+", text))
+    for cls, parts, whole_words in _CLASS_NAMES:
+        if any(part in text for part in parts) or words & set(whole_words):
+            return cls
+    return ""
+
+
+def label_convention(labels: Mapping[str, Any], source: Path) -> str:
+    """The convention of :data:`~axunet_bundle.data.labels.LABEL_CONVENTIONS` that ``dataset.json``'s ``"labels"``
+    describe (value -> name, or nnU-Net v2's name -> value).
+
+    Raises:
+        DatasetError: when a label name is not a tumour class, or the labels match no known convention.
+    """
+    by_value: dict[int, str] = {}
+    for key, value in labels.items():
+        number, name = (key, value) if str(key).strip().isdigit() else (value, key)
+        by_value[int(number)] = str(name)
+    classes: dict[str, int] = {}
+    for value, name in sorted(by_value.items()):
+        cls = _label_class(name)
+        if cls is None:
+            continue
+        if not cls:
+            raise DatasetError(f"{source}: label {value} {name!r} is not a tumour class the bundle knows")
+        classes[cls] = value
+    for convention, values in LABEL_CONVENTIONS.items():
+        if dict(values) == classes:
+            return convention
+    found = ", ".join(f"{v} {c}" for c, v in sorted(classes.items(), key=lambda cv: cv[1]))
+    raise DatasetError(f"{source}: labels ({found}) match no label convention the bundle knows")
+
+
+def _relative(source: Path, entry: str) -> Path:
+    return (source.parent / entry).resolve() if not Path(entry).is_absolute() else Path(entry)
+
+
+def decathlon_cases(source: Path, root: Path) -> list[Case]:
+    """The cases a Decathlon ``dataset.json`` lists: ``"training"`` (image and label) and ``"test"`` (image), those
+    of the folder ``root`` only when it is one of the task's sub-folders.
+
+    Args:
+        source: the ``dataset.json``.
+        root: the folder the user gave (the task folder, or its ``imagesTr``/``imagesTs``).
+
+    Raises:
+        DatasetError: for a ``dataset.json`` without usable ``"modality"``/``"labels"``/case lists.
+    """
+    spec = json.loads(source.read_text(encoding="utf-8"))
+    modality, labels = spec.get("modality"), spec.get("labels")
+    if not isinstance(modality, Mapping) or not isinstance(labels, Mapping):
+        raise DatasetError(f'{source}: needs a "modality" and a "labels" mapping')
+    channels = modality_channels(modality, source)
+    convention = label_convention(labels, source)
+    entries = [(e.get("image"), e.get("label")) for e in spec.get("training") or [] if isinstance(e, Mapping)]
+    entries += [(e, None) for e in spec.get("test") or [] if isinstance(e, str)]
+    cases = []
+    for image, label in entries:
+        if not isinstance(image, str):
+            raise DatasetError(f"{source}: a listed case has no image path")
+        image_path = _relative(source, image)
+        if (
+            root != source.parent
+            and image_path.parent != root
+            and (label is None or _relative(source, label).parent != root)
+        ):
+            continue
+        case_id = case_id_from_path(image_path)
+        images = {m: image_path for m in channels} if image_path.is_file() else {}
+        label_path = _relative(source, label) if isinstance(label, str) else None
+        cases.append(Case(case_id, LAYOUT_MSD, images, label_path, image_path.parent, channels, convention))
+    return cases
 
 
 def _check_duplicates(cases: Sequence[Case]) -> None:
@@ -460,7 +595,7 @@ def discover(root: str | os.PathLike, modalities: Sequence[str] = MODALITIES) ->
     Per-modality file names may use ``_`` or ``-`` before the modality suffix, any letter case, ``.nii`` or
     ``.nii.gz``, any prefix (BraTS 2020 ``BraTS20_Training_001_t1ce.nii``, BraTS-SSA/PED/MEN, ...) and the modality
     aliases in :data:`MODALITY_ALIASES`. A folder with a Decathlon ``dataset.json`` (or the ``imagesTr``/``imagesTs``
-    folder of one) is read as :mod:`axunet_bundle.data.decathlon` says. Hidden files are ignored.
+    folder of one) is read as the module's docstring says. Hidden files are ignored.
 
     Args:
         root: dataset directory (or the directory of a single case).
@@ -477,8 +612,6 @@ def discover(root: str | os.PathLike, modalities: Sequence[str] = MODALITIES) ->
         ConfigurationError: for unknown modality names.
         CaseError: when a case has two files for the same modality (e.g. both ``_t1ce`` and ``_t1c``).
     """
-    from .decathlon import decathlon_cases, find_dataset_json
-
     mods = validate_modalities(modalities)
     root_path = Path(root).expanduser().absolute()
     if not root_path.exists():

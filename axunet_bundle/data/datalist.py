@@ -19,27 +19,22 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from monai.data import DataLoader, list_data_collate, load_decathlon_datalist
+from monai.utils import ensure_tuple
 
-from axunet_bundle.atomic import write_json_atomic
-from axunet_bundle.data.cases import (
-    DEFAULT_MODALITIES,
-    Case,
-    CaseError,
-    check_case_id,
-    discover,
-    validate_modalities,
-)
-from axunet_bundle.data.integrity import Problem, check_case, dataset_problems
-from axunet_bundle.data.labels import AUTO, CONVENTION_KEY, resolve_convention
-from axunet_bundle.data.pipeline import CHANNELS_KEY
-from axunet_bundle.errors import ConfigurationError, DatasetError, LeftOutCasesError
-from axunet_bundle.outputs import segmentation_path
+from ..atomic import write_json_atomic
+from ..errors import CaseError, ConfigurationError, DatasetError, LeftOutCasesError, user_error
+from ..outputs import segmentation_path
+from .cases import DEFAULT_MODALITIES, Case, case_id_from_path, check_case_id, discover, validate_modalities
+from .integrity import check_case, dataset_problems, read_problem
+from .labels import AUTO, resolve_convention
+from .pipeline import CASE_ID_KEY, CHANNELS_KEY, CONVENTION_KEY
 
 __all__ = [
     "TRAINING",
@@ -49,6 +44,7 @@ __all__ = [
     "make_datalist",
     "write_datalist",
     "load_datalist",
+    "CaseLoader",
     "CaseSelection",
     "inference_cases",
     "evaluation_cases",
@@ -86,7 +82,7 @@ def case_item(case: Case, modalities: Sequence[str]) -> dict[str, Any]:
         item[CHANNELS_KEY] = channels
     if case.label is not None:
         item["label"] = str(case.label)
-    item["case_id"] = case.case_id
+    item[CASE_ID_KEY] = case.case_id
     item[CONVENTION_KEY] = case.convention
     return item
 
@@ -102,7 +98,7 @@ def _discover(dataset_dir: str | os.PathLike, modalities: tuple[str, ...], label
 
 def _sound_cases(
     cases: Sequence[Case], modalities: tuple[str, ...], read_voxels: bool, convention: str
-) -> tuple[list[Case], list[Problem]]:
+) -> tuple[list[Case], list[CaseError]]:
     """The cases with no problem, and the problems of the others, each logged in one line: the lines ``axunet
     check`` prints, so that every step refuses the same cases for the same reasons."""
     sound, problems = [], []
@@ -245,8 +241,6 @@ def load_datalist(
         if dataset_dir is None:
             raise ConfigurationError("give dataset_dir (a BraTS folder) or datalist (a datalist JSON file)")
         return make_datalist(dataset_dir, **kwargs)
-    from monai.data import load_decathlon_datalist
-
     path = Path(datalist).expanduser()
     if not path.is_file():
         raise DatasetError(f"datalist file not found: {path}")
@@ -258,14 +252,15 @@ def load_datalist(
     }
     for key, items in loaded.items():
         for raw, item in zip(sections.get(key) or [], items):
-            if "case_id" not in raw:
+            if CASE_ID_KEY not in raw:  # the id is worked out here, once: later steps read it from the item
+                item[CASE_ID_KEY] = case_id_from_path(ensure_tuple(item["image"])[0])
                 continue
             try:
-                check_case_id(raw["case_id"])  # ids name outputs (slice cache folders): none may point elsewhere
+                check_case_id(raw[CASE_ID_KEY])  # ids name outputs (slice cache folders): none may point elsewhere
             except CaseError as err:
                 raise CaseError(err.case_id, path, err.reason) from None
             # MONAI joins base_dir to any value naming an existing path, and a case id names its case folder
-            item["case_id"] = raw["case_id"]
+            item[CASE_ID_KEY] = raw[CASE_ID_KEY]
     return loaded
 
 
@@ -273,12 +268,12 @@ def load_datalist(
 class CaseSelection:
     """
     The cases a run will process (``items``, MONAI datalist items) and those it leaves out (``left_out``: one
-    :class:`~axunet_bundle.data.integrity.Problem` per problem found), so that a run over many cases processes every
+    :class:`~axunet_bundle.errors.CaseError` per problem found), so that a run over many cases processes every
     good one and still ends by naming the bad ones.
     """
 
     items: list[dict[str, Any]] = field(default_factory=list)
-    left_out: list[Problem] = field(default_factory=list)
+    left_out: list[CaseError] = field(default_factory=list)
 
     def report(self) -> None:
         """End of a run: list the left-out cases again.
@@ -295,6 +290,77 @@ class CaseSelection:
         raise LeftOutCasesError(f"{len(cases)} case(s) were not processed: {', '.join(cases)}")
 
 
+class _Loaded:
+    """A dataset that returns a case's :class:`CaseError` instead of raising it, so that the loader can leave the case
+    out. MONAI's ``apply_transform`` wraps what a transform raised (:func:`~axunet_bundle.errors.user_error` finds
+    it); a reader's error (a ``.nii.gz`` cut short: its header and gzip trailer can look whole) is the case's only
+    when one of its files is then found unreadable, which names the file."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        try:
+            return self.dataset[index]
+        except Exception as exc:  # only a case's problem is caught; a bug keeps its traceback
+            error = user_error(exc) or _unreadable_file(getattr(self.dataset, "data", None), index)
+            if isinstance(error, CaseError):
+                return error
+            raise
+
+
+def _unreadable_file(items: Sequence[Mapping[str, Any]] | None, index: int) -> CaseError | None:
+    """The first unreadable file of ``items[index]``, as a case's problem; ``None`` when all read."""
+    item = items[index] if items is not None else {}
+    for file in [*ensure_tuple(item.get("image")), *ensure_tuple(item.get("label"))]:
+        reason = read_problem(file)
+        if reason is not None:
+            return CaseError(str(item.get(CASE_ID_KEY)), file, reason)
+    return None
+
+
+def _collate_loaded(batch: list[Any]) -> tuple[list[CaseError], Any]:
+    """The problems of a batch's failed cases, and the others collated (``None`` when none is left)."""
+    sound = [item for item in batch if not isinstance(item, CaseError)]
+    return [item for item in batch if isinstance(item, CaseError)], list_data_collate(sound) if sound else None
+
+
+class CaseLoader(DataLoader):
+    """
+    MONAI's ``DataLoader`` over the cases of a :class:`CaseSelection`, leaving out a case whose loading raises a
+    :class:`~axunet_bundle.errors.CaseError` (the chain's :class:`~axunet_bundle.data.pipeline.ValidateCased` finds
+    NaN/inf, all-zero images and labels outside their convention as it loads the voxels: the one read that checks
+    them). The case is logged in one line and added to ``cases.left_out``, which ``cases.report()`` lists at the end;
+    the other cases run. PyTorch's loader has no way to skip an item, hence this class.
+
+    Its length is unknown until every case is loaded (``len()`` raises ``TypeError``, as for an iterable dataset),
+    so that MONAI's engines end the epoch when the cases do.
+
+    Args:
+        dataset: a map-style dataset of the cases' items (MONAI ``Dataset`` with the loading chain).
+        cases: the selection whose ``left_out`` collects the failed cases.
+        kwargs: MONAI ``DataLoader``'s (``batch_size``, ``num_workers``, ...); no ``collate_fn``.
+    """
+
+    def __init__(self, dataset: Any, cases: CaseSelection, **kwargs: Any) -> None:
+        super().__init__(_Loaded(dataset), collate_fn=_collate_loaded, **kwargs)
+        self.cases = cases
+
+    def __len__(self) -> int:
+        raise TypeError("the number of cases that load is known once they are loaded")
+
+    def __iter__(self) -> Any:
+        for failed, batch in super().__iter__():
+            for error in failed:
+                logger.warning("leaving out case %s", error)
+                self.cases.left_out.append(error)
+            if batch is not None:
+                yield batch
+
+
 def _select(cases: Sequence[Case], modalities: tuple[str, ...], read_voxels: bool, convention: str) -> CaseSelection:
     """The sound cases as items, and the problems of the others."""
     sound, problems = _sound_cases(cases, modalities, read_voxels, convention)
@@ -305,7 +371,7 @@ def inference_cases(
     dataset_dir: str | os.PathLike,
     modalities: Sequence[str] = DEFAULT_MODALITIES,
     output_dir: str | os.PathLike | None = None,
-    read_voxels: bool = True,
+    read_voxels: bool = False,
     label_convention: str = AUTO,
 ) -> CaseSelection:
     """
@@ -319,7 +385,8 @@ def inference_cases(
         modalities: image channels, in order.
         output_dir: when given, cases whose segmentation already exists there are skipped (a re-run continues
             where the last one stopped); ``None`` processes every case.
-        read_voxels: check the voxel data too (one extra read of each image), not only the headers.
+        read_voxels: check the voxel data too (one extra read of each image), not only the headers; by default the
+            voxels are checked once, as the chain loads them (:class:`CaseLoader`).
         label_convention: the convention to write the segmentations in: ``"auto"`` for each case's dataset's.
     """
     mods = validate_modalities(modalities)
@@ -337,7 +404,7 @@ def inference_cases(
 def labelled_cases(
     dataset_dir: str | os.PathLike,
     modalities: Sequence[str] = DEFAULT_MODALITIES,
-    read_voxels: bool = True,
+    read_voxels: bool = False,
     label_convention: str = AUTO,
 ) -> CaseSelection:
     """Every sound labelled case of a folder as an item (the cases a training or a slice cache can use), and the
@@ -358,7 +425,7 @@ def evaluation_cases(
     datalist: str | os.PathLike | None = None,
     split: str = VALIDATION,
     modalities: Sequence[str] = DEFAULT_MODALITIES,
-    read_voxels: bool = True,
+    read_voxels: bool = False,
     label_convention: str = AUTO,
 ) -> CaseSelection:
     """
@@ -372,7 +439,7 @@ def evaluation_cases(
         datalist: optional decathlon-style JSON file.
         split: the datalist section to evaluate.
         modalities: image channels, in order.
-        read_voxels: check the voxel data too, not only the headers.
+        read_voxels: check the voxel data too, not only the headers (see :func:`inference_cases`).
         label_convention: the label convention setting (``"auto"``: each case's dataset's).
 
     Raises:
@@ -388,7 +455,7 @@ def evaluation_cases(
         if dataset_dir is None:
             raise ConfigurationError("give dataset_dir (a BraTS folder) or datalist (a datalist JSON file)")
         selection = labelled_cases(dataset_dir, modalities, read_voxels, label_convention)
-    unlabelled = [item.get("case_id", item["image"][0]) for item in selection.items if "label" not in item]
+    unlabelled = [item[CASE_ID_KEY] for item in selection.items if "label" not in item]
     if unlabelled:
         raise DatasetError(f"datalist {split} items without a label to evaluate against: {unlabelled[0]}")
     selection.items = [{REFERENCE if k == "label" else k: v for k, v in item.items()} for item in selection.items]

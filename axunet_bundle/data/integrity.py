@@ -2,10 +2,11 @@
 """
 Dataset integrity checks, in the spirit of nnU-Net's ``verify_dataset_integrity``.
 
-:func:`check_case` / :func:`check_dataset` look at files on disk and report every problem as a :class:`Problem`
-instead of raising; :func:`run_check` is the command-line entry (``axunet check DIR``). Data already loaded by a
-MONAI chain is checked by :class:`axunet_bundle.data.pipeline.ValidateCased` with the same :func:`image_problems`
-and :func:`label_problems`.
+:func:`check_case` and :func:`dataset_problems` look at files on disk and report every problem as a
+:class:`~axunet_bundle.errors.CaseError` instead of raising; ``axunet check DIR`` (:mod:`axunet_bundle.cli.data`)
+runs them over a dataset, reading every voxel. The runs select their cases by the headers alone; the voxels are
+checked once, as the chain loads them, by :class:`axunet_bundle.data.pipeline.ValidateCased` with the same
+:func:`image_problems` and :func:`label_problems`.
 """
 
 from __future__ import annotations
@@ -13,10 +14,8 @@ from __future__ import annotations
 import gzip
 import math
 import os
-import sys
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,38 +26,24 @@ from monai.data.utils import correct_nifti_header_if_necessary
 from monai.utils import convert_to_numpy
 from nibabel.filebasedimages import ImageFileError
 
-from axunet_bundle.data.cases import (
-    DEFAULT_MODALITIES,
+from ..errors import CaseError
+from .cases import (
     LABEL_SUFFIX,
     LAYOUT_MSD,
     MODALITIES,
     Case,
-    CaseError,
     Discovery,
-    discover,
     validate_modalities,
 )
-from axunet_bundle.data.labels import (
-    AUTO,
-    invalid_label_values,
-    label_values,
-    resolve_convention,
-    validate_convention,
-)
-from axunet_bundle.progress import progress as show_progress
+from .labels import AUTO, RC_OR_ET, invalid_label_values, label_values, resolve_convention, validate_convention
 
 __all__ = [
     "AFFINE_TOLERANCE",
-    "EXIT_OK",
-    "EXIT_PROBLEMS",
-    "EXIT_UNUSABLE",
-    "Problem",
     "check_case",
-    "check_dataset",
     "dataset_problems",
     "image_problems",
     "label_problems",
-    "run_check",
+    "read_problem",
 ]
 
 AFFINE_TOLERANCE = 1e-3
@@ -66,9 +51,6 @@ AFFINE_TOLERANCE = 1e-3
 geometry. Image modalities are stacked by MONAI's ``LoadImage``, which needs ``np.allclose`` affines."""
 LOADED_DTYPE = np.dtype(np.float32)  # what the bundle's LoadImaged gives the network
 
-EXIT_OK = 0
-EXIT_PROBLEMS = 1
-EXIT_UNUSABLE = 2  # the dataset directory is missing, empty or cannot be enumerated
 
 SPATIAL_DIMS = 3
 NIFTI1_HEADER_BYTES = 348  # the smallest NIfTI header (NIfTI-1); a file shorter than this was cut inside it
@@ -77,34 +59,10 @@ _GZIP_ISIZE_BYTES = 4  # the last 4 bytes of a gzip member: its uncompressed len
 _GZIP_ISIZE_MODULUS = 2**32
 _COUNT_CHUNK_BYTES = 1 << 20
 _MAX_LISTED_VALUES = 10  # a continuous image saved as "seg" would otherwise list millions of values
-_RC_OR_ET = 4
 _BRATS2023_FOUR = (
     ": 4 is the resection cavity in BraTS 2024 post-treatment labels (set label_convention brats2024) and the "
     "enhancing tumour in BraTS 2021 labels (set brats2021)"
 )
-
-
-@dataclass(frozen=True)
-class Problem:
-    """
-    One problem found in one file of one case; ``str()`` is the single line ``"<case_id>: <file name>: <reason>"``.
-
-    Args:
-        case_id: id of the case.
-        file: the file concerned (a missing file is named as it is expected to be called), or ``None``.
-        reason: what is wrong.
-    """
-
-    case_id: str
-    file: Path | None
-    reason: str
-
-    def __str__(self) -> str:
-        return str(CaseError(self.case_id, self.file, self.reason))
-
-    def to_error(self) -> CaseError:
-        """The problem as an exception, for callers that must stop on it."""
-        return CaseError(self.case_id, self.file, self.reason)
 
 
 def _format_values(values: Sequence[int | float]) -> str:
@@ -235,7 +193,7 @@ def label_problems(data: NdarrayOrTensor, convention: str) -> list[str]:
         reasons.append(f"non-integral label values {_format_values(non_integral)}")
     if outside:
         valid = ", ".join(map(str, label_values(convention)))
-        hint = _BRATS2023_FOUR if convention == "brats2023" and _RC_OR_ET in outside else ""
+        hint = _BRATS2023_FOUR if convention == "brats2023" and RC_OR_ET in outside else ""
         reasons.append(f"label values {_format_values(outside)} outside the {convention} labels ({valid}){hint}")
     return reasons
 
@@ -257,6 +215,13 @@ def _read_voxels(img: Any) -> tuple[np.ndarray | None, str | None]:
         return None, f"corrupt compressed data ({_first_line(exc)})"
     except Exception as exc:  # never raise for a bad file
         return None, f"voxel data unreadable ({_first_line(exc)})"
+
+
+def read_problem(path: str | os.PathLike) -> str | None:
+    """Why a NIfTI file's voxels cannot be read (header, length, compressed data), or ``None`` when they can: what
+    names the file when a chain's loading fails (only then, so a sound case is read once)."""
+    img, reason = _open_header(Path(path))
+    return reason if img is None else _read_voxels(img)[1]
 
 
 _Geometry = tuple[str, tuple[int, ...], np.ndarray]  # (kind of file, 3D shape, affine)
@@ -340,7 +305,7 @@ def _check_file(
         stacked = kind != LABEL_SUFFIX and ref_kind != LABEL_SUFFIX
         if (stacked and not np.allclose(affine, ref_affine)) or max_diff > AFFINE_TOLERANCE:
             reasons.append(f"affine differs from {ref_kind}'s (largest difference {max_diff:.4g})")
-    if read_voxels or kind == LABEL_SUFFIX:
+    if read_voxels:
         data, reason = _read_voxels(img)
         if data is None:
             return reasons + [reason or "no voxel data"], geometry
@@ -360,7 +325,7 @@ def check_case(
     modalities: Sequence[str] = MODALITIES,
     read_voxels: bool = True,
     convention: str = AUTO,
-) -> list[Problem]:
+) -> list[CaseError]:
     """
     Check one case's files; every problem is reported, none is raised.
 
@@ -368,16 +333,15 @@ def check_case(
     image that is not 3D (a trailing singleton dimension such as 240x240x155x1 counts as 3D) or, for a multi-channel
     file, that lacks the channels its modalities need; shape or affine differing from the case's first readable file
     (images: ``np.allclose``, as MONAI requires to stack them; label: within :data:`AFFINE_TOLERANCE`), geometry read
-    as MONAI's ``NibabelReader`` reads it. The label's values (integral, within the case's convention) are always
-    checked: labels are small, and every step that uses a case must agree on whether it can. With `read_voxels`,
-    also the images: truncated compressed data, non-finite voxels, an all-zero modality.
+    as MONAI's ``NibabelReader`` reads it; a header that claims more voxels than the file holds is refused before any
+    voxel is read. With `read_voxels`, also the voxels: damaged compressed data, non-finite voxels, an all-zero
+    modality, label values outside the case's convention (resolved with the label, as the chain resolves it).
 
     Args:
         case: the case to check.
         modalities: canonical modalities the case must have; other image files are not checked.
-        read_voxels: read the images' voxel data too. ``False`` reads their nibabel headers only, which is cheap
-            enough to run wherever cases are loaded, but finds a truncated ``.nii.gz`` only if it is cut inside the
-            header.
+        read_voxels: read the voxel data too. ``False`` reads the headers and the files' lengths only (a
+            ``.nii.gz``'s from its gzip trailer): how the runs select their cases, leaving the voxels to the chain.
         convention: the label convention setting: ``"auto"`` (the case's dataset's) or a convention name.
 
     Returns:
@@ -390,7 +354,7 @@ def check_case(
     validate_convention(convention, allow_auto=True)
     what = "channel" if case.channels is not None else "image"
     problems = [
-        Problem(case.case_id, case.directory / case.expected_file_name(m), f"missing {m} {what}")
+        CaseError(case.case_id, case.directory / case.expected_file_name(m), f"missing {m} {what}")
         for m in case.missing_modalities(mods)
     ]
     files: list[tuple[str, Path, dict | None]] = []
@@ -405,18 +369,18 @@ def check_case(
     reference: _Geometry | None = None
     for kind, path, channels in files:
         reasons, geometry = _check_file(path, kind, reference, read_voxels, convention, case.convention, channels)
-        problems.extend(Problem(case.case_id, path, reason) for reason in reasons)
+        problems.extend(CaseError(case.case_id, path, reason) for reason in reasons)
         if reference is None:
             reference = geometry  # later files are compared with the first readable one
     return problems
 
 
-def dataset_problems(found: Discovery, labels_needed: bool = True) -> list[Problem]:
+def dataset_problems(found: Discovery, labels_needed: bool = True) -> list[CaseError]:
     """The problems of a dataset beyond its cases' files: every stray NIfTI file (named, so that a misnamed label is
     never silently ignored), and, when labels are needed and some cases have one, every case without its label (not
     silently dropped from training)."""
     problems = [
-        Problem(
+        CaseError(
             owner or "-",
             path,
             "a NIfTI file that is no modality or label of any case (ignored); a label must be "
@@ -427,7 +391,7 @@ def dataset_problems(found: Discovery, labels_needed: bool = True) -> list[Probl
     labelled = sum(case.label is not None for case in found.cases)
     if labelled and labels_needed:
         problems += [
-            Problem(
+            CaseError(
                 case.case_id,
                 case.directory / case.expected_file_name(LABEL_SUFFIX),
                 f"no label, where "
@@ -437,65 +401,3 @@ def dataset_problems(found: Discovery, labels_needed: bool = True) -> list[Probl
             if case.label is None and case.layout != LAYOUT_MSD  # dataset.json lists its test cases as such
         ]
     return problems
-
-
-def check_dataset(
-    root: str | os.PathLike,
-    modalities: Sequence[str] = DEFAULT_MODALITIES,
-    read_voxels: bool = True,
-    progress: bool = True,
-    convention: str = AUTO,
-) -> tuple[list[Case], list[Problem]]:
-    """
-    Find and check every case under `root` (:func:`check_case`) and the dataset as a whole
-    (:func:`dataset_problems`); a bad case never stops the check of the others.
-
-    Args:
-        root: dataset directory.
-        modalities: canonical modalities every case must have (default: the model's).
-        read_voxels: see :func:`check_case`.
-        progress: show a tqdm progress bar, but only when stderr is a terminal.
-        convention: the label convention setting, see :func:`check_case`.
-
-    Returns:
-        ``(cases, problems)``: all cases found (sorted by case id) and all problems, case by case, then the
-        dataset's.
-
-    Raises:
-        DatasetError: when `root` does not exist, is a file, holds no case or a case id twice.
-        ConfigurationError: for an unknown modality or convention name.
-    """
-    found = discover(root, modalities)
-    problems: list[Problem] = []
-    # a bar on a terminal; no log lines otherwise: the report itself is the check's output
-    cases = show_progress(found.cases, desc="checking cases", unit="case", enabled=progress and sys.stderr.isatty())
-    for case in cases:
-        problems.extend(check_case(case, modalities, read_voxels=read_voxels, convention=convention))
-    return found.cases, problems + dataset_problems(found)
-
-
-def run_check(
-    dataset_dir: str | os.PathLike, modalities: Sequence[str] = DEFAULT_MODALITIES, convention: str = AUTO
-) -> int:
-    """
-    Check a dataset fully (headers and voxels) and print the result, for ``axunet check DIR``: one line per problem
-    to stdout, then the summary line ``"N cases checked, M with problems"``.
-
-    Args:
-        dataset_dir: dataset directory.
-        modalities: canonical modalities every case must have (default: the model's).
-        convention: the label convention setting, see :func:`check_case`.
-
-    Returns:
-        exit code: :data:`EXIT_OK` (0) when clean, :data:`EXIT_PROBLEMS` (1) when any problem was found.
-
-    Raises:
-        DatasetError: when the directory cannot be used at all (missing, not a directory, no case, duplicated case
-            ids); the command line prints its one line and exits with :data:`EXIT_UNUSABLE` (2).
-    """
-    cases, problems = check_dataset(dataset_dir, modalities, read_voxels=True, progress=True, convention=convention)
-    for problem in problems:
-        print(problem)
-    n_bad = len({p.case_id for p in problems})
-    print(f"{len(cases)} cases checked, {n_bad} with problems")
-    return EXIT_PROBLEMS if problems else EXIT_OK

@@ -30,17 +30,13 @@ is never predicted, so a label map written in ``brats2024`` holds 0-3 only.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Hashable, Mapping
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any
 
 import numpy as np
 import torch
-from monai.config import KeysCollection
 from monai.config.type_definitions import NdarrayOrTensor
-from monai.transforms import MapTransform
-from monai.utils import TransformBackends, convert_to_dst_type, convert_to_numpy
+from monai.utils import convert_to_dst_type, convert_to_numpy
 
 from ..errors import ConfigurationError
 
@@ -50,7 +46,6 @@ __all__ = [
     "AUTO",
     "DEFAULT_CONVENTION",
     "BACKGROUND",
-    "convention_for_names",
     "convention_for_values",
     "resolve_convention",
     "validate_convention",
@@ -59,10 +54,7 @@ __all__ = [
     "labels_to_regions",
     "regions_to_labels",
     "invalid_label_values",
-    "CONVENTION_KEY",
-    "item_convention",
-    "LabelsToRegionsd",
-    "RegionsToLabelsd",
+    "RC_OR_ET",
 ]
 
 REGIONS: tuple[str, ...] = ("WT", "TC", "ET")
@@ -89,8 +81,8 @@ _REGION_CLASSES: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {"WT": ("NCR", "ED", "ET"), "TC": ("NCR", "ET"), "ET": ("ET",)}
 )
 _N_REGIONS = len(REGIONS)
-# a 2023-named label map that holds 4: ET in the 2021 labels, the resection cavity in the 2024 ones
-_RC_OR_ET = 4
+#: the value a 2023-named label map must not hold alone: ET in the 2021 labels, the resection cavity in the 2024 ones
+RC_OR_ET = LABEL_CONVENTIONS["brats2024"]["RC"]
 
 
 def validate_convention(convention: str, allow_auto: bool = False) -> str:
@@ -111,15 +103,6 @@ def validate_convention(convention: str, allow_auto: bool = False) -> str:
     if not isinstance(convention, str) or convention not in valid:
         raise ConfigurationError(f"unknown label convention {convention!r}: valid conventions are {', '.join(valid)}")
     return convention
-
-
-def convention_for_names(file_name: str | None) -> str:
-    """The convention a BraTS file name implies: ``brats2023`` for BraTS 2023+ names (``BraTS-GLI-00000-000-t1c``
-    or the ``t1n/t1c/t2w/t2f`` suffixes), else ``brats2021``. What :data:`AUTO` falls back to for an item that does
-    not say its convention (a datalist written by an older version, what MONAI Label sends)."""
-    from .cases import LAYOUT_2023, layout_of_file
-
-    return "brats2023" if file_name and layout_of_file(file_name) == LAYOUT_2023 else DEFAULT_CONVENTION
 
 
 def convention_for_values(label: NdarrayOrTensor) -> str:
@@ -153,7 +136,7 @@ def resolve_convention(convention: str, dataset_convention: str | None, label: N
     resolved = validate_convention(dataset_convention or DEFAULT_CONVENTION)
     if resolved == "brats2023" and label is not None:
         data = label.as_tensor() if hasattr(label, "as_tensor") else label
-        values = data == _RC_OR_ET
+        values = data == RC_OR_ET
         if bool(values.any()) and bool((data == LABEL_CONVENTIONS["brats2023"]["ET"]).any()):
             return "brats2024"
     return resolved
@@ -277,95 +260,3 @@ def invalid_label_values(label: NdarrayOrTensor, convention: str = DEFAULT_CONVE
     # only the (usually zero) invalid voxels are sorted by np.unique, not the whole volume
     bad = np.unique(data[~_any_equal(data, allowed)])
     return [int(v) if np.isfinite(v) and float(v).is_integer() else float(v) for v in bad.tolist()]
-
-
-#: the item key that says a case's convention (set by the case discovery: :func:`resolve_convention`'s
-#: ``dataset_convention``)
-CONVENTION_KEY = "label_convention"
-
-
-def _item_file(d: Mapping[Hashable, Any]) -> str | None:
-    """The first image file of a data item, from a loaded image's metadata or the item's paths."""
-    image = d.get("image")
-    meta = getattr(image, "meta", None)
-    files = meta.get("filename_or_obj") if isinstance(meta, Mapping) else image
-    files = files if isinstance(files, (list, tuple)) else [files]
-    return str(files[0]) if files and isinstance(files[0], (str, os.PathLike)) else None
-
-
-def item_convention(d: Mapping[Hashable, Any], convention: str, label: NdarrayOrTensor | None = None) -> str:
-    """The convention of one data item: ``convention`` when it names one; under :data:`AUTO` the item's own
-    (``d["label_convention"]``, else what its image file names imply), resolved with its label when given."""
-    dataset_convention = d.get(CONVENTION_KEY) or convention_for_names(_item_file(d))
-    return resolve_convention(convention, dataset_convention, label)
-
-
-class _ConventionMapd(MapTransform):
-    """
-    Base of the dictionary-based label/region converters: applies :attr:`function` with each item's convention.
-
-    Args:
-        keys: keys of the data to convert.
-        convention: label convention, a key of :data:`LABEL_CONVENTIONS`, or :data:`AUTO` for each item's own.
-        allow_missing_keys: don't raise if a key is missing.
-
-    Raises:
-        ConfigurationError: for an unknown convention.
-    """
-
-    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
-    #: whether the converted data are label maps (that tell a BraTS 2024 case apart, see resolve_convention)
-    reads_labels: bool
-
-    def __init__(self, keys: KeysCollection, convention: str = AUTO, allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.convention = validate_convention(convention, allow_auto=True)
-
-    def function(self, data: NdarrayOrTensor, convention: str) -> NdarrayOrTensor:
-        raise NotImplementedError
-
-    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            convention = item_convention(d, self.convention, d[key] if self.reads_labels else None)
-            d[key] = self.function(d[key], convention)
-        return d
-
-
-class LabelsToRegionsd(_ConventionMapd):
-    """
-    Dictionary-based :func:`labels_to_regions`: ``(1, *spatial)`` label maps -> ``(3, *spatial)`` WT/TC/ET masks.
-
-    Args:
-        keys: keys of the label maps to convert.
-        convention: label convention of the inputs, a key of :data:`LABEL_CONVENTIONS`, or :data:`AUTO`.
-        allow_missing_keys: don't raise if a key is missing.
-
-    Raises:
-        ConfigurationError: for an unknown convention.
-    """
-
-    reads_labels = True
-
-    def function(self, data: NdarrayOrTensor, convention: str) -> NdarrayOrTensor:
-        return labels_to_regions(data, convention)
-
-
-class RegionsToLabelsd(_ConventionMapd):
-    """
-    Dictionary-based :func:`regions_to_labels`: ``(3, *spatial)`` binary WT/TC/ET masks -> ``(1, *spatial)`` labels.
-
-    Args:
-        keys: keys of the region masks to convert.
-        convention: label convention of the outputs, a key of :data:`LABEL_CONVENTIONS`, or :data:`AUTO` for
-            each case's own dataset's.
-        allow_missing_keys: don't raise if a key is missing.
-
-    Raises:
-        ConfigurationError: for an unknown convention.
-    """
-
-    reads_labels = False
-
-    def function(self, data: NdarrayOrTensor, convention: str) -> NdarrayOrTensor:
-        return regions_to_labels(data, convention)

@@ -1,27 +1,44 @@
 # Copyright (c) AXUNet bundle developers. Licensed under the Apache License, Version 2.0.
 """
 The transforms that put a loaded case into the bundle's chains, after MONAI's ``LoadImaged``: the model's modalities
-taken out of a multi-channel image (:class:`SelectModalitiesd`), then the voxels checked (:class:`ValidateCased`),
-each failure a :class:`~axunet_bundle.data.cases.CaseError` naming case and file.
+taken out of a multi-channel image (:class:`SelectModalitiesd`), then the voxels checked, the one read of them that
+checks (:class:`ValidateCased`), each failure a :class:`~axunet_bundle.errors.CaseError` naming case and file; and
+the label maps <-> region masks in each item's label convention (:class:`LabelsToRegionsd`, :class:`RegionsToLabelsd`).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from monai.config import KeysCollection
 from monai.config.type_definitions import NdarrayOrTensor
+from monai.data import MetaTensor
 from monai.transforms import MapTransform
-from monai.utils import ImageMetaKey, convert_to_numpy, ensure_tuple
+from monai.utils import ImageMetaKey, TransformBackends, convert_to_numpy, ensure_tuple
 
-from .cases import DEFAULT_MODALITIES, CaseError, parse_file_name, validate_modalities
+from ..errors import CaseError
+from .cases import DEFAULT_MODALITIES, case_id_from_path, convention_for_names, parse_file_name, validate_modalities
 from .integrity import image_problems, label_problems
-from .labels import AUTO, item_convention, validate_convention
+from .labels import AUTO, labels_to_regions, regions_to_labels, resolve_convention, validate_convention
 
-__all__ = ["CHANNELS_KEY", "SPATIAL_DIMS", "SelectModalitiesd", "ValidateCased"]
+__all__ = [
+    "CASE_ID_KEY",
+    "CHANNELS_KEY",
+    "CONVENTION_KEY",
+    "SPATIAL_DIMS",
+    "LabelsToRegionsd",
+    "RegionsToLabelsd",
+    "SelectModalitiesd",
+    "ValidateCased",
+    "item_convention",
+]
 
+#: the item key of a case's id (set by the case discovery; also put in the image's metadata for the written file's name)
+CASE_ID_KEY = "case_id"
 #: the item key of a multi-channel case's channel index for each modality (from ``dataset.json``)
 CHANNELS_KEY = "channels"
 SPATIAL_DIMS = 3
@@ -31,6 +48,13 @@ def _meta_files(meta: Mapping | None) -> list[str]:
     if not meta or meta.get(ImageMetaKey.FILENAME_OR_OBJ) is None:
         return []
     return [str(f) for f in ensure_tuple(meta[ImageMetaKey.FILENAME_OR_OBJ])]
+
+
+def _case_id(d: Mapping, files: list[str]) -> str:
+    """The case id the item carries (a datalist item's ``"case_id"``), else the one its first file's name gives."""
+    if d.get(CASE_ID_KEY) is not None:
+        return str(d[CASE_ID_KEY])
+    return case_id_from_path(files[0]) if files else "<unknown case>"
 
 
 def _channel_file(files: list[str], channel: int, modality: str) -> str | None:
@@ -69,8 +93,6 @@ class ValidateCased(MapTransform):
         convention: label convention, a key of :data:`axunet_bundle.data.labels.LABEL_CONVENTIONS`, or ``"auto"``
             for each item's own (``item["label_convention"]``, resolved with its label).
         modalities: modality of each image channel, used to name the channel and find its file.
-        case_id_key: key holding the case id (datalist items have ``"case_id"``); when absent the id is taken from
-            the file name.
         allow_missing_keys: don't raise if an image key is missing.
 
     Raises:
@@ -83,26 +105,16 @@ class ValidateCased(MapTransform):
         label_key: str | None = "label",
         convention: str = AUTO,
         modalities: Sequence[str] = DEFAULT_MODALITIES,
-        case_id_key: str = "case_id",
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.label_key = label_key
         self.convention = validate_convention(convention, allow_auto=True)
         self.modalities = validate_modalities(modalities)
-        self.case_id_key = case_id_key
 
     def _meta(self, d: Mapping, key: Hashable) -> Mapping | None:
         meta = getattr(d[key], "meta", None)
         return meta if meta is not None else d.get(f"{key}_meta_dict")
-
-    def _case_id(self, d: Mapping, files: list[str]) -> str:
-        if d.get(self.case_id_key) is not None:
-            return str(d[self.case_id_key])
-        if files:
-            parsed = parse_file_name(files[0])
-            return parsed[0] if parsed else Path(files[0]).name
-        return "<unknown case>"
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
         """
@@ -113,7 +125,9 @@ class ValidateCased(MapTransform):
         spatial: tuple[int, ...] | None = None
         for key in self.key_iterator(d):
             files = _meta_files(self._meta(d, key))
-            case_id = self._case_id(d, files)
+            case_id = _case_id(d, files)
+            if isinstance(d[key], MetaTensor):  # the prediction inherits it: its file is named after the case
+                d[key].meta[CASE_ID_KEY] = case_id
             image = convert_to_numpy(d[key])
             spatial = tuple(image.shape[1:])
             for channel in range(image.shape[0]):
@@ -123,16 +137,18 @@ class ValidateCased(MapTransform):
                     raise CaseError(case_id, _channel_file(files, channel, modality), reasons[0])
         if self.label_key is not None and self.label_key in d:
             files = _meta_files(self._meta(d, self.label_key))
-            case_id = self._case_id(d, files)
+            case_id = _case_id(d, files)
             label_file = files[0] if files else None
             label = convert_to_numpy(d[self.label_key])
             if label.ndim < 2 or label.shape[0] != 1:
                 raise CaseError(case_id, label_file, f"label must have one channel, got shape {label.shape}")
             if spatial is not None and tuple(label.shape[1:]) != spatial:
                 raise CaseError(case_id, label_file, f"label shape {label.shape[1:]} differs from image's {spatial}")
-            reasons = label_problems(label, item_convention(d, self.convention, label))
+            convention = item_convention(d, self.convention, label)
+            reasons = label_problems(label, convention)
             if reasons:
                 raise CaseError(case_id, label_file, reasons[0])
+            d[CONVENTION_KEY] = convention  # resolved with the label: later transforms read it
         return d
 
 
@@ -173,7 +189,7 @@ class SelectModalitiesd(MapTransform):
             while image.ndim > 1 + SPATIAL_DIMS and image.shape[-1] == 1:
                 image = image[..., 0]
             files = _meta_files(getattr(d[key], "meta", None))
-            case_id = str(d.get("case_id") or (Path(files[0]).name if files else "<unknown case>"))
+            case_id = _case_id(d, files)
             where = files[0] if files else None
             if image.ndim != 1 + SPATIAL_DIMS:
                 raise CaseError(
@@ -197,3 +213,95 @@ class SelectModalitiesd(MapTransform):
                 )
             d[key] = image
         return d
+
+
+#: the item key that says a case's convention (set by the case discovery: :func:`resolve_convention`'s
+#: ``dataset_convention``)
+CONVENTION_KEY = "label_convention"
+
+
+def _item_file(d: Mapping[Hashable, Any]) -> str | None:
+    """The first image file of a data item, from a loaded image's metadata or the item's paths."""
+    image = d.get("image")
+    meta = getattr(image, "meta", None)
+    files = meta.get("filename_or_obj") if isinstance(meta, Mapping) else image
+    files = files if isinstance(files, (list, tuple)) else [files]
+    return str(files[0]) if files and isinstance(files[0], (str, os.PathLike)) else None
+
+
+def item_convention(d: Mapping[Hashable, Any], convention: str, label: NdarrayOrTensor | None = None) -> str:
+    """The convention of one data item: ``convention`` when it names one; under :data:`AUTO` the item's own
+    (``d["label_convention"]``, else what its image file names imply), resolved with its label when given."""
+    dataset_convention = d.get(CONVENTION_KEY) or convention_for_names(_item_file(d))
+    return resolve_convention(convention, dataset_convention, label)
+
+
+class _ConventionMapd(MapTransform):
+    """
+    Base of the dictionary-based label/region converters: applies :attr:`function` with each item's convention.
+
+    Args:
+        keys: keys of the data to convert.
+        convention: label convention, a key of :data:`LABEL_CONVENTIONS`, or :data:`AUTO` for each item's own.
+        allow_missing_keys: don't raise if a key is missing.
+
+    Raises:
+        ConfigurationError: for an unknown convention.
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+    #: whether the converted data are label maps (that tell a BraTS 2024 case apart, see resolve_convention)
+    reads_labels: bool
+
+    def __init__(self, keys: KeysCollection, convention: str = AUTO, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.convention = validate_convention(convention, allow_auto=True)
+
+    def function(self, data: NdarrayOrTensor, convention: str) -> NdarrayOrTensor:
+        raise NotImplementedError
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            convention = item_convention(d, self.convention, d[key] if self.reads_labels else None)
+            d[key] = self.function(d[key], convention)
+        return d
+
+
+class LabelsToRegionsd(_ConventionMapd):
+    """
+    Dictionary-based :func:`labels_to_regions`: ``(1, *spatial)`` label maps -> ``(3, *spatial)`` WT/TC/ET masks.
+
+    Args:
+        keys: keys of the label maps to convert.
+        convention: label convention of the inputs, a key of :data:`LABEL_CONVENTIONS`, or :data:`AUTO`.
+        allow_missing_keys: don't raise if a key is missing.
+
+    Raises:
+        ConfigurationError: for an unknown convention.
+    """
+
+    reads_labels = True
+
+    def function(self, data: NdarrayOrTensor, convention: str) -> NdarrayOrTensor:
+        return labels_to_regions(data, convention)
+
+
+class RegionsToLabelsd(_ConventionMapd):
+    """
+    Dictionary-based :func:`regions_to_labels`: ``(3, *spatial)`` binary WT/TC/ET masks -> ``(1, *spatial)`` labels.
+
+    Args:
+        keys: keys of the region masks to convert.
+        convention: label convention of the outputs, a key of :data:`LABEL_CONVENTIONS`, or :data:`AUTO` for
+            each case's own dataset's.
+        allow_missing_keys: don't raise if a key is missing.
+
+    Raises:
+        ConfigurationError: for an unknown convention.
+    """
+
+    reads_labels = False
+
+    def function(self, data: NdarrayOrTensor, convention: str) -> NdarrayOrTensor:
+        return regions_to_labels(data, convention)

@@ -32,8 +32,9 @@ import torch
 from torch.utils.data import Dataset
 
 from ..atomic import atomic_directory, remove_partials, write_json_atomic
+from ..errors import CaseError
 from ..progress import progress as show_progress
-from .cases import CaseError, check_case_id
+from .cases import check_case_id
 
 __all__ = ["prepare_slice_cache", "SliceCacheDataset", "CacheReport", "fingerprint", "MANIFEST"]
 

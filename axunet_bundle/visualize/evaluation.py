@@ -14,13 +14,11 @@ from types import MappingProxyType
 import nibabel as nib
 
 from .. import outputs
-from ..challenge_metrics import GLOBAL_DSC, LESIONWISE_DSC
 from ..data.datalist import CaseSelection
-from ..data.labels import item_convention
-from ..data.pipeline import CHANNELS_KEY
+from ..data.pipeline import CHANNELS_KEY, item_convention
 from ..evaluation import CASE_ID, LEGACY_DICE, REFERENCE_KEY
+from ..evaluation.challenge import GLOBAL_DSC, LESIONWISE_DSC
 from ..progress import progress
-from ..transforms import case_id_from_path
 from .overlays import overlay_files
 from .plots import dice_boxplot
 
@@ -78,9 +76,9 @@ def evaluation_pictures(
         return
     scored = set(_scored_cases(output_dir))
     names = [m.upper() for m in modalities] if modalities is not None else None
-    items = [item for item in cases.items if str(item.get(CASE_ID) or case_id_from_path(item["image"][0])) in scored]
+    items = [item for item in cases.items if str(item[CASE_ID]) in scored]
     for item in progress(items, desc="drawing overlays", unit="case"):
-        written_as = case_id_from_path(item["image"][0])
+        written_as = str(item[CASE_ID])  # the id names the written segmentation
         reference = nib.load(item[REFERENCE_KEY]).get_fdata(dtype="float32")  # its values tell 2023 from 2024 labels
         overlay_files(
             item["image"],

@@ -16,7 +16,7 @@ reference one to one (maximum bipartite matching on Dice), and reports, under th
   (the parser's value for its infinite HD95).
 
 A region empty in both gives NaN everywhere. The legacy (BraTS <= 2021) Dice and HD95 are
-:mod:`axunet_bundle.metrics`'.
+:mod:`axunet_bundle.evaluation.metrics`'.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 from monai.utils import optional_import
 
-from .data.labels import REGIONS
-from .errors import ConfigurationError
+from ..data.labels import REGIONS
+from ..errors import ConfigurationError
 
 __all__ = [
     "AUTO_CHALLENGE",
