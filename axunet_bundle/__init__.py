@@ -4,7 +4,7 @@
 Region channels are always in the order WT (whole tumour), TC (tumour core), ET (enhancing tumour).
 """
 
-from . import data, errors, export, handlers, inferers, metrics, networks, outputs, progress, transforms, weights
+from . import data, errors, evaluation, export, handlers, inferers, networks, outputs, progress, transforms, weights
 from .networks import AXUNet
 
 __version__ = "0.3.0"
@@ -13,10 +13,10 @@ __all__ = [
     "__version__",
     "data",
     "errors",
+    "evaluation",
     "export",
     "handlers",
     "inferers",
-    "metrics",
     "networks",
     "outputs",
     "progress",
