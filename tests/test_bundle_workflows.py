@@ -18,6 +18,7 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from official_brats import assert_same_numbers, official_scores
 
 from axunet_bundle import AXUNet
+from axunet_bundle.cli.workflows import PICTURES_CONFIGS
 from axunet_bundle.data.cases import find_cases
 from axunet_bundle.data.labels import label_values, labels_to_regions
 from axunet_bundle.errors import DatasetError, LeftOutCasesError
@@ -162,6 +163,8 @@ def test_evaluation_scores_equal_a_direct_computation_and_brats_evaluation(tiny_
     ckpt = save_untrained_axunet(tmp_path / "model.pt")
     workflow(EVALUATION, dataset_dir=str(tiny_dataset), output_dir=str(out), ckpt_path=str(ckpt)).run()
     rows, summary = read_report(out)
+    # the bundle's evaluation draws nothing (the zoo bundle carries no drawing code); the command line adds pictures
+    assert not (out / "dice_boxplot.png").exists() and not (out / "overlays").exists()
 
     cases = find_cases(tiny_dataset)
     assert sorted(rows) == sorted(case.case_id for case in cases)
@@ -185,7 +188,11 @@ def test_evaluation_scores_equal_a_direct_computation_and_brats_evaluation(tiny_
     assert summary["legacy_dice"]["WT"]["median"] == pytest.approx(np.median(wt))
     assert summary["legacy_dice"]["WT"]["std"] == pytest.approx(np.std(wt))
 
-    # the pictures: a box plot and one overlay per case
+    # the command line's pictures (axunet evaluate): a box plot and one overlay per case, from the same report
+    report = (out / "metrics.csv").read_bytes()
+    pictures = EVALUATION + [str(PICTURES_CONFIGS["evaluating"])]
+    workflow(pictures, dataset_dir=str(tiny_dataset), output_dir=str(out), ckpt_path=str(ckpt), overwrite=True).run()
+    assert (out / "metrics.csv").read_bytes() == report
     for png in [out / "dice_boxplot.png"] + [out / "overlays" / f"{case.case_id}_overlay.png" for case in cases]:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
