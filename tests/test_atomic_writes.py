@@ -17,8 +17,8 @@ from ignite.handlers import Checkpoint
 
 from axunet_bundle import atomic
 from axunet_bundle.atomic import PARTIAL_PREFIX, atomic_directory, remove_partials, write_json_atomic, write_text_atomic
-from axunet_bundle.handlers import AtomicDiskSaver, latest_checkpoint
 from axunet_bundle.errors import ConfigurationError
+from axunet_bundle.handlers import AtomicDiskSaver, latest_checkpoint
 from axunet_bundle.transforms import AtomicNibabelWriter
 from axunet_bundle.visualize import dice_boxplot
 

@@ -91,9 +91,7 @@ class AtomicCheckpointSaver(CheckpointSaver):
             ``save_interval``, ``n_saved`` ...).
     """
 
-    def __init__(
-        self, save_dir: str, save_dict: dict, save_engine_as: str | None = None, **kwargs: Any
-    ) -> None:
+    def __init__(self, save_dir: str, save_dict: dict, save_engine_as: str | None = None, **kwargs: Any) -> None:
         super().__init__(save_dir, save_dict, **kwargs)
         self.save_engine_as = save_engine_as
         for checkpoint in self._checkpoints():
