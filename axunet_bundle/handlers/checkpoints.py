@@ -111,17 +111,22 @@ class AtomicCheckpointSaver(CheckpointSaver):
 
 
 class PlainCheckpointLoader(CheckpointLoader):
-    """MONAI's ``CheckpointLoader`` that checks its file when attached, before the engine runs: a missing file stops
-    with :class:`~axunet_bundle.errors.ConfigurationError` and one holding pickled objects with
-    :class:`~axunet_bundle.weights.UnsafeWeightsError` (one line each, where a failing engine logs a traceback).
-    A folder stands for its newest resumable checkpoint (:func:`latest_checkpoint`), and ``load_engine_as``
-    restores the engine it is attached to (see :class:`AtomicCheckpointSaver`).
+    """MONAI's ``CheckpointLoader`` that checks its file when attached, before the engine runs: one holding pickled
+    objects stops with :class:`~axunet_bundle.weights.UnsafeWeightsError` (one line, where a failing engine logs a
+    traceback; a missing file is left to ``axunet_bundle.weights.check_checkpoint_loaders`` in the config's ``run``,
+    so that a workflow can be built before its weights exist). A folder stands for its newest resumable checkpoint
+    (:func:`latest_checkpoint`), and ``load_engine_as`` restores the engine it is attached to (see
+    :class:`AtomicCheckpointSaver`).
 
     Args:
         load_path: the checkpoint file, or the folder of the training's checkpoints (resume).
         load_dict: the objects to restore, by their keys in the checkpoint.
         load_engine_as: key of the engine itself in the checkpoint (``None``: not restored).
         kwargs: MONAI ``CheckpointLoader``'s other arguments (``map_location``, ``strict`` ...).
+
+    Raises:
+        ConfigurationError: ``load_path`` is a folder without a checkpoint (when attached).
+        UnsafeWeightsError: the file carries pickled objects (when attached).
     """
 
     def __init__(self, load_path: str, load_dict: dict, load_engine_as: str | None = None, **kwargs: Any) -> None:
@@ -131,9 +136,7 @@ class PlainCheckpointLoader(CheckpointLoader):
     def attach(self, engine: Engine) -> None:
         if os.path.isdir(self.load_path):
             self.load_path = latest_checkpoint(self.load_path)
-        if not os.path.isfile(self.load_path):
-            raise ConfigurationError(f"no weights at {self.load_path}: train first, or give --ckpt_path")
-        check_plain_weights(self.load_path, what="checkpoint")
+        check_plain_weights(self.load_path, what="checkpoint")  # a missing file passes: a workflow may be built first
         if self.load_engine_as is not None:
             self.load_dict[self.load_engine_as] = engine
         super().attach(engine)
