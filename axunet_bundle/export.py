@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from monai.networks.utils import convert_to_onnx
 from torch import nn
 
 __all__ = [
@@ -26,6 +27,8 @@ __all__ = [
 
 #: An opset that onnxruntime and the legacy TorchScript-based exporter both support well.
 ONNX_OPSET = 17
+#: largest relative and absolute difference from the eager network that ``export_onnx`` accepts
+ONNX_TOLERANCE = 1e-4
 #: onnxruntime's ``log_severity_level`` for errors only (0 verbose ... 4 fatal)
 ONNXRUNTIME_ERRORS_ONLY = 3
 
@@ -41,18 +44,24 @@ def export_torchscript(net: nn.Module, example: torch.Tensor, path: str | os.Pat
 
 
 def export_onnx(net: nn.Module, example: torch.Tensor, path: str | os.PathLike) -> Path:
-    """Export ``net`` to ONNX at ``path`` with input ``image`` and output ``pred`` (dynamic batch)."""
-    net.eval()
-    with torch.no_grad(), warnings.catch_warnings():
+    """Export ``net`` to ONNX at ``path`` with input ``image`` and output ``pred`` (dynamic batch), by MONAI's
+    ``convert_to_onnx``, which runs the file in onnxruntime and raises ``AssertionError`` when it differs from the
+    eager network on ``example`` by more than :data:`ONNX_TOLERANCE` (relative and absolute)."""
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(
-            net,
-            (example,),
-            os.fspath(path),
+        convert_to_onnx(
+            net.eval(),
+            [example],
             input_names=["image"],
             output_names=["pred"],
             dynamic_axes={"image": {0: "batch"}, "pred": {0: "batch"}},
             opset_version=ONNX_OPSET,
+            filename=os.fspath(path),
+            verify=True,
+            device=example.device,
+            use_ort=True,
+            rtol=ONNX_TOLERANCE,
+            atol=ONNX_TOLERANCE,
             dynamo=False,  # the TorchScript-based exporter handles timm's feature hooks
         )
     return Path(path)

@@ -17,6 +17,7 @@ from ignite.handlers import Checkpoint
 
 from axunet_bundle import atomic
 from axunet_bundle.atomic import PARTIAL_PREFIX, atomic_directory, remove_partials, write_json_atomic, write_text_atomic
+from axunet_bundle.errors import ConfigurationError
 from axunet_bundle.handlers import AtomicDiskSaver, latest_checkpoint
 from axunet_bundle.transforms import AtomicNibabelWriter
 from axunet_bundle.visualize import dice_boxplot
@@ -109,7 +110,7 @@ def test_kill_9_between_write_and_rename_leaves_only_a_hidden_partial_folder(tmp
         assert len(leftovers) == 1 and leftovers[0].name.startswith(PARTIAL_PREFIX) and leftovers[0].is_dir()
         assert not list(folder.glob("*.pt")) and not list(folder.glob("*.nii.gz"))
         assert remove_partials(folder) == 1 and not list(folder.iterdir())
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(ConfigurationError, match="no checkpoint"):
         latest_checkpoint(tmp_path / "checkpoint")
 
 

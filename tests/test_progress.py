@@ -95,13 +95,14 @@ def test_multi_process_training_keeps_rank_0_only_handlers_off_other_ranks():
                 kept.append(handler["_target_"].rsplit(".", 1)[-1])
         return kept
 
-    assert enabled("train#handlers", rank=1) == ["LrScheduleHandler", "ValidationHandler"]
-    assert enabled("validate#handlers", rank=1) == []
-    assert enabled("train#handlers", rank=0)[-4:] == [
+    # every rank keeps the checkpoint handlers: the random states are gathered from all, the files written by rank 0
+    kept_everywhere = ["LrScheduleHandler", "ValidationHandler", "RandomStates", "AtomicCheckpointSaver"]
+    assert enabled("train#handlers", rank=1) == kept_everywhere
+    assert enabled("validate#handlers", rank=1) == ["AtomicCheckpointSaver"]
+    assert enabled("train#handlers", rank=0) == kept_everywhere + [
         "StatsHandler",
         "TensorBoardStatsHandler",
         "ProgressHandler",
-        "TrainingCurvesWriter",
     ]
     assert len(enabled("validate#handlers", rank=0)) == 4
     multi = ConfigParser()

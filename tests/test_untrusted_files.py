@@ -22,6 +22,7 @@ from axunet_bundle import AXUNet
 from axunet_bundle.data.cases import DEFAULT_MODALITIES, CaseError, check_case_id, find_cases
 from axunet_bundle.data.datalist import load_datalist
 from axunet_bundle.data.slices import MANIFEST, prepare_slice_cache
+from axunet_bundle.errors import user_error
 from axunet_bundle.networks import PretrainedWeightsError
 from axunet_bundle.weights import UnsafeWeightsError, check_plain_weights
 
@@ -90,11 +91,10 @@ def test_monai_checkpoint_loader_loads_weights_only(evil):
 def test_bundle_workflow_refuses_a_crafted_checkpoint(evil, tiny_dataset, tmp_path, configs):
     path, marker = evil
     settings = dict(dataset_dir=str(tiny_dataset), output_dir=str(tmp_path / "out"), ckpt_path=str(path))
-    wf = workflow(configs, **settings)
     with pytest.raises(Exception) as info:
-        wf.run()  # the check is run's first item: before the engine reads a case or writes an output
-    cause = info.value if isinstance(info.value, UnsafeWeightsError) else info.value.__cause__
-    assert isinstance(cause, UnsafeWeightsError)  # MONAI wraps errors of config expressions in a RuntimeError
+        workflow(configs, **settings).run()  # the loader checks when the engine is built: before it reads a case
+    cause = user_error(info.value)
+    assert isinstance(cause, UnsafeWeightsError)  # MONAI wraps errors of config components in a RuntimeError
     assert str(cause).startswith(f"cannot read checkpoint {path}: {NOT_PLAIN}")
     assert not marker.exists()
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
@@ -239,9 +239,10 @@ def test_resuming_training_refuses_a_crafted_checkpoint(evil, tiny_dataset, tmp_
     (tmp_path / "models").mkdir()
     planted = shutil.copy(path, tmp_path / "models" / "checkpoint_epoch=1.pt")  # what --resume True picks up
     workflow = train_workflow(tiny_dataset, tmp_path, resume=True)
+    workflow.initialize()
     with pytest.raises(Exception) as info:
-        workflow.initialize()
-    cause = info.value if isinstance(info.value, UnsafeWeightsError) else info.value.__cause__
+        workflow.run()  # the loader checks when the trainer is built: before the first iteration
+    cause = user_error(info.value)
     assert isinstance(cause, UnsafeWeightsError)
     assert str(cause).startswith(f"cannot read checkpoint {planted}: {NOT_PLAIN}")
     assert not marker.exists()

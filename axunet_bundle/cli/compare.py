@@ -19,7 +19,7 @@ from ..data.datalist import MIN_FOLDS
 from ..errors import ConfigurationError
 from .configs import config_dir, read_config
 from .data import split_names
-from .workflows import WORKFLOW_CONFIGS, bundle_run
+from .workflows import OPTION_CONFIGS, WORKFLOW_CONFIGS, bundle_run
 
 if TYPE_CHECKING:  # the command line imports its commands' machinery when they run
     from ..comparison import Run, Variant
@@ -119,7 +119,7 @@ def _prepare(
     parsers = {workflow: read_config(*WORKFLOW_CONFIGS[workflow]) for workflow in ("training", "evaluating")}
 
     def known(key: str) -> bool:
-        return any(key in parser for parser in parsers.values())
+        return key in OPTION_CONFIGS or any(key in parser for parser in parsers.values())
 
     check_overrides(overrides, known, "compare", RESERVED_IDS)
     variant_list = load_variants(variants or config_dir() / VARIANTS_FILE, known, only)

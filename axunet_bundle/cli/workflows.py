@@ -15,7 +15,7 @@ from .. import outputs
 from ..errors import ConfigurationError
 from .configs import config_dir, read_config
 
-__all__ = ["WORKFLOW_CONFIGS", "bundle_run", "evaluate", "export", "infer", "train"]
+__all__ = ["OPTION_CONFIGS", "WORKFLOW_CONFIGS", "bundle_run", "option_configs", "evaluate", "export", "infer", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,9 @@ PICTURES_CONFIGS = {
     "training": Path(__file__).with_name("pictures_training.json"),
     "evaluating": Path(__file__).with_name("pictures_evaluation.json"),
 }
+#: override files merged after a workflow's configs when the command line gives their id (``python -m monai.bundle
+#: run`` names them in ``--config_file``): training from the slice cache, flip test-time augmentation
+OPTION_CONFIGS = {"slice_cache_dir": "slice_cache.json", "flip_tta": "flip_tta.json"}
 #: ``bundle_root`` of the configs: relative paths and the default output folders are the current folder's
 DEFAULT_BUNDLE_ROOT = "."
 EXPORT_SLICE_SIZE = 224
@@ -44,7 +47,8 @@ def bundle_run(workflow: str, overrides: dict, pictures: bool = False) -> None:
 
     configs = config_dir(overrides.get("bundle_root"))
     logger.info("configs: %s", configs)
-    config_files = [str(configs / name) for name in WORKFLOW_CONFIGS[workflow]]
+    overrides = dict(overrides)
+    config_files = [str(configs / name) for name in WORKFLOW_CONFIGS[workflow] + option_configs(workflow, overrides)]
     if pictures and workflow in PICTURES_CONFIGS:
         config_files.append(str(PICTURES_CONFIGS[workflow]))
     run(
@@ -54,6 +58,24 @@ def bundle_run(workflow: str, overrides: dict, pictures: bool = False) -> None:
         logging_file=str(configs / "logging.conf"),
         **overrides,
     )
+
+
+def option_configs(workflow: str, overrides: dict) -> list[str]:
+    """The override files of :data:`OPTION_CONFIGS` that ``overrides`` ask for: ``slice_cache_dir`` (kept, the file
+    reads it) for training, ``flip_tta=True`` (removed: the file is the option) for evaluation and inference.
+
+    Raises:
+        ConfigurationError: ``flip_tta`` is not ``True`` or ``False``.
+    """
+    flip_tta = overrides.pop("flip_tta", False)
+    if not isinstance(flip_tta, bool):
+        raise ConfigurationError(f"flip_tta must be True or False, got {flip_tta!r}")
+    files = []
+    if workflow == "training" and overrides.get("slice_cache_dir") is not None:
+        files.append(OPTION_CONFIGS["slice_cache_dir"])
+    if workflow in ("evaluating", "inference") and flip_tta:
+        files.append(OPTION_CONFIGS["flip_tta"])
+    return files
 
 
 def train(**overrides) -> None:

@@ -1,7 +1,7 @@
 # Copyright (c) AXUNet bundle developers. Licensed under the Apache License, Version 2.0.
-"""ignite handlers of the bundle's engines that MONAI does not have: atomic checkpoint saving and the random
-generators' states in the checkpoint (for an exact resume)."""
+"""MONAI's checkpoint handlers with what they lack here (atomic files, the engine's own state, a file check before
+the run) and the random generators' states in the checkpoint (for an exact resume)."""
 
-from .checkpoints import AtomicDiskSaver, RandomStates, latest_checkpoint
+from .checkpoints import AtomicCheckpointSaver, AtomicDiskSaver, PlainCheckpointLoader, RandomStates, latest_checkpoint
 
-__all__ = ["AtomicDiskSaver", "RandomStates", "latest_checkpoint"]
+__all__ = ["AtomicCheckpointSaver", "AtomicDiskSaver", "PlainCheckpointLoader", "RandomStates", "latest_checkpoint"]

@@ -1,6 +1,6 @@
 # Copyright (c) AXUNet bundle developers. Licensed under the Apache License, Version 2.0.
-"""Checkpointing the training: an atomic save handler for ignite's ``Checkpoint``, the random generators' states as a
-checkpointable object, and the newest checkpoint to resume from."""
+"""Checkpointing the training with MONAI's handlers: ``CheckpointSaver`` with atomic files, ``CheckpointLoader`` that
+checks its file before the engine runs, and the random generators' states as a checkpointable object (exact resume)."""
 
 from __future__ import annotations
 
@@ -17,21 +17,28 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers.checkpoint import BaseSaveHandler
+from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.transforms import Randomizable, Transform
 
 from .. import outputs
 from ..atomic import atomic_path
+from ..errors import ConfigurationError
+from ..weights import check_plain_weights
 
-__all__ = ["AtomicDiskSaver", "RandomStates", "latest_checkpoint"]
+__all__ = ["AtomicCheckpointSaver", "AtomicDiskSaver", "PlainCheckpointLoader", "RandomStates", "latest_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
 
 def latest_checkpoint(ckpt_dir: str | os.PathLike) -> str:
-    """The newest resumable checkpoint (``checkpoint_*.pt``) in ``ckpt_dir``, with a clear error when none."""
-    found = glob.glob(os.path.join(os.fspath(ckpt_dir), f"{outputs.CHECKPOINT_PREFIX}_*.pt"))
+    """The newest resumable checkpoint (``checkpoint_*.pt``) in ``ckpt_dir``.
+
+    Raises:
+        ConfigurationError: there is none.
+    """
+    found = glob.glob(os.path.join(glob.escape(os.fspath(ckpt_dir)), f"{outputs.CHECKPOINT_PREFIX}_*.pt"))
     if not found:
-        raise FileNotFoundError(f"resume requested but no {outputs.CHECKPOINT_PREFIX}_*.pt in {ckpt_dir}")
+        raise ConfigurationError(f"resume requested but no {outputs.CHECKPOINT_PREFIX}_*.pt in {ckpt_dir}")
     return max(found, key=os.path.getmtime)
 
 
@@ -67,6 +74,72 @@ class AtomicDiskSaver(BaseSaveHandler):
         if idist.get_rank() != self.save_on_rank or self.filename is not None:
             return
         (self.dirname / filename).unlink(missing_ok=True)
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """MONAI's ``CheckpointSaver`` with three additions it lacks: its files appear whole or not at all
+    (:class:`AtomicDiskSaver`: a training killed while saving leaves no truncated checkpoint to resume from); it can
+    save the engine it is attached to (``save_engine_as="trainer"``: a config cannot name the trainer inside the
+    trainer's own handler list); and its best-metric record is checkpointable (``state_dict``), so a resumed
+    training replaces ``model.pt`` only with a better model than the best before the interruption.
+
+    Args:
+        save_dir: the folder of the checkpoints (created when missing).
+        save_dict: the objects to save, e.g. ``{"model": net, "optimizer": opt}``.
+        save_engine_as: key of the engine itself in the saved checkpoint (``None``: not saved).
+        kwargs: MONAI ``CheckpointSaver``'s other arguments (``save_key_metric``, ``key_metric_filename``,
+            ``save_interval``, ``n_saved`` ...).
+    """
+
+    def __init__(self, save_dir: str, save_dict: dict, save_engine_as: str | None = None, **kwargs: Any) -> None:
+        super().__init__(save_dir, save_dict, **kwargs)
+        self.save_engine_as = save_engine_as
+        for checkpoint in self._checkpoints():
+            checkpoint.save_handler = AtomicDiskSaver(save_dir, filename=checkpoint.save_handler.filename)
+
+    def _checkpoints(self) -> list:
+        return [c for c in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint) if c]
+
+    def attach(self, engine: Engine) -> None:
+        if self.save_engine_as is not None:
+            self.save_dict[self.save_engine_as] = engine  # ignite's Checkpoint holds this dict: saved from now on
+        super().attach(engine)
+
+    def state_dict(self) -> dict:
+        """The best-metric record (ignite ``Checkpoint.state_dict``), empty when no key metric is saved."""
+        return self._key_metric_checkpoint.state_dict() if self._key_metric_checkpoint is not None else {}
+
+
+class PlainCheckpointLoader(CheckpointLoader):
+    """MONAI's ``CheckpointLoader`` that checks its file when attached, before the engine runs: one holding pickled
+    objects stops with :class:`~axunet_bundle.weights.UnsafeWeightsError` (one line, where a failing engine logs a
+    traceback; a missing file is left to ``axunet_bundle.weights.check_checkpoint_loaders`` in the config's ``run``,
+    so that a workflow can be built before its weights exist). A folder stands for its newest resumable checkpoint
+    (:func:`latest_checkpoint`), and ``load_engine_as`` restores the engine it is attached to (see
+    :class:`AtomicCheckpointSaver`).
+
+    Args:
+        load_path: the checkpoint file, or the folder of the training's checkpoints (resume).
+        load_dict: the objects to restore, by their keys in the checkpoint.
+        load_engine_as: key of the engine itself in the checkpoint (``None``: not restored).
+        kwargs: MONAI ``CheckpointLoader``'s other arguments (``map_location``, ``strict`` ...).
+
+    Raises:
+        ConfigurationError: ``load_path`` is a folder without a checkpoint (when attached).
+        UnsafeWeightsError: the file carries pickled objects (when attached).
+    """
+
+    def __init__(self, load_path: str, load_dict: dict, load_engine_as: str | None = None, **kwargs: Any) -> None:
+        super().__init__(load_path, load_dict, **kwargs)
+        self.load_engine_as = load_engine_as
+
+    def attach(self, engine: Engine) -> None:
+        if os.path.isdir(self.load_path):
+            self.load_path = latest_checkpoint(self.load_path)
+        check_plain_weights(self.load_path, what="checkpoint")  # a missing file passes: a workflow may be built first
+        if self.load_engine_as is not None:
+            self.load_dict[self.load_engine_as] = engine
+        super().attach(engine)
 
 
 class RandomStates:
