@@ -15,12 +15,20 @@ import nibabel as nib
 import numpy as np
 import pytest
 import scipy.stats
-from conftest import CONFIGS, TINY_SHAPE
+from conftest import TINY_SHAPE
 
 from axunet_bundle import outputs
 from axunet_bundle.cli import main
 from axunet_bundle.cli.compare import run_comparison
-from axunet_bundle.comparison import Variant, describe_dataset, load_variants, network_cost, paired_wilcoxon, variants
+from axunet_bundle.comparison import (
+    DEFAULT_VARIANTS,
+    Variant,
+    describe_dataset,
+    load_variants,
+    network_cost,
+    paired_wilcoxon,
+    variants,
+)
 from axunet_bundle.comparison.networks import build_network, count_parameters
 from axunet_bundle.errors import ConfigurationError
 from axunet_bundle.evaluation import report_columns
@@ -204,7 +212,7 @@ def test_paired_wilcoxon_pairs_by_fold_and_case_and_says_when_it_cannot_test():
 
 
 def test_the_default_variants_are_the_papers_table_and_ablations():
-    variants = {v.name: v for v in load_variants(CONFIGS / "compare.json", lambda key: True)}
+    variants = {v.name: v for v in load_variants(DEFAULT_VARIANTS, lambda key: True)}
     assert list(variants)[:6] == [
         "axunet",
         "xception_unet",

@@ -1,6 +1,6 @@
 # Copyright (c) AXUNet bundle developers. Licensed under the Apache License, Version 2.0.
 """``axunet compare``: the paper's comparison with one command. Every variant of a variants file (default: the
-bundle's ``configs/compare.json``) is trained and evaluated by the bundle's own workflows on the same patient-level
+comparison package's ``variants.json``) is trained and evaluated by the bundle's own workflows on the same patient-level
 folds, with the same preprocessing, epochs and seed; then the table (:mod:`axunet_bundle.comparison`)."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from .. import outputs
 from ..atomic import write_json_atomic
 from ..data.datalist import MIN_FOLDS
 from ..errors import ConfigurationError
-from .configs import config_dir, read_config
+from .configs import read_config
 from .data import split_names
 from .workflows import OPTION_CONFIGS, WORKFLOW_CONFIGS, bundle_run
 
@@ -26,7 +26,6 @@ if TYPE_CHECKING:  # the command line imports its commands' machinery when they 
 
 __all__ = ["compare", "run_comparison"]
 
-VARIANTS_FILE = "compare.json"
 EPOCHS = 40  # the paper's
 FOLDS = 5
 
@@ -99,6 +98,7 @@ def _prepare(
     from ..comparison import (
         COMPARISON_SETTINGS,
         DEFAULT_REFERENCE,
+        DEFAULT_VARIANTS,
         EXECUTION_IDS,
         RESERVED_IDS,
         VARIANT_JSON,
@@ -122,7 +122,7 @@ def _prepare(
         return key in OPTION_CONFIGS or any(key in parser for parser in parsers.values())
 
     check_overrides(overrides, known, "compare", RESERVED_IDS)
-    variant_list = load_variants(variants or config_dir() / VARIANTS_FILE, known, only)
+    variant_list = load_variants(variants or DEFAULT_VARIANTS, known, only)
     names = [v.name for v in variant_list]
     reference = reference or (DEFAULT_REFERENCE if DEFAULT_REFERENCE in names else names[0])
     if reference not in names:
@@ -276,7 +276,8 @@ def compare(
     Args:
         dataset_dir: the BraTS folder (labelled cases).
         output_dir: where the runs (OUTPUT_DIR/<variant>/fold<k>/) and the table go.
-        variants: a variants JSON file (default: the bundle's configs/compare.json, the paper's table and ablations).
+        variants: a variants JSON file (default: the comparison package's variants.json, the paper's table and
+            ablations).
         only: comma-separated variant names to run, e.g. axunet,xception_unet,unet.
         reference: the variant the others are tested against (default: axunet, else the first).
         folds: cross-validation folds of the patient-level split.

@@ -23,6 +23,7 @@ from .variants import (
     COMPARISON_PNG,
     COMPARISON_SETTINGS,
     DEFAULT_REFERENCE,
+    DEFAULT_VARIANTS,
     EXECUTION_IDS,
     NETWORK_TARGET,
     PER_CASE_CSV,
@@ -43,6 +44,7 @@ from .variants import (
 )
 
 __all__ = [
+    "DEFAULT_VARIANTS",
     "COMPARISON_CSV",
     "COMPARISON_MD",
     "COMPARISON_PNG",

@@ -46,6 +46,8 @@ def datalist_file(fold: int) -> str:
 #: the variant the others are tested against, when the variants include it
 DEFAULT_REFERENCE = "axunet"
 #: what a variant's ``network_def`` instantiates
+#: the paper's table and ablations (the command line's default; the zoo bundle does not carry it)
+DEFAULT_VARIANTS = Path(__file__).with_name("variants.json")
 NETWORK_TARGET = "axunet_bundle.comparison.networks.build_network"
 #: bundle ids the comparison sets itself, the same for every variant: data, folds, epochs, seed, where runs go
 RESERVED_IDS = frozenset(
