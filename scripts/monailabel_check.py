@@ -14,7 +14,9 @@ Check the bundle with the real MONAI Label (the ``monailabel`` package from PyPI
 Run it with the interpreter of the MONAI Label environment (``bash scripts/setup_monailabel_env.sh`` makes it), on the
 model-zoo bundle folder that ``axunet bundle OUT`` writes::
 
-    .venv-monailabel/bin/python scripts/monailabel_check.py --bundle OUT/brats_axunet_2d_segmentation [--workdir DIR]
+    axunet synth cases --n 3 --size 64 --depth 16
+    .venv-monailabel/bin/python scripts/monailabel_check.py --bundle OUT/brats_axunet_2d_segmentation --brats cases \
+        [--workdir DIR]
 
 That environment has MONAI Label and the packages the bundle's ``metadata.json`` requires, but not the
 ``axunet_bundle`` package: the bundle's own code runs, from the app's model folder, as it would for a MONAI Label
@@ -27,7 +29,7 @@ What it does, in a temporary folder (nothing in the repository or the given fold
    of the bundle folder at ``<app>/model/<bundle folder name>``. When the bundle has no ``models/model.pt``, an
    untrained plain state dict is written, its last-layer bias calibrated so that the label maps hold all of 1, 2
    and 4;
-2. writes generated BraTS-like cases as MONAI Label's local datastore wants them: one 4D NIfTI per case
+2. writes the given BraTS cases (``--brats``) as MONAI Label's local datastore wants them: one 4D NIfTI per case
    (the bundle's ``modalities``, T1CE, T2, FLAIR, stacked on the last axis) in the studies folder and the BraTS
    label map in ``labels/final``;
 3. checks, each printed as PASS or FAIL:
@@ -201,14 +203,12 @@ def check_label_names(labels: dict, written: np.ndarray, what: str) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # setup: data, bundle, app
 # ---------------------------------------------------------------------------------------------------------------
-def write_studies(
-    root: Path, n: int, shape: tuple[int, int, int], modalities: tuple[str, ...]
-) -> tuple[Path, list[str], Path]:
-    """Generated BraTS cases as 4D NIfTI images in ``studies/`` plus labels in ``studies/labels/final``."""
-    from axunet_bundle.synthetic import write_synthetic_dataset
-
-    brats = root / "brats"
-    case_dirs = write_synthetic_dataset(brats, n=n, seed=0, shape=shape, progress=False)
+def write_studies(root: Path, brats: Path, modalities: tuple[str, ...]) -> tuple[Path, list[str], Path]:
+    """The labelled BraTS 2021-named cases of ``brats`` as 4D NIfTI images in ``studies/`` plus labels in
+    ``studies/labels/final`` (MONAI Label's datastore layout)."""
+    case_dirs = sorted(d for d in brats.iterdir() if d.is_dir() and (d / f"{d.name}_seg.nii.gz").is_file())
+    require(len(case_dirs) >= 2, f"--brats {brats}: at least 2 labelled BraTS 2021-named case folders are needed")
+    n, shape = len(case_dirs), nib.load(str(case_dirs[0] / f"{case_dirs[0].name}_seg.nii.gz")).shape
     studies = root / "studies"
     final = studies / "labels" / "final"
     final.mkdir(parents=True, exist_ok=True)
@@ -623,8 +623,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", help="folder for the app, data and outputs (default: a new temporary folder)")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder")
     p.add_argument("--bundle", required=True, help="the bundle folder (from `axunet bundle OUT`), copied into the app")
-    p.add_argument("--cases", type=int, default=3, help="generated cases (default: 3: 2 train, 1 validation)")
-    p.add_argument("--shape", type=int, nargs=3, default=[64, 64, 16], help="case shape (default: 64 64 16)")
+    p.add_argument(
+        "--brats",
+        required=True,
+        help="a folder of labelled BraTS 2021-named case folders (e.g. `axunet synth DIR --n 3 --size 64 --depth 16`;\n"
+        "this environment has no axunet_bundle package to generate them): the first ones train, the last validates",
+    )
     p.add_argument("--skip-train", action="store_true", help="skip the BundleTrainTask check")
     p.add_argument("--skip-server", action="store_true", help="skip the start_server + REST check")
     p.add_argument("--startup-timeout", type=float, default=300.0)
@@ -689,7 +693,7 @@ def main(argv: list[str] | None = None) -> int:
         modalities = tuple(json.loads(inference.read_text()).get("modalities", DEFAULT_MODALITIES))
         ctx["app"] = install_app(root)
         ctx["bundle"] = install_bundle(ctx["app"], source)
-        ctx["studies"], ctx["ids"], ctx["brats"] = write_studies(root, args.cases, tuple(args.shape), modalities)
+        ctx["studies"], ctx["ids"], ctx["brats"] = write_studies(root, Path(args.brats).resolve(), modalities)
         import axunet_bundle
 
         code = Path(axunet_bundle.__file__).resolve()

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import pytest
 
+from axunet_bundle.synthetic import write_synthetic_dataset
+
 REPO = Path(__file__).resolve().parents[1]
 VENV = Path(os.environ.get("MONAILABEL_VENV", REPO / ".venv-monailabel"))
 PYTHON = VENV / ("Scripts/python.exe" if sys.platform == "win32" else "bin/python")
@@ -53,8 +55,18 @@ def monailabel_python() -> Path:
 def test_bundle_under_monailabel(monailabel_python: Path, unzipped_bundle: Path, tmp_path: Path) -> None:
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)  # the MONAI Label venv has its own packages
+    # generated cases, written here: the MONAI Label environment has the bundle's code only, not this package
+    write_synthetic_dataset(tmp_path / "brats", n=3, seed=0, shape=(64, 64, 16), progress=False)
+    command = [
+        str(monailabel_python),
+        str(SCRIPT),
+        "--bundle",
+        str(unzipped_bundle),
+        "--brats",
+        str(tmp_path / "brats"),
+    ]
     proc = subprocess.run(
-        [str(monailabel_python), str(SCRIPT), "--bundle", str(unzipped_bundle), "--workdir", str(tmp_path / "work")],
+        [*command, "--workdir", str(tmp_path / "work")],
         cwd=str(tmp_path),
         env=env,
         capture_output=True,
