@@ -11,6 +11,7 @@ an ignite engine (the bundle's trainer and evaluators), counting iterations.
 from __future__ import annotations
 
 import logging
+import operator
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -191,7 +192,9 @@ class ProgressHandler:
         state = engine.state
         # what is left of this run: a resumed trainer starts at epoch k, iteration k * epoch_length; MONAI's
         # evaluators run one epoch from iteration 0 with epoch = the trainer's epoch - 1
-        remaining = state.epoch_length * (state.max_epochs - state.epoch) if state.epoch_length else None
+        # a loader of unknown length (CaseLoader) may still estimate it (PEP 424's length hint)
+        epoch_length = state.epoch_length or operator.length_hint(state.dataloader, 0) or None
+        remaining = epoch_length * (state.max_epochs - state.epoch) if epoch_length else None
         self._progress = Progress(
             None if remaining is None else state.iteration + remaining,
             self.desc or type(engine).__name__,

@@ -8,13 +8,32 @@ import pytest
 import torch
 from conftest import CONFIGS, SCHEMA, TINY_ROI
 from ignite.engine import Events
-from monai.bundle import ConfigWorkflow, verify_metadata
+from monai.bundle import ConfigParser, ConfigWorkflow, verify_metadata
+from monai.transforms import Compose
 
 from axunet_bundle import AXUNet
 
 #: a short run on the tiny generated cases: measured 0.00 -> 0.46 best mean Dice at 25 epochs (2 CPU cores)
 LEARNING_EPOCHS = 25
 LEARNING_MARGIN = 0.2
+
+
+def test_tumour_slices_are_centred_on_whole_tumour_voxels():
+    """With tumour_slice_ratio 1.0 every training slice holds tumour, also where the tumour is edema alone (WT without
+    TC): MONAI's RandCropByPosNegLabeld takes channel 0 of a multi-channel label for background, so the crop centres
+    must come from the WT channel alone, not from the regions (which would centre on TC)."""
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    parser.update({"tumour_slice_ratio": 1.0, "slices_per_volume": 16, "roi_size": [16, 16]})
+    sampling = Compose(parser.get_parsed_content("train#slice_sampling"))
+    sampling.set_random_state(seed=0)
+    regions = torch.zeros(3, 16, 16, 32)
+    regions[0, 4:12, 4:12, 20:23] = 1  # WT only: an edema-only tumour on 3 of 32 slices
+    image = torch.rand(3, 16, 16, 32) + 1.0  # brain everywhere
+    slices = sampling({"image": image, "label": regions})
+    assert len(slices) == 16
+    assert all(s["label"][0].any() for s in slices)
+    assert all("tumour_mask" not in s for s in slices)
 
 
 def train_workflow(dataset_dir, bundle_root, **overrides) -> ConfigWorkflow:

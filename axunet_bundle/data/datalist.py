@@ -337,7 +337,8 @@ class CaseLoader(DataLoader):
     the other cases run. PyTorch's loader has no way to skip an item, hence this class.
 
     Its length is unknown until every case is loaded (``len()`` raises ``TypeError``, as for an iterable dataset),
-    so that MONAI's engines end the epoch when the cases do.
+    so that MONAI's engines end the epoch when the cases do; ``operator.length_hint`` gives the number of cases
+    (PEP 424), which progress reports use.
 
     Args:
         dataset: a map-style dataset of the cases' items (MONAI ``Dataset`` with the loading chain).
@@ -351,6 +352,9 @@ class CaseLoader(DataLoader):
 
     def __len__(self) -> int:
         raise TypeError("the number of cases that load is known once they are loaded")
+
+    def __length_hint__(self) -> int:
+        return len(self.dataset)
 
     def __iter__(self) -> Any:
         for failed, batch in super().__iter__():
