@@ -15,7 +15,7 @@ from typing import Any
 import ignite.distributed as idist
 import numpy as np
 import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 from ignite.handlers.checkpoint import BaseSaveHandler
 from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.transforms import Randomizable, Transform
@@ -152,8 +152,8 @@ class RandomStates:
     tensors and plain numbers, so checkpoints still load with ``torch.load(weights_only=True)``.
 
     Under ``torch.distributed`` every process draws its own streams (``set_determinism(seed + rank)``) but only
-    rank 0 saves checkpoints: :meth:`attach` the object to the trainer on every rank, before the checkpoint saver,
-    and each epoch's checkpoint holds every rank's states; on resume each rank restores its own.
+    rank 0 writes checkpoints: :meth:`state_dict` gathers every rank's states (a collective: ignite's ``Checkpoint``
+    asks every rank for the state dicts, rank 0 saves them), and on resume each rank restores its own.
 
     Args:
         transform: a transform (for example ``Compose``) whose randomizable transforms' states are included.
@@ -161,8 +161,6 @@ class RandomStates:
 
     def __init__(self, transform: Any = None) -> None:
         self.transform = transform
-        #: every rank's states, gathered at the end of the last epoch (``None`` outside ``torch.distributed``)
-        self._gathered: list[dict] | None = None
 
     def _randomizables(self) -> list[Randomizable]:
         """Every randomizable object of the chain, in a stable order: dictionary transforms keep their generator in
@@ -185,18 +183,6 @@ class RandomStates:
                 todo.extend(vars(item).values())
         return found
 
-    def attach(self, engine: Engine) -> None:
-        """Gather every rank's states at each epoch's end (a collective: attach on every rank, after the other
-        epoch-end handlers such as validation, and before the checkpoint saver, so the states are those saved)."""
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self.gather)
-
-    def gather(self, engine: Engine | None = None) -> None:
-        """Collect every rank's states (no-op in a single process)."""
-        if idist.get_world_size() > 1:
-            gathered: list[Any] = [None] * idist.get_world_size()
-            torch.distributed.all_gather_object(gathered, self.local_state_dict())
-            self._gathered = gathered
-
     def local_state_dict(self) -> dict:
         """This process's states."""
         return {
@@ -208,9 +194,12 @@ class RandomStates:
         }
 
     def state_dict(self) -> dict:
-        if self._gathered is not None:
-            return {"ranks": self._gathered}
-        return self.local_state_dict()
+        """This process's states, or under ``torch.distributed`` every rank's (``{"ranks": [...]}``)."""
+        if idist.get_world_size() == 1:
+            return self.local_state_dict()
+        gathered: list[Any] = [None] * idist.get_world_size()
+        torch.distributed.all_gather_object(gathered, self.local_state_dict())
+        return {"ranks": gathered}
 
     def load_state_dict(self, state: Mapping) -> None:
         if "ranks" in state:
