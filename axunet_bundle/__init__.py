@@ -7,7 +7,7 @@ Region channels are always in the order WT (whole tumour), TC (tumour core), ET 
 from . import data, errors, evaluation, export, handlers, inferers, networks, outputs, progress, transforms, weights
 from .networks import AXUNet
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 __all__ = [
     "AXUNet",
     "__version__",

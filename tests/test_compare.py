@@ -294,3 +294,19 @@ def test_variant_network_definitions_load_encoder_weights_only_for_training():
     local = Variant("r", "attention_resunet", {"pretrained_path": "resnet50.pth"})  # a file fits one backbone
     assert local.network_def(training=True)["pretrained_path"] == "resnet50.pth"
     assert "pretrained_path" not in local.network_def(training=False)
+
+
+def test_the_option_files_ids_reach_their_workflows(tmp_path):
+    """A shared --slice_cache_dir reaches the training (its override file reads it) and --flip_tta the evaluation,
+    although neither is an id of the base configs."""
+    from axunet_bundle.cli.compare import _Plan
+    from axunet_bundle.cli.configs import read_config
+    from axunet_bundle.cli.workflows import WORKFLOW_CONFIGS
+    from axunet_bundle.comparison.variants import Run
+
+    parsers = {w: read_config(*WORKFLOW_CONFIGS[w]) for w in ("training", "evaluating")}
+    overrides = {"slice_cache_dir": "cache", "flip_tta": True, "epochs": 2, "threshold": 0.4}
+    plan = _Plan(tmp_path, [], "axunet", [], {}, [], {}, parsers, {}, overrides, [], [64, 64], "cpu")
+    run = Run(Variant("axunet", "axunet", overrides={"learning_rate": 0.01}), 0, tmp_path / "axunet" / "fold0")
+    assert plan.ids_of("training", run) == {"slice_cache_dir": "cache", "epochs": 2, "learning_rate": 0.01}
+    assert plan.ids_of("evaluating", run) == {"flip_tta": True, "threshold": 0.4}

@@ -12,6 +12,7 @@ from monai.transforms import Compose
 
 from axunet_bundle.atomic import PARTIAL_PREFIX
 from axunet_bundle.data import CaseError, SliceCacheDataset, prepare_slice_cache
+from axunet_bundle.errors import DatasetError
 
 
 def train_parser(dataset_dir, **overrides) -> ConfigParser:
@@ -79,7 +80,7 @@ def test_changed_parameters_invalidate_the_cache(tmp_path, chain):
     items, transform, params = chain
     prepare_slice_cache(items[:1], tmp_path, transform, params, workers=1, progress=False)
     changed = dict(params, roi_size=[32, 32])
-    with pytest.raises(ValueError, match="other preprocessing parameters"):
+    with pytest.raises(DatasetError, match="other preprocessing parameters"):
         SliceCacheDataset(tmp_path, params=changed)
     report = prepare_slice_cache(items[:1], tmp_path, transform, changed, workers=1, progress=False)
     assert report.invalidated and report.prepared == [items[0]["case_id"]] and not report.skipped
@@ -96,7 +97,7 @@ def test_any_change_to_the_volume_transforms_invalidates_the_cache(tmp_path, tin
     orientation["axcodes"] = "LPS"
     changed = parser.get_parsed_content("preprocessing_params")
     assert {k for k in params if params[k] != changed[k]} == {"volume_transforms"}
-    with pytest.raises(ValueError, match="other preprocessing parameters"):
+    with pytest.raises(DatasetError, match="other preprocessing parameters"):
         SliceCacheDataset(tmp_path, params=changed)
     assert train_parser(tiny_dataset).get_parsed_content("preprocessing_params") == params  # stable when unchanged
 
@@ -105,8 +106,9 @@ def test_a_bad_case_is_reported_and_the_others_prepared(tmp_path, chain):
     items, transform, params = chain
 
     def fail_first(item):
-        if item["case_id"] == items[0]["case_id"]:
-            raise CaseError(item["case_id"], "x_t1ce.nii.gz", "2 non-finite voxels")
+        if item["case_id"] == items[0]["case_id"]:  # as MONAI's Compose raises a transform's error: wrapped
+            error = CaseError(item["case_id"], "x_t1ce.nii.gz", "2 non-finite voxels")
+            raise RuntimeError("applying transform <ValidateCased>") from error
         return transform(item)
 
     report = prepare_slice_cache(items, tmp_path, fail_first, params, workers=1, progress=False)

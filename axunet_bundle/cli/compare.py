@@ -74,9 +74,12 @@ class _Plan:
     device: str
 
     def ids_of(self, workflow: str, run: Run) -> dict[str, Any]:
-        """The shared and the variant's overrides that are ids of ``workflow``'s configs."""
+        """The shared and the variant's overrides that are ids of ``workflow``'s configs, or that select one of its
+        option files (:data:`~axunet_bundle.cli.workflows.OPTION_CONFIGS`: the slice cache for training, flip
+        test-time augmentation for evaluation)."""
         values = {**self.overrides, **run.variant.overrides}
-        return {key: value for key, value in values.items() if key in self.parsers[workflow]}
+        options = {"training": {"slice_cache_dir"}, "evaluating": {"flip_tta"}}[workflow]
+        return {key: value for key, value in values.items() if key in self.parsers[workflow] or key in options}
 
 
 def _prepare(

@@ -15,7 +15,7 @@ from ..data.cases import LABEL_SUFFIX, DatasetPathError, case_id_from_path, disc
 from ..data.datalist import CaseSelection
 from ..data.labels import AUTO, validate_convention
 from ..data.pipeline import CONVENTION_KEY
-from ..errors import CaseError, DatasetError
+from ..errors import CaseError, DatasetError, LeftOutCasesError
 from ..evaluation.challenge import resolve_challenge
 from ..evaluation.report import (
     CASE_ID,
@@ -69,8 +69,10 @@ def score(
             challenge=challenge,
             overwrite=overwrite,
         )
-    finally:  # the scored cases' box plot, also when some cases could not be scored
+    except LeftOutCasesError:  # the report of the scored cases was written: draw it, then name the others
         report_boxplot(out)
+        raise
+    report_boxplot(out)
     print(
         f"scored {len(rows)} cases: {out / outputs.METRICS_CSV}; summary: {out / outputs.SUMMARY_JSON}; "
         f"box plot: {out / outputs.DICE_BOXPLOT_PNG}"

@@ -89,8 +89,8 @@ _VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # ------------------------------------------------------------------------------------------------------- variants
 @dataclass(frozen=True)
 class Variant:
-    """One entry of the variants file: a network of :data:`~axunet_bundle.networks.NETWORKS` with its arguments
-    and the bundle ids it changes (e.g. ``learning_rate``); everything else is shared by all variants."""
+    """One entry of the variants file: a network of :data:`~axunet_bundle.comparison.networks.NETWORKS` with its
+    arguments and the bundle ids it changes (e.g. ``learning_rate``); everything else is shared by all variants."""
 
     name: str
     network: str

@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..atomic import atomic_directory, remove_partials, write_json_atomic
-from ..errors import CaseError
+from ..errors import CaseError, ConfigurationError, DatasetError, user_error
 from ..progress import progress as show_progress
 from .cases import check_case_id
 
@@ -72,9 +72,10 @@ def _prepare_case(args: tuple[Mapping[str, Any], str, Callable]) -> tuple[str, s
             if label is not None:
                 np.save(partial / LABEL_FILE, label)
             write_json_atomic(partial / SLICES_FILE, _slice_flags(image, label))
-    except CaseError as err:
-        return case_id, str(err)
     except Exception as err:  # one bad case must not stop the others; report it precisely
+        error = user_error(err)  # a case's problem, also when MONAI's Compose wrapped it in a RuntimeError
+        if error is not None:
+            return case_id, str(error)
         return case_id, f"{case_id}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
     return case_id, None
 
@@ -193,16 +194,16 @@ class SliceCacheDataset(Dataset):
         self.cache_dir = Path(cache_dir)
         manifest_path = self.cache_dir / MANIFEST
         if not manifest_path.exists():
-            raise FileNotFoundError(f"no slice cache at {self.cache_dir}: run `python -m axunet_bundle prepare` first")
+            raise DatasetError(f"no slice cache at {self.cache_dir}: run `python -m axunet_bundle prepare` first")
         manifest = json.loads(manifest_path.read_text())
         if params is not None and manifest.get("fingerprint") != fingerprint(
             json.loads(json.dumps(dict(params), default=str))
         ):
-            raise ValueError(
+            raise DatasetError(
                 f"slice cache {self.cache_dir} was prepared with other preprocessing parameters: re-run prepare"
             )
         if tumour_slice_ratio is not None and not 0 < tumour_slice_ratio <= 1:
-            raise ValueError(f"tumour_slice_ratio must be in (0, 1] or None, got {tumour_slice_ratio}")
+            raise ConfigurationError(f"tumour_slice_ratio must be in (0, 1] or None, got {tumour_slice_ratio}")
         available = sorted(p.name for p in self.cache_dir.iterdir() if (p / SLICES_FILE).exists())
         if case_ids is not None:
             missing = sorted(set(map(str, case_ids)) - set(available))

@@ -192,13 +192,13 @@ def build_onnx_network(
         try:
             folder.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as partial:  # concurrent runs never read a half-written file
-                export_onnx(network, example, partial)
+                export_onnx(network, example, partial, verify=False)
             _prune_cache(folder)
             return OnnxNetwork(path, threads=threads)
         except OSError as err:
             logger.info("cannot cache the ONNX export in %s (%s); using a temporary file", folder, err)
     with tempfile.TemporaryDirectory() as tmp:
-        path = export_onnx(network, example, Path(tmp) / f"model{ONNX_SUFFIX}")
+        path = export_onnx(network, example, Path(tmp) / f"model{ONNX_SUFFIX}", verify=False)
         return OnnxNetwork(path, threads=threads)  # the session holds the model: the file can go
 
 
