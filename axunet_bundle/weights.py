@@ -97,8 +97,9 @@ def check_plain_weights(path: str | os.PathLike, what: str = "weights file") -> 
 
 
 def check_checkpoint_loaders(handlers: Iterable[object]) -> None:
-    """Check the file of every MONAI ``CheckpointLoader`` among ``handlers`` before an engine runs (called from the
-    inference config's ``initialize``), so a crafted checkpoint stops the run with :class:`UnsafeWeightsError`.
+    """Check the file of every MONAI ``CheckpointLoader`` among ``handlers`` before an engine runs (the first step of
+    the inference and evaluation configs' ``run``, so a workflow can be built before its weights exist), so that a
+    missing file is one line and a crafted checkpoint stops the run with :class:`UnsafeWeightsError`.
 
     Args:
         handlers: engine handlers, e.g. the bundle config's ``@handlers``.

@@ -119,3 +119,15 @@ def test_files_get_the_usual_permissions_not_private_ones(tmp_path):
     other = tmp_path / "plain.csv"
     other.write_text("x\n")
     assert path.stat().st_mode == other.stat().st_mode
+
+
+def test_the_checkpoint_saver_writes_each_of_monais_checkpoints_atomically(tmp_path):
+    """MONAI's CheckpointSaver keeps its ignite Checkpoints in private attributes; AtomicCheckpointSaver replaces
+    their save handlers, so a MONAI release that renames them must fail here, not leave plain (non-atomic) saving."""
+    from axunet_bundle.handlers import AtomicCheckpointSaver
+
+    saver = AtomicCheckpointSaver(
+        str(tmp_path), {"model": torch.nn.Linear(1, 1)}, save_final=True, save_key_metric=True, save_interval=1
+    )
+    checkpoints = [saver._final_checkpoint, saver._key_metric_checkpoint, saver._interval_checkpoint]
+    assert all(isinstance(c.save_handler, AtomicDiskSaver) for c in checkpoints)

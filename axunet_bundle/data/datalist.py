@@ -34,7 +34,7 @@ from ..outputs import segmentation_path
 from .cases import DEFAULT_MODALITIES, Case, case_id_from_path, check_case_id, discover, validate_modalities
 from .integrity import check_case, dataset_problems, read_problem
 from .labels import AUTO, resolve_convention
-from .pipeline import CASE_ID_KEY, CHANNELS_KEY, CONVENTION_KEY
+from .pipeline import CASE_ID_KEY, CHANNELS_KEY, CONVENTION_KEY, REFERENCE_KEY
 
 __all__ = [
     "TRAINING",
@@ -54,8 +54,6 @@ __all__ = [
 TRAINING = "training"
 VALIDATION = "validation"
 TESTING = "testing"
-#: the key of an evaluation item holding the reference label map: the inference chain never loads it
-REFERENCE = "reference"
 
 MIN_FOLDS = 2
 
@@ -462,5 +460,5 @@ def evaluation_cases(
     unlabelled = [item[CASE_ID_KEY] for item in selection.items if "label" not in item]
     if unlabelled:
         raise DatasetError(f"datalist {split} items without a label to evaluate against: {unlabelled[0]}")
-    selection.items = [{REFERENCE if k == "label" else k: v for k, v in item.items()} for item in selection.items]
+    selection.items = [{REFERENCE_KEY if k == "label" else k: v for k, v in item.items()} for item in selection.items]
     return selection

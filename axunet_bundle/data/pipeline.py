@@ -28,6 +28,7 @@ from .labels import AUTO, labels_to_regions, regions_to_labels, resolve_conventi
 __all__ = [
     "CASE_ID_KEY",
     "CHANNELS_KEY",
+    "REFERENCE_KEY",
     "CONVENTION_KEY",
     "SPATIAL_DIMS",
     "LabelsToRegionsd",
@@ -41,6 +42,8 @@ __all__ = [
 CASE_ID_KEY = "case_id"
 #: the item key of a multi-channel case's channel index for each modality (from ``dataset.json``)
 CHANNELS_KEY = "channels"
+#: the item key of an evaluation case's reference label map (a path: the inference chain never loads it)
+REFERENCE_KEY = "reference"
 SPATIAL_DIMS = 3
 
 

@@ -38,7 +38,7 @@ from ..atomic import write_json_atomic, write_text_atomic
 from ..data.datalist import CaseSelection
 from ..data.integrity import label_problems
 from ..data.labels import AUTO, REGIONS, convention_for_values, labels_to_regions, validate_convention
-from ..data.pipeline import CONVENTION_KEY, item_convention
+from ..data.pipeline import CASE_ID_KEY, CONVENTION_KEY, REFERENCE_KEY, item_convention
 from ..errors import AxunetError, CaseError
 from ..progress import progress
 from .challenge import challenge_columns, resolve_challenge, score_challenge
@@ -64,9 +64,8 @@ logger = logging.getLogger(__name__)
 LEGACY_DICE = "legacy_dice"
 LEGACY_HD95 = "legacy_hd95"
 LEGACY_METRICS = (LEGACY_DICE, LEGACY_HD95)
-#: the key of an evaluation item holding the reference label map's path (the engine never loads it)
-REFERENCE_KEY = "reference"
-CASE_ID = "case_id"
+#: the report's column of the case id (the evaluation item's ``case_id``)
+CASE_ID = CASE_ID_KEY
 
 
 class ReportExistsError(AxunetError, FileExistsError):

@@ -81,7 +81,10 @@ class AtomicCheckpointSaver(CheckpointSaver):
     (:class:`AtomicDiskSaver`: a training killed while saving leaves no truncated checkpoint to resume from); it can
     save the engine it is attached to (``save_engine_as="trainer"``: a config cannot name the trainer inside the
     trainer's own handler list); and its best-metric record is checkpointable (``state_dict``), so a resumed
-    training replaces ``model.pt`` only with a better model than the best before the interruption.
+    training replaces ``model.pt`` only with a better model than the best before the interruption. MONAI keeps its
+    ignite ``Checkpoint`` objects in private attributes (``_final_checkpoint``, ``_key_metric_checkpoint``,
+    ``_interval_checkpoint``, as of MONAI 1.6); their save handlers are replaced here, so a MONAI upgrade is checked
+    by tests/test_atomic_writes.py.
 
     Args:
         save_dir: the folder of the checkpoints (created when missing).
