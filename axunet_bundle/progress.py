@@ -5,7 +5,8 @@ terminal, plain periodic log lines with the same numbers when it is not (CI, a l
 a file still says how far it got and how long it has left.
 
 :class:`Progress` counts items; :func:`progress` wraps an iterable with it; :class:`ProgressHandler` attaches it to
-an ignite engine (the bundle's trainer and evaluators), counting iterations.
+an ignite engine (the bundle's trainer and evaluators), counting iterations. Kept beside ignite's ``ProgressBar``,
+which writes nothing useful off a terminal and has no ETA over a whole (resumed) run.
 """
 
 from __future__ import annotations

@@ -48,7 +48,8 @@ class RemoveSmallEnhancingd(MapTransform):
     Relabel enhancing-tumour components smaller than ``min_voxels`` as necrosis, a common BraTS post-processing:
     small ET blobs are mostly false positives, and an ET prediction where the reference has none costs a whole
     case's ET Dice. Works on binary ``(WT, TC, ET, *spatial)`` region masks: the ET channel is cleared in the
-    small components while TC stays set, so the label map written afterwards shows necrosis there.
+    small components while TC stays set, so the label map written afterwards shows necrosis there. MONAI's
+    ``RemoveSmallObjectsd`` acts on whole channels and needs scikit-image, which the bundle does not require.
 
     Args:
         keys: keys of the region masks.
