@@ -19,7 +19,7 @@ from ..data.datalist import MIN_FOLDS
 from ..errors import ConfigurationError
 from .configs import read_config
 from .data import split_names
-from .workflows import OPTION_CONFIGS, WORKFLOW_CONFIGS, bundle_run
+from .workflows import OPTION_CONFIGS, OPTION_WORKFLOWS, WORKFLOW_CONFIGS, bundle_run
 
 if TYPE_CHECKING:  # the command line imports its commands' machinery when they run
     from ..comparison import Run, Variant
@@ -75,11 +75,14 @@ class _Plan:
 
     def ids_of(self, workflow: str, run: Run) -> dict[str, Any]:
         """The shared and the variant's overrides that are ids of ``workflow``'s configs, or that select one of its
-        option files (:data:`~axunet_bundle.cli.workflows.OPTION_CONFIGS`: the slice cache for training, flip
+        option files (:data:`~axunet_bundle.cli.workflows.OPTION_WORKFLOWS`: the slice cache for training, flip
         test-time augmentation for evaluation)."""
         values = {**self.overrides, **run.variant.overrides}
-        options = {"training": {"slice_cache_dir"}, "evaluating": {"flip_tta"}}[workflow]
-        return {key: value for key, value in values.items() if key in self.parsers[workflow] or key in options}
+        return {
+            key: value
+            for key, value in values.items()
+            if key in self.parsers[workflow] or workflow in OPTION_WORKFLOWS.get(key, ())
+        }
 
 
 def _prepare(

@@ -15,7 +15,17 @@ from .. import outputs
 from ..errors import ConfigurationError
 from .configs import config_dir, read_config
 
-__all__ = ["OPTION_CONFIGS", "WORKFLOW_CONFIGS", "bundle_run", "option_configs", "evaluate", "export", "infer", "train"]
+__all__ = [
+    "OPTION_CONFIGS",
+    "OPTION_WORKFLOWS",
+    "WORKFLOW_CONFIGS",
+    "bundle_run",
+    "option_configs",
+    "evaluate",
+    "export",
+    "infer",
+    "train",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +44,8 @@ PICTURES_CONFIGS = {
 #: override files merged after a workflow's configs when the command line gives their id (``python -m monai.bundle
 #: run`` names them in ``--config_file``): training from the slice cache, flip test-time augmentation
 OPTION_CONFIGS = {"slice_cache_dir": "slice_cache.json", "flip_tta": "flip_tta.json"}
+#: the workflows each option file belongs to
+OPTION_WORKFLOWS = {"slice_cache_dir": ("training",), "flip_tta": ("evaluating", "inference")}
 #: ``bundle_root`` of the configs: relative paths and the default output folders are the current folder's
 DEFAULT_BUNDLE_ROOT = "."
 EXPORT_SLICE_SIZE = 224
@@ -70,12 +82,8 @@ def option_configs(workflow: str, overrides: dict) -> list[str]:
     flip_tta = overrides.pop("flip_tta", False)
     if not isinstance(flip_tta, bool):
         raise ConfigurationError(f"flip_tta must be True or False, got {flip_tta!r}")
-    files = []
-    if workflow == "training" and overrides.get("slice_cache_dir") is not None:
-        files.append(OPTION_CONFIGS["slice_cache_dir"])
-    if workflow in ("evaluating", "inference") and flip_tta:
-        files.append(OPTION_CONFIGS["flip_tta"])
-    return files
+    wanted = {"slice_cache_dir": overrides.get("slice_cache_dir") is not None, "flip_tta": flip_tta}
+    return [OPTION_CONFIGS[key] for key, given in wanted.items() if given and workflow in OPTION_WORKFLOWS[key]]
 
 
 def train(**overrides) -> None:
