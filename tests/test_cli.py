@@ -145,3 +145,21 @@ def test_export_builds_the_configured_network(tmp_path, capsys):
     assert "max |eager - exported|" in capsys.readouterr().out
     traced = torch.jit.load(str(tmp_path / "model.ts"))
     assert traced(torch.randn(1, 4, 64, 64)).shape == (1, 3, 64, 64)
+
+
+def test_option_ids_select_their_override_files_for_their_workflows():
+    """--slice_cache_dir adds configs/slice_cache.json to a training (and stays: the file reads it); --flip_tta True
+    adds configs/flip_tta.json to an evaluation or inference (and goes: the file is the option); elsewhere nothing."""
+    import pytest
+
+    from axunet_bundle.cli.workflows import option_configs
+    from axunet_bundle.errors import ConfigurationError
+
+    training = {"slice_cache_dir": "cache", "flip_tta": True}
+    assert option_configs("training", training) == ["slice_cache.json"] and training == {"slice_cache_dir": "cache"}
+    for workflow in ("evaluating", "inference"):
+        overrides = {"flip_tta": True, "slice_cache_dir": "cache"}
+        assert option_configs(workflow, overrides) == ["flip_tta.json"] and "flip_tta" not in overrides
+    assert option_configs("inference", {"flip_tta": False}) == []
+    with pytest.raises(ConfigurationError, match="flip_tta must be True or False"):
+        option_configs("inference", {"flip_tta": "yes"})
