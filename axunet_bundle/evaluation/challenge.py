@@ -53,7 +53,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# both optional (configs/metadata.json's optional_packages_version): brats-evaluation installs panoptica
+# both optional, and not in configs/metadata.json (panoptica, which brats-evaluation installs, has no release for the
+# model zoo's Python 3.10; the model card names the package)
 brats_evaluation, _HAS_BRATS_EVALUATION = optional_import("brats_evaluation")
 Panoptica_Evaluator, _ = optional_import("panoptica", name="Panoptica_Evaluator")
 disable_citation_reminder, _ = optional_import("panoptica.utils.citation_reminder", name="disable_citation_reminder")
