@@ -285,15 +285,13 @@ def test_generated_cases_say_so(tmp_path, dataset):
     assert "1 of its 2 cases generated" in describe_dataset(patient.parent, [patient, labels[0]])
 
 
-def test_variant_network_definitions_load_encoder_weights_only_for_training():
+def test_variant_network_definitions_hold_the_architecture_and_the_weights_file_goes_to_the_training():
     axunet = Variant("a", "axunet", {"attention": "pam"})
-    assert axunet.network_def(training=True)["pretrained"] == "@pretrained"
-    assert "pretrained" not in axunet.network_def(training=False)
-    assert axunet.network_def(training=False)["attention"] == "pam"
-    assert "pretrained" not in Variant("u", "unet").network_def(training=True)  # MONAI's UNet has no encoder weights
+    assert axunet.network_def()["attention"] == "pam"
+    assert "pretrained" not in axunet.network_def() and axunet.pretrained_path is None
     local = Variant("r", "attention_resunet", {"pretrained_path": "resnet50.pth"})  # a file fits one backbone
-    assert local.network_def(training=True)["pretrained_path"] == "resnet50.pth"
-    assert "pretrained_path" not in local.network_def(training=False)
+    assert "pretrained_path" not in local.network_def()
+    assert local.pretrained_path == "resnet50.pth"
 
 
 def test_the_option_files_ids_reach_their_workflows(tmp_path):

@@ -191,7 +191,8 @@ def _execute(plan: _Plan, run: Run, label: str) -> list[str]:
             "resume": False,
             "ckpt_dir": str(run.models),
             "output_dir": str(run.logs),
-            "network_def": run.variant.network_def(training=True),
+            "network_def": run.variant.network_def(),
+            "pretrained_path": run.variant.pretrained_path,
         }
         bundle_run("training", {**plan.ids_of("training", run), **training}, pictures=True)
         seconds = time.perf_counter() - started
@@ -206,7 +207,7 @@ def _execute(plan: _Plan, run: Run, label: str) -> list[str]:
         "ckpt_path": str(run.weights),
         "output_dir": str(run.evaluation),
         "overwrite": True,
-        "network_def": run.variant.network_def(training=False),
+        "network_def": run.variant.network_def(),
     }
     bundle_run("evaluating", {**plan.ids_of("evaluating", run), **evaluation})
     return steps + ["evaluation"]

@@ -4,7 +4,6 @@ runs are finished, the records a resumed comparison must match)."""
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import os
@@ -103,25 +102,23 @@ class Variant:
         spec = {"network": self.network, "network_args": self.network_args, "overrides": self.overrides}
         return json.loads(json.dumps(spec))
 
-    def network_def(self, training: bool) -> dict[str, Any]:
-        """The bundle's ``network_def`` for this variant. The training's takes ``@pretrained`` where the network has
-        a timm encoder (and the variant's ``pretrained_path``); the evaluation's loads no encoder weights (the
-        trained weights replace them)."""
-        from .networks import NETWORKS
-
-        args = {k: v for k, v in self.network_args.items() if training or k != WEIGHTS_FILE_ARG}
-        definition = {
+    def network_def(self) -> dict[str, Any]:
+        """The bundle's ``network_def`` for this variant: the architecture only. Encoder weights are the training
+        config's first step (``pretrained`` and this variant's :attr:`pretrained_path`), so evaluation builds the
+        network without them (the trained weights replace them)."""
+        args = {k: v for k, v in self.network_args.items() if k != WEIGHTS_FILE_ARG}
+        return {
             "_target_": NETWORK_TARGET,
             "name": self.network,
             "in_channels": "$len(@modalities)",
             "out_channels": len(REGIONS),
             **args,
         }
-        parameters = inspect.signature(NETWORKS[self.network]).parameters.values()
-        takes_weights = any(p.kind is p.VAR_KEYWORD or p.name == "pretrained" for p in parameters)
-        if training and takes_weights:
-            definition["pretrained"] = "@pretrained"
-        return definition
+
+    @property
+    def pretrained_path(self) -> str | None:
+        """The variant's local encoder weights file (its ``network_args``), for its training's ``pretrained_path``."""
+        return self.network_args.get(WEIGHTS_FILE_ARG)
 
 
 def _error(where: str, message: str) -> ConfigurationError:

@@ -5,7 +5,7 @@ from ..weights import PretrainedWeightsError
 from .attention import ChannelAttention, DualAttention, PositionAttention
 from .axunet import AXUNet
 from .decoder import DeBlock, SegmentationHead
-from .encoder import TimmEncoder
+from .encoder import TimmEncoder, load_encoder_weights
 
 __all__ = [
     "AXUNet",
@@ -16,4 +16,5 @@ __all__ = [
     "PretrainedWeightsError",
     "SegmentationHead",
     "TimmEncoder",
+    "load_encoder_weights",
 ]
