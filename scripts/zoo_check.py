@@ -2,10 +2,12 @@
 """The MONAI model zoo's checks, run on a bundle folder with MONAI's own functions: ``python scripts/zoo_check.py``.
 
 The checks and their order follow Project-MONAI/model-zoo ``ci/verify_bundle.py`` (``verify``: large files,
-directory, version, metadata, properties, data shape, TorchScript), then what the zoo's other PR jobs check: ONNX
-(the zoo exports ONNX only for TensorRT, ``ci/verify_tensorrt.py``; here onnxruntime on the CPU), JSON formatting
-and file sizes (``.pre-commit-config.yaml``: ``pretty-format-json --no-sort-keys --indent=4`` and
-``check-added-large-files --maxkb=1024``) and code format (``runtests.sh --codeformat``, line length 120).
+directory, version, metadata, properties, data shape, TorchScript), then what the zoo's other PR jobs check: the pins
+of ``metadata.json`` on the zoo's CI Python (``ci/get_bundle_requirements.py``, then ``pip install`` on Python 3.10),
+ONNX (the zoo exports ONNX only for TensorRT, ``ci/verify_tensorrt.py``; here onnxruntime on the CPU), the zoo's
+pre-commit hooks and its code format (``runtests.sh --codeformat``: black, isort, flake8). The zoo's own settings
+for those are copies in ``scripts/zoo_ci/`` and the tools run on the bundle's code laid out as in the zoo's
+repository (``models/<name>/``).
 
 Everything runs offline: the metadata schema must be a local file, large files are not downloaded, and when
 ``models/model.pt`` is absent the export checks use an untrained plain state dict of ``network_def`` written to a
@@ -21,7 +23,6 @@ import fnmatch
 import importlib.util
 import json
 import logging
-import math
 import os
 import subprocess
 import sys
@@ -59,9 +60,9 @@ CHECKS = (
     "properties",
     "net_in_out",
     "torchscript",
+    "pins",
     "onnx",
-    "json_format",
-    "file_size",
+    "hooks",
     "code_format",
 )
 
@@ -75,13 +76,44 @@ NET_ID = "network_def"
 HASH_TYPES = ("md5", "sha1", "sha256", "sha512")
 #: monai.apps.utils.download_url's hash type when an entry gives none
 DOWNLOAD_HASH_TYPE = "sha256"
-# model-zoo .pre-commit-config.yaml: check-added-large-files --maxkb=1024; pretty-format-json --indent=4
-MAX_FILE_KB = 1024
-JSON_INDENT = 4
-# model-zoo setup.cfg / pyproject.toml / runtests.sh; flags as in this project's pyproject.toml
-LINE_LENGTH = 120
-CODE_DIRS = ("axunet_bundle", "scripts", "tests")
+#: the model zoo's settings files (copies): setup.cfg (flake8, isort), pyproject.toml (black), its pre-commit hooks
+ZOO_SETTINGS = Path(__file__).resolve().parent / "zoo_ci"
+#: the Python of the zoo's premerge jobs (.github/workflows/premerge-cpu.yml: 3.10.14)
+ZOO_PYTHON = "3.10"
+#: monai.bundle.utils.DEPRECATED_ID_MAPPING's keys: MONAI replaces required_packages_version with their contents
+DEPRECATED_METADATA_KEYS = ("optional_packages_version",)
+#: this project's own code folders, formatted with its pyproject.toml (the bundle's code: with the zoo's settings)
+CODE_DIRS = ("scripts", "tests")
 FORMAT_TOOLS = ("black", "isort", "flake8")
+#: folders of the package that only the command line uses (axunet_bundle.cli.zoo_bundle.COMMAND_LINE_ONLY): not in
+#: a zoo bundle, so not checked with the zoo's settings
+NOT_IN_BUNDLE = (
+    "tests/",
+    "scripts/",
+    "axunet_bundle/cli/",
+    "axunet_bundle/comparison/",
+    "axunet_bundle/synthetic/",
+    "axunet_bundle/visualize/",
+    "axunet_bundle/__main__.py",
+)
+#: pre-commit-hooks 4.6.0 (.pre-commit-hooks.yaml): each hook's module (pre_commit_hooks.<module>:main, its console
+#: script) and the file types pre-commit gives it
+HOOKS = {
+    "end-of-file-fixer": ("end_of_file_fixer", "text"),
+    "trailing-whitespace": ("trailing_whitespace_fixer", "text"),
+    "check-yaml": ("check_yaml", "yaml"),
+    "check-docstring-first": ("check_docstring_first", "python"),
+    "check-executables-have-shebangs": ("check_executables_have_shebangs", "executable"),
+    "check-toml": ("check_toml", "toml"),
+    "check-case-conflict": ("check_case_conflict", "file"),
+    "check-added-large-files": ("check_added_large_files", "file"),
+    "detect-private-key": ("detect_private_key", "text"),
+    "forbid-new-submodules": (None, "file"),  # a git-history check: a bundle folder has no submodules
+    "pretty-format-json": ("pretty_format_json", "json"),
+    "mixed-line-ending": ("mixed_line_ending", "text"),
+}
+#: file name endings per pre-commit type (identify's mapping, for the types the hooks use)
+TYPE_SUFFIXES = {"python": (".py",), "yaml": (".yaml", ".yml"), "toml": (".toml",), "json": (".json",)}
 #: offline copies of the metadata schema: the zoo's ci/prepare_schema.py puts it at eval/schema.json; this
 #: project keeps MONAI's schemas in ../shared/monai beside the checkout
 ZOO_SCHEMA_FILE = "eval/schema.json"
@@ -595,64 +627,141 @@ def _check_onnx(bundle: _Bundle) -> str:
     return f"exported, run by onnxruntime (CPU) on {_shape(x.shape)}: max abs diff vs eager {diff:.2e}; {origin}"
 
 
-def _pretty_json(text: str) -> str:
-    """pre-commit-hooks pretty-format-json with --no-sort-keys --indent=4 (ASCII escapes, a final newline)."""
-    return json.dumps(json.loads(text), indent=JSON_INDENT, ensure_ascii=True, separators=(",", ": ")) + "\n"
+def _pins(metadata: dict) -> list[str]:
+    """``name==version`` for what the zoo installs (ci/get_bundle_requirements.py): monai, torch, numpy and
+    ``required_packages_version``."""
+    pins = [
+        f"{name}=={metadata[key]}"
+        for name, key in (("monai", "monai_version"), ("torch", "pytorch_version"), ("numpy", "numpy_version"))
+        if key in metadata
+    ]
+    return pins + [f"{name}=={version}" for name, version in metadata.get("required_packages_version", {}).items()]
 
 
-def _check_json_format(bundle: _Bundle) -> str:
-    files, _ = bundle_files(bundle.root)
-    configs = {p.relative_to(bundle.root).as_posix() for p in (bundle.root / "configs").glob("*.json")}
-    names = sorted(configs | {f for f in files if f.endswith(".json")})
-    problems = []
-    for name in names:
-        text = (bundle.root / name).read_text(encoding="utf-8")
-        try:
-            pretty = _pretty_json(text)
-        except ValueError as e:
-            problems.append(f"{name} is not valid JSON ({e})")
-            continue
-        if text != pretty:
-            got, want = text.splitlines(), pretty.splitlines()
-            line = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want))) + 1
-            problems.append(f"{name} (first difference at line {line})")
-    if problems:
+def _check_pins(bundle: _Bundle) -> str:
+    """Every pin has a wheel for the zoo's CI Python, from the package index this machine's pip uses."""
+    metadata = bundle.metadata()
+    deprecated = [key for key in DEPRECATED_METADATA_KEYS if key in metadata]
+    if deprecated:
         raise _Failed(
-            f"not formatted as json.dumps(indent={JSON_INDENT}) + newline, keys in order: " + "; ".join(problems)
+            f"metadata.json has {', '.join(deprecated)}: MONAI reads it as required_packages_version and drops the "
+            "real one; name optional packages in the model card instead"
         )
-    return f"{len(names)} JSON files formatted with indent {JSON_INDENT}, key order kept, final newline"
-
-
-def _check_file_size(bundle: _Bundle) -> str:
-    files, how = bundle_files(bundle.root)
-    large = []
-    for name in files:
-        kb = math.ceil((bundle.root / name).stat().st_size / 1024)  # as check-added-large-files
-        if kb > MAX_FILE_KB:
-            large.append(f"{name} ({kb} KB)")
-    if large:
-        raise _Failed(
-            f"over {MAX_FILE_KB} KB: {_listing(large)}; host them and list them in large_files.yml, gitignored"
+    pins = _pins(metadata)
+    queries = {  # all at once: each asks the index over the network
+        pin: subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "index",
+                "versions",
+                pin.split("==")[0],
+                "--python-version",
+                ZOO_PYTHON,
+                "--only-binary=:all:",
+                "--pre",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
-    return f"{len(files)} files, none over {MAX_FILE_KB} KB ({how})"
-
-
-def _check_code_format(bundle: _Bundle) -> str:
-    missing = [tool for tool in FORMAT_TOOLS if importlib.util.find_spec(tool) is None]
-    if missing:
-        raise _Failed(f"{', '.join(missing)} not installed: pip install -e .[test]")
-    dirs = [d for d in CODE_DIRS if (bundle.root / d).is_dir()]
-    if not dirs:
-        return f"no Python folders ({', '.join(CODE_DIRS)})"
-    length = str(LINE_LENGTH)
-    commands = {
-        "black": ["black", "--check", "-l", length, *dirs],
-        "isort": ["isort", "--check-only", "--profile", "black", "-l", length, *dirs],
-        "flake8": ["flake8", "--max-line-length", length, "--extend-ignore", "E203", *dirs],
+        for pin in pins
     }
+    missing = []
+    for pin, query in queries.items():
+        name, version = pin.split("==")
+        out, err = query.communicate()
+        if query.returncode != 0:
+            raise _Failed(f"pip index versions {name} failed: {_short(err.strip(), 200)}")
+        line = next((x for x in out.splitlines() if x.startswith("Available versions:")), "")
+        available = [v.strip() for v in line.partition(":")[2].split(",")]
+        if version not in available:
+            missing.append(f"{pin} (newest with a wheel for Python {ZOO_PYTHON}: {available[0] or 'none'})")
+    if missing:
+        raise _Failed(f"no wheel for the zoo's Python {ZOO_PYTHON}: {_listing(missing)}")
+    return f"{len(pins)} pins, each with a wheel for Python {ZOO_PYTHON}: {', '.join(pins)}"
+
+
+def _hook_files(bundle: _Bundle, files: Sequence[str], kind: str, exclude: str | None) -> list[str]:
+    import re
+
+    def is_text(name: str) -> bool:
+        with open(bundle.root / name, "rb") as f:
+            return b"\0" not in f.read(8192)
+
+    chosen = []
+    for name in files:
+        if exclude and re.search(exclude, name):
+            continue
+        if kind == "file" or (kind in TYPE_SUFFIXES and name.endswith(TYPE_SUFFIXES[kind])):
+            chosen.append(name)
+        elif kind == "text" and is_text(name):
+            chosen.append(name)
+        elif kind == "executable" and is_text(name) and os.access(bundle.root / name, os.X_OK):
+            chosen.append(name)
+    return chosen
+
+
+def _check_hooks(bundle: _Bundle) -> str:
+    """The zoo's pre-commit hooks (scripts/zoo_ci/pre-commit-config.yaml) on the files git would commit, as
+    pre-commit runs them: a hook fails when it exits non-zero or changes a file (fixers run on a copy)."""
+    import shutil
+
+    import yaml
+
+    if importlib.util.find_spec("pre_commit_hooks") is None:
+        raise _Failed("pre-commit-hooks not installed: pip install -e .[test]")
+    config = yaml.safe_load((ZOO_SETTINGS / "pre-commit-config.yaml").read_text(encoding="utf-8"))
+    files, how = bundle_files(bundle.root)
+    copy = bundle.work_dir / "hooks"
+    shutil.rmtree(copy, ignore_errors=True)
+    for name in files:
+        (copy / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(bundle.root / name, copy / name)
+    # staged in a repository of their own, as pre-commit sees them (check-case-conflict and the size check ask git)
+    for command in (["init", "-q"], ["add", "-A"]):
+        subprocess.run(["git", *command], cwd=copy, check=True, capture_output=True)
+    problems, ran = [], []
+    for hook in config["repos"][0]["hooks"]:
+        module, kind = HOOKS[hook["id"]]
+        if module is None or hook["id"] in ran:
+            continue
+        ran.append(hook["id"])
+        args = list(hook.get("args", []))
+        if hook["id"] == "check-added-large-files":
+            args.append("--enforce-all")  # pre-commit passes only newly added files; here every file is new
+        chosen = _hook_files(bundle, files, kind, hook.get("exclude"))
+        if not chosen:
+            continue
+        before = {name: (copy / name).read_bytes() for name in chosen}
+        entry = f"import sys; from pre_commit_hooks.{module} import main; sys.exit(main())"
+        done = subprocess.run([sys.executable, "-c", entry, *args, *chosen], cwd=copy, capture_output=True, text=True)
+        changed = [name for name in chosen if (copy / name).read_bytes() != before[name]]
+        for name in changed:
+            (copy / name).write_bytes(before[name])
+        if done.returncode != 0 or changed:
+            output = [line.strip() for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+            problems.append(f"{hook['id']}: {_listing(output or [f'changes {n}' for n in changed], 3)}")
+    if problems:
+        raise _Failed("; ".join(problems))
+    return f"{len(ran)} hooks pass on {len(files)} files ({how})"
+
+
+def _problems(tool: str, output: str, root: Path) -> str:
+    lines = [
+        line.strip()
+        for line in output.splitlines()
+        if line.startswith(("would reformat", "ERROR", "error")) or (tool == "flake8" and line.strip())
+    ]
+    lines = [line.replace(f"{root}{os.sep}", "") for line in lines or [output.strip()[-200:]]]
+    return f"{tool}: {_listing(lines, 3)}"
+
+
+def _run_tools(commands: dict[str, list[str]], cwd: Path) -> list[str]:
     running = {
         tool: subprocess.Popen(
-            [sys.executable, "-m", *args], cwd=bundle.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            [sys.executable, "-m", *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
         for tool, args in commands.items()
     }
@@ -660,16 +769,48 @@ def _check_code_format(bundle: _Bundle) -> str:
     for tool, process in running.items():
         output, _ = process.communicate()
         if process.returncode != 0:
-            lines = [
-                line.strip()
-                for line in output.splitlines()
-                if line.startswith(("would reformat", "ERROR", "error")) or (tool == "flake8" and line.strip())
-            ]
-            lines = [line.replace(f"{bundle.root}{os.sep}", "") for line in lines or [output.strip()[-200:]]]
-            problems.append(f"{tool}: {_listing(lines, 3)}")
+            problems.append(_problems(tool, output, cwd))
+    return problems
+
+
+def _check_code_format(bundle: _Bundle) -> str:
+    """The bundle's Python with the zoo's settings, laid out as in the zoo (``models/<name>/``; the zoo's
+    runtests.sh --codeformat commands from its root); this project's scripts/ and tests/ with its own settings."""
+    import shutil
+
+    missing = [tool for tool in FORMAT_TOOLS if importlib.util.find_spec(tool) is None]
+    if missing:
+        raise _Failed(f"{', '.join(missing)} not installed: pip install -e .[test]")
+    files, _ = bundle_files(bundle.root)
+    code = [f for f in files if f.endswith(".py") and not f.startswith(NOT_IN_BUNDLE)]
+    zoo = bundle.work_dir / "zoo"
+    shutil.rmtree(zoo, ignore_errors=True)
+    for name in code:
+        target = zoo / "models" / bundle.root.name / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(bundle.root / name, target)
+    for settings in ("setup.cfg", "pyproject.toml"):
+        shutil.copy2(ZOO_SETTINGS / settings, zoo / settings)
+    problems = _run_tools(
+        {
+            "black": ["black", "--skip-magic-trailing-comma", "--check", "."],
+            "isort": ["isort", "--check", "."],
+            "flake8": ["flake8", ".", "--count", "--statistics"],
+        },
+        zoo,
+    )
+    dirs = [d for d in CODE_DIRS if (bundle.root / d).is_dir()]
+    if dirs:
+        own_settings = {
+            "black": ["black", "--check", *dirs],
+            "isort": ["isort", "--check-only", *dirs],
+            "flake8": ["flake8", *dirs],  # .flake8: the zoo's settings
+        }
+        problems += _run_tools(own_settings, bundle.root)
     if problems:
-        raise _Failed("; ".join(problems) + f" (fix: black -l {length}, isort --profile black -l {length})")
-    return f"black, isort (profile black), flake8 clean at line length {length} on {', '.join(d + '/' for d in dirs)}"
+        raise _Failed("; ".join(problems))
+    own = f"; {', '.join(d + '/' for d in dirs)} with this project's settings" if dirs else ""
+    return f"black, isort, flake8 pass with the zoo's settings on {len(code)} files of the bundle's code{own}"
 
 
 _CHECK_FUNCTIONS: dict[str, Callable[[_Bundle], str]] = {
@@ -681,9 +822,9 @@ _CHECK_FUNCTIONS: dict[str, Callable[[_Bundle], str]] = {
     "properties": _check_properties,
     "net_in_out": _check_net_in_out,
     "torchscript": _check_torchscript,
+    "pins": _check_pins,
     "onnx": _check_onnx,
-    "json_format": _check_json_format,
-    "file_size": _check_file_size,
+    "hooks": _check_hooks,
     "code_format": _check_code_format,
 }
 

@@ -33,6 +33,14 @@ def copy_bundle(tmp_path: Path) -> Path:
     return root
 
 
+def checked(root: Path, check: str, module_text: str):
+    """The result of ``check`` on the bundle at ``root`` with ``axunet_bundle/sizes.py`` holding ``module_text``."""
+    module = root / "axunet_bundle" / "sizes.py"
+    module.parent.mkdir(exist_ok=True)
+    module.write_text(module_text)
+    return by_name(run_zoo_checks(root, checks=[check]))[check]
+
+
 def by_name(results) -> dict:
     return {r.name: r for r in results}
 
@@ -59,23 +67,63 @@ def test_the_bundle_passes_every_zoo_check(tmp_path):
         assert (tmp_path / "model.pt").is_file()
 
 
-def test_json_indented_with_two_spaces_fails(tmp_path):
+def test_json_indented_with_two_spaces_fails_the_zoos_pretty_format_json_hook(tmp_path):
     root = copy_bundle(tmp_path)
     config = root / "configs" / "inference.json"
     config.write_text(json.dumps(json.loads(config.read_text()), indent=2) + "\n")
 
-    result = by_name(run_zoo_checks(root, checks=["json_format"]))["json_format"]
+    result = by_name(run_zoo_checks(root, checks=["hooks"]))["hooks"]
     assert result.status == FAIL
-    assert "configs/inference.json" in result.detail
-    assert "configs/metadata.json" not in result.detail
+    assert "pretty-format-json" in result.detail and "configs/inference.json" in result.detail
+    assert json.loads(config.read_text()) and "  \"" in config.read_text()  # the fixer ran on a copy only
 
 
-def test_json_without_final_newline_fails(tmp_path):
+def test_json_without_final_newline_fails_the_zoos_end_of_file_hook(tmp_path):
     root = copy_bundle(tmp_path)
     config = root / "configs" / "metadata.json"
     config.write_text(config.read_text().rstrip("\n"))
 
-    assert by_name(run_zoo_checks(root, checks=["json_format"]))["json_format"].status == FAIL
+    result = by_name(run_zoo_checks(root, checks=["hooks"]))["hooks"]
+    assert result.status == FAIL and "end-of-file-fixer" in result.detail
+
+
+def test_a_string_under_a_module_constant_fails_the_zoos_docstring_first_hook(tmp_path):
+    root = copy_bundle(tmp_path)
+    result = checked(root, "hooks", '"""Sizes."""\n\nROI = 224\n"""The slice size."""\n')
+    assert result.status == FAIL and "check-docstring-first" in result.detail and "sizes.py" in result.detail
+    assert checked(root, "hooks", '"""Sizes."""\n\n#: the slice size\nROI = 224\n').status == PASS
+
+
+def test_the_bundle_code_is_checked_with_the_zoos_black_and_isort_settings(tmp_path):
+    """The zoo runs black with --skip-magic-trailing-comma and isort with its own first-party list: a call the
+    project's black keeps exploded by a trailing comma, or the bundle's package imported by absolute name in the
+    first-party block, fails there."""
+    root = copy_bundle(tmp_path)
+    result = checked(root, "code_format", '"""Sizes."""\n\nSIZES = dict(\n    roi=224,\n)\n')
+    assert result.status == FAIL and "black" in result.detail and "sizes.py" in result.detail
+    absolute = '"""Sizes."""\n\nimport numpy\n\nimport axunet_bundle\n\nSIZES = (numpy, axunet_bundle)\n'
+    result = checked(root, "code_format", absolute)
+    assert result.status == FAIL and "isort" in result.detail
+    relative = '"""Sizes."""\n\nimport numpy\n\nfrom . import errors\n\nSIZES = (numpy, errors)\n'
+    assert checked(root, "code_format", relative).status == PASS
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"required_packages_version": {"scipy": "1.17.1"}}, "scipy==1.17.1 (newest with a wheel for Python 3.10"),
+        ({"optional_packages_version": {"brats-evaluation": "0.0.10"}}, "optional_packages_version"),
+    ],
+)
+def test_pins_without_a_wheel_for_the_zoos_python_or_deprecated_keys_fail(tmp_path, change, message):
+    root = copy_bundle(tmp_path)
+    meta_file = root / "configs" / "metadata.json"
+    metadata = json.loads(meta_file.read_text())
+    for key, value in change.items():
+        metadata[key] = {**metadata.get(key, {}), **value}
+    meta_file.write_text(json.dumps(metadata, indent=4) + "\n")
+    result = by_name(run_zoo_checks(root, checks=["pins"]))["pins"]
+    assert result.status == FAIL and message in result.detail
 
 
 def test_version_missing_from_changelog_fails(tmp_path):
@@ -85,23 +133,23 @@ def test_version_missing_from_changelog_fails(tmp_path):
     metadata["version"] = "9.9.9"
     meta_file.write_text(json.dumps(metadata, indent=4) + "\n")
 
-    result = by_name(run_zoo_checks(root, checks=["version", "json_format"]))
+    result = by_name(run_zoo_checks(root, checks=["version", "hooks"]))
     assert result["version"].status == FAIL
     assert "9.9.9" in result["version"].detail
-    assert result["json_format"].status == PASS
+    assert result["hooks"].status == PASS
 
 
-def test_a_two_megabyte_file_fails_the_size_check_but_ignored_weights_do_not(tmp_path):
+def test_a_two_megabyte_file_fails_the_zoos_large_file_hook_but_ignored_weights_do_not(tmp_path):
     root = copy_bundle(tmp_path)
     (root / "models").mkdir()
     (root / "models" / "model.pt").write_bytes(b"\0" * TWO_MB)  # gitignored (models/*.pt)
-    assert by_name(run_zoo_checks(root, checks=["file_size"]))["file_size"].status == PASS
+    assert by_name(run_zoo_checks(root, checks=["hooks"]))["hooks"].status == PASS
 
     (root / "docs").mkdir()
     (root / "docs" / "figure.png").write_bytes(b"\0" * TWO_MB)
-    result = by_name(run_zoo_checks(root, checks=["file_size"]))["file_size"]
+    result = by_name(run_zoo_checks(root, checks=["hooks"]))["hooks"]
     assert result.status == FAIL
-    assert "docs/figure.png (2048 KB)" in result.detail
+    assert "check-added-large-files" in result.detail and "docs/figure.png (2048 KB)" in result.detail
     assert "model.pt" not in result.detail
 
 
@@ -110,7 +158,7 @@ def test_a_two_megabyte_file_fails_in_a_git_work_tree(tmp_path):
     root = copy_bundle(tmp_path)
     subprocess.run(["git", "init", "-q", str(root)], check=True)
     (root / "data.bin").write_bytes(b"\0" * TWO_MB)
-    result = by_name(run_zoo_checks(root, checks=["file_size"]))["file_size"]
+    result = by_name(run_zoo_checks(root, checks=["hooks"]))["hooks"]
     assert result.status == FAIL
     assert "data.bin" in result.detail and "git ls-files" not in result.detail
 
@@ -160,12 +208,12 @@ def test_metadata_against_the_schema_fails_without_a_required_field(tmp_path):
 
 def test_the_command_prints_one_line_per_check_and_exits_non_zero_on_failure(tmp_path, capsys):
     root = copy_bundle(tmp_path)
-    assert main([str(root), "--checks", "necessary_files,json_format"]) == 0
+    assert main([str(root), "--checks", "necessary_files,hooks"]) == 0
     (root / "LICENSE").unlink()
-    assert main([str(root), "--checks", "necessary_files,json_format"]) == 1
+    assert main([str(root), "--checks", "necessary_files,hooks"]) == 1
     lines = capsys.readouterr().out.splitlines()
     assert any(line.startswith("FAIL necessary_files") and "LICENSE" in line for line in lines)
-    assert any(line.startswith("PASS json_format") for line in lines)
+    assert any(line.startswith("PASS hooks") for line in lines)
     assert lines[-1].startswith("zoo checks FAILED")
 
 
