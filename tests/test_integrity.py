@@ -117,8 +117,10 @@ def _break_cases(root: Path) -> dict[str, tuple[str, str]]:
     expected[d.name] = (file_of(d, "t1").name, "4D image of shape (16, 16, 8, 2) where a 3D volume is expected")
 
     d = write_case(root, "BraTS2021_00006")
-    save(file_of(d, "t2"), np.ones((16, 16, 9), dtype=np.float32))
-    expected[d.name] = (file_of(d, "t2").name, "shape (16, 16, 9) differs from t1's (16, 16, 8)")
+    far = np.eye(4)
+    far[0, 3] = 1000.0  # another grid (it would be resampled) whose field of view has nothing in common with t1's
+    save(file_of(d, "t2"), np.ones((16, 16, 9), dtype=np.float32), affine=far)
+    expected[d.name] = (file_of(d, "t2").name, "its field of view does not overlap t1's")
 
     d = write_case(root, "BraTS2021_00007")
     moved = np.eye(4)
