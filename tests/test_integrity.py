@@ -65,7 +65,11 @@ def test_clean_cases_of_both_layouts(tmp_path, capsys):
     assert problems == []
     assert run_check(tmp_path) == 0
     captured = capsys.readouterr()
-    assert captured.out.splitlines() == ["2 cases checked, 0 with problems"]
+    # the model reads T1CE, T2 and FLAIR: the T1 files are counted as ignored, not as problems
+    assert captured.out.splitlines() == [
+        "ignored files (the model does not read them): 2 t1",
+        "2 cases checked, 0 with problems",
+    ]
     assert captured.err == ""  # no progress bar when stderr is not a terminal
 
 

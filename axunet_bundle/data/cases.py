@@ -127,7 +127,6 @@ MODALITY_ALIASES: Mapping[str, str] = MappingProxyType(
         "t1gd": "t1ce",
         "t1gad": "t1ce",
         "t1post": "t1ce",
-        "ct1": "t1ce",
         "t2": "t2",
         "t2w": "t2",
         "flair": "flair",
@@ -453,8 +452,10 @@ def _cases_in_directory(
         else:
             groups.setdefault(parsed[0], {}).setdefault(parsed[1], []).append((parsed[2], directory / name))
     cases, strays = [], []
-    for prefix in [p for p, kinds in groups.items() if set(kinds) == {LABEL_SUFFIX}]:
-        strays += [(path, STRAY_REASON) for _, path in groups.pop(prefix)[LABEL_SUFFIX]]  # a label of no case here
+    for prefix in [p for p, kinds in groups.items() if set(kinds) == {LABEL_SUFFIX}]:  # a label of no case here:
+        unparsed += [
+            path for _, path in groups.pop(prefix)[LABEL_SUFFIX]
+        ]  # a case's other file ("_brain_seg"), or a stray
     ignored: dict[str | None, list[tuple[str, Path]]] = {p: [] for p in groups}
     for path in unparsed:
         owner = _owner(image_stem(path.name) or "", list(groups))
