@@ -246,3 +246,13 @@ def test_inference_segments_a_thick_slice_nrrd_study_on_its_t1ce_grid(generated,
     t1ce = nib.load(source(generated[0], "t1ce"))
     assert seg.shape == t1ce.shape
     np.testing.assert_allclose(seg.affine, t1ce.affine, atol=1e-4)
+
+
+def test_the_evaluation_reads_an_nrrd_or_metaimage_label_map_as_its_nifti_source(generated, tmp_path):
+    from axunet_bundle.evaluation.report import read_label_map
+
+    src = nib.load(source(generated[0], "seg"))
+    for ext in (".nrrd", ".mha"):
+        data, affine = read_label_map(write_as(source(generated[0], "seg"), tmp_path / f"seg{ext}"), "c")
+        np.testing.assert_array_equal(data, np.asarray(src.dataobj))
+        np.testing.assert_allclose(affine, src.affine, atol=1e-4)
