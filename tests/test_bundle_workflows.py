@@ -317,8 +317,10 @@ def _break_cases(root: Path) -> dict[str, str]:
     nib.save(nib.Nifti1Image(np.zeros(flair.shape, np.float32), flair.affine), image(ids[5], "flair"))
     expected[ids[5]] = "all zero"
     t2 = nib.load(image(ids[6], "t2"))
-    nib.save(nib.Nifti1Image(np.asarray(t2.dataobj)[:, :, :-1], t2.affine), image(ids[6], "t2"))
-    expected[ids[6]] = "shape"
+    far = t2.affine.copy()
+    far[0, 3] += 1000.0  # another grid, with no space in common with the t1ce's: nothing to resample
+    nib.save(nib.Nifti1Image(np.asarray(t2.dataobj)[:, :, :-1], far), image(ids[6], "t2"))
+    expected[ids[6]] = "does not overlap"
     t1ce = nib.load(image(ids[7], "t1ce"))
     nib.save(nib.Nifti1Image(np.stack([np.asarray(t1ce.dataobj)] * 2, -1), t1ce.affine), image(ids[7], "t1ce"))
     expected[ids[7]] = "4D image"

@@ -230,4 +230,8 @@ def test_parse_file_name():
     assert parse_file_name("BraTS20_Training_001_t1ce.nii.gz") == ("BraTS20_Training_001", "t1ce")
     assert parse_file_name("/x/BraTS-GLI-00000-000-SEG.nii") == ("BraTS-GLI-00000-000", "seg")
     assert parse_file_name("BraTS2021_00000_t1ce.nii.bak") is None
-    assert parse_file_name("t1ce.nii.gz") is None
+    assert parse_file_name("t1ce.nii.gz") == (None, "t1ce")  # a case folder's file named by what it holds alone
+    assert parse_file_name("BRATS_001.nii.gz") is None
+    # the longest known name at the end wins; "-"/"_"/letter case do not matter
+    assert parse_file_name("UCSF-PDGM-0004_Tumor-Segmentation.nrrd") == ("UCSF-PDGM-0004", "seg")
+    assert parse_file_name("P_7_T2_FLAIR.mha") == ("P_7", "flair")

@@ -286,7 +286,7 @@ def test_brats2020_names_and_the_stray_label_of_case_355_are_reported(tmp_path, 
     assert [c.case_id for c in found.cases] == [f"BraTS20_Training_{i}" for i in (353, 354, 355)]
     lines = [str(p) for p in check_dataset(root, progress=False)[1]]
     assert lines == [
-        "BraTS20_Training_355: W39_1998.09.19_Segm.nii: a NIfTI file that is no modality or label of any case "
+        "BraTS20_Training_355: W39_1998.09.19_Segm.nii: an image file that is no modality or label of any case "
         "(ignored); a label must be named like <case id>_seg.nii.gz",
         "BraTS20_Training_355: BraTS20_Training_355_seg.nii.gz: no label, where 2 of the dataset's 3 cases have one: it"
         " cannot train or be evaluated",

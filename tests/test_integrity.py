@@ -65,7 +65,11 @@ def test_clean_cases_of_both_layouts(tmp_path, capsys):
     assert problems == []
     assert run_check(tmp_path) == 0
     captured = capsys.readouterr()
-    assert captured.out.splitlines() == ["2 cases checked, 0 with problems"]
+    # the model reads T1CE, T2 and FLAIR: the T1 files are counted as ignored, not as problems
+    assert captured.out.splitlines() == [
+        "ignored files (the model does not read them): 2 t1",
+        "2 cases checked, 0 with problems",
+    ]
     assert captured.err == ""  # no progress bar when stderr is not a terminal
 
 
@@ -117,8 +121,10 @@ def _break_cases(root: Path) -> dict[str, tuple[str, str]]:
     expected[d.name] = (file_of(d, "t1").name, "4D image of shape (16, 16, 8, 2) where a 3D volume is expected")
 
     d = write_case(root, "BraTS2021_00006")
-    save(file_of(d, "t2"), np.ones((16, 16, 9), dtype=np.float32))
-    expected[d.name] = (file_of(d, "t2").name, "shape (16, 16, 9) differs from t1's (16, 16, 8)")
+    far = np.eye(4)
+    far[0, 3] = 1000.0  # another grid (it would be resampled) whose field of view has nothing in common with t1's
+    save(file_of(d, "t2"), np.ones((16, 16, 9), dtype=np.float32), affine=far)
+    expected[d.name] = (file_of(d, "t2").name, "its field of view does not overlap t1's")
 
     d = write_case(root, "BraTS2021_00007")
     moved = np.eye(4)

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..data.cases import DEFAULT_MODALITIES, Case, discover
-from ..data.integrity import check_case, dataset_problems
+from ..data.integrity import check_case, dataset_problems, ignored_file_problems
 from ..data.labels import AUTO
 from ..errors import CaseError
 from ..progress import progress as show_progress
@@ -189,7 +190,9 @@ def run_check(
 ) -> int:
     """
     Check a dataset fully (headers and voxels) and print the result, for ``axunet check DIR``: one line per problem
-    to stdout, then the summary line ``"N cases checked, M with problems"``.
+    to stdout, one ``"warning: ..."`` line per broken file the model does not use (it stops no case), the files it
+    ignores counted by what their names say (``"ignored files (the model does not read them): 4 t1, 4 dwi"``), then
+    the summary line ``"N cases checked, M with problems"`` (``", K warnings"`` when there are).
 
     Args:
         dataset_dir: dataset directory.
@@ -204,8 +207,15 @@ def run_check(
             ids); the command line prints its one line and exits with status 2.
     """
     cases, problems = check_dataset(dataset_dir, modalities, read_voxels=True, progress=True, convention=convention)
+    warnings = [warning for case in cases for warning in ignored_file_problems(case)]
     for problem in problems:
         print(problem)
+    for warning in warnings:
+        print(f"warning: {warning}")
+    ignored = Counter(kind for case in cases for kind, _ in case.ignored)
+    if ignored:
+        counts = ", ".join(f"{n} {kind}" for kind, n in sorted(ignored.items()))
+        print(f"ignored files (the model does not read them): {counts}")
     n_bad = len({p.case_id for p in problems})
-    print(f"{len(cases)} cases checked, {n_bad} with problems")
+    print(f"{len(cases)} cases checked, {n_bad} with problems" + (f", {len(warnings)} warnings" if warnings else ""))
     return EXIT_PROBLEMS if problems else EXIT_OK

@@ -11,20 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from .. import outputs
-from ..data.cases import LABEL_SUFFIX, DatasetPathError, case_id_from_path, discover, nifti_stem, parse_file_name
+from ..data.cases import LABEL_SUFFIX, DatasetPathError, case_id_from_path, discover, parse_file_name
 from ..data.datalist import CaseSelection
+from ..data.formats import image_stem
 from ..data.labels import AUTO, validate_convention
 from ..data.pipeline import CONVENTION_KEY
 from ..errors import CaseError, DatasetError, LeftOutCasesError
 from ..evaluation.challenge import resolve_challenge
-from ..evaluation.report import (
-    CASE_ID,
-    REFERENCE_KEY,
-    check_report_absent,
-    report_columns,
-    score_case,
-    write_report,
-)
+from ..evaluation.report import CASE_ID, REFERENCE_KEY, check_report_absent, report_columns, score_case, write_report
 from ..progress import progress
 
 __all__ = ["label_map_files", "score", "score_folders"]
@@ -83,7 +77,7 @@ def _label_map_id(path: Path) -> str | None:
     """``BraTS2021_00000_seg.nii.gz``, ``BraTS-GLI-00000-000-seg.nii.gz``, ``BRATS_001.nii.gz`` -> the case id;
     ``None`` for what is no label map: not NIfTI, hidden, or named as a BraTS image (``..._t1ce.nii.gz``)."""
     parsed = parse_file_name(path.name)
-    if nifti_stem(path.name) is None or path.name.startswith(".") or (parsed is not None and parsed[1] != LABEL_SUFFIX):
+    if image_stem(path.name) is None or path.name.startswith(".") or (parsed is not None and parsed[1] != LABEL_SUFFIX):
         return None
     return case_id_from_path(path)
 

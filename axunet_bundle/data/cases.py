@@ -24,7 +24,21 @@ Discovery of BraTS cases on disk, in every layout the bundle reads:
   channels are the model's modalities in the model's order, and a label may sit in ``labels/`` or ``labels/final/``
   beside it (MONAI Label's datastore).
 
-A NIfTI file in a case folder that is none of these is a *stray*: :func:`discover` names it, so that a misnamed
+Other collections name their files the same way, ``<case id><_ or -><what the file holds><extension>``, or name a
+case's folder and its files by what they hold alone (``CASE/t1ce.nrrd``, ``CASE/seg.nrrd``). What the file holds is
+read in lower case without ``_``/``-`` (``T2-FLAIR`` = ``t2_flair`` = ``t2flair``), the longest known name at the end
+of the file name winning (``UCSF-PDGM-0004_tumor_segmentation``: case ``UCSF-PDGM-0004``, its label):
+
+- a modality, by :data:`MODALITY_ALIASES` (``T1GD`` of TCIA's UPenn-GBM, ``T1c`` of UCSF-PDGM, ``t1c`` of BraTS
+  2023, ...);
+- the label, by :data:`LABEL_NAMES` (``seg`` of BraTS, ``segm`` of UPenn-GBM, ``tumor_segmentation`` of UCSF-PDGM,
+  ``label``, ``labels``, ``tumorMask``, ...); a file of the case with a word of :data:`LABEL_WORDS` that is not a label
+  name (``_seg_old``, ``_automated_approx_segm``, ``_mask``) is named as a problem: the label is never guessed;
+- anything else sharing the case's id (diffusion, perfusion, susceptibility, ``_brain_mask``, ``_brain_segmentation``,
+  a modality the run does not use) is an *ignored* file of the case (:attr:`Case.ignored`): not a problem.
+
+Files of every format of :data:`~axunet_bundle.data.formats.IMAGE_SUFFIXES` (NIfTI, NRRD, MetaImage) are read, mixed
+within a case too. An image file that is none of these is a *stray*: :func:`discover` names it, so that a misnamed
 label (the BraTS 2020 release keeps case 355's as ``W39_1998.09.19_Segm.nii``) is never silently ignored.
 """
 
@@ -44,6 +58,7 @@ import nibabel as nib
 from monai.utils import ensure_tuple
 
 from ..errors import CaseError, ConfigurationError, DatasetError
+from .formats import IMAGE_SUFFIXES, ItkImage, image_stem, is_nifti
 from .labels import DEFAULT_CONVENTION, LABEL_CONVENTIONS
 
 __all__ = [
@@ -87,9 +102,20 @@ LAYOUT_MULTICHANNEL = "multichannel"
 LAYOUTS = (LAYOUT_2021, LAYOUT_2023, LAYOUT_MSD, LAYOUT_MULTICHANNEL)
 #: where MONAI Label's datastore keeps a study's label, relative to the study's folder
 LABEL_FOLDERS = ("labels", "labels/final")
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 LABEL_SUFFIX = "seg"
+#: what follows the case id in a label file's name (lower case, without ``_``/``-``): the names public collections
+#: give their tumour labels (BraTS ``seg``, UPenn-GBM ``segm``, UCSF-PDGM ``tumor_segmentation``, TCGA's
+#: ``GlistrBoost_ManuallyCorrected``, MU-Glioma-Post ``tumorMask``, ...)
+LABEL_NAMES = frozenset(
+    (LABEL_SUFFIX, "segm", "segmentation", "label", "labels", "labelmap", "tumorseg", "tumorsegmentation")
+    + ("tumoursegmentation", "tumorlabel", "tumorlabels", "tumormask", "tumourmask", "lesionmask", "glistrboost")
+    + ("glistrboostmanuallycorrected",)
+)
+#: parts of a name that say a file is a segmentation: a case's file with one, not named by LABEL_NAMES, is a problem
+LABEL_WORDS = ("seg", "label", "mask")
+#: parts of a name that say a segmentation or mask is of no tumour (brain masks, tissue maps): an ignored file
+NON_TUMOUR_WORDS = ("brain", "parenchyma", "skull", "tissue", "csf", "head")
 
 MODALITY_ALIASES: Mapping[str, str] = MappingProxyType(
     {
@@ -99,6 +125,8 @@ MODALITY_ALIASES: Mapping[str, str] = MappingProxyType(
         "t1ce": "t1ce",
         "t1c": "t1ce",
         "t1gd": "t1ce",
+        "t1gad": "t1ce",
+        "t1post": "t1ce",
         "t2": "t2",
         "t2w": "t2",
         "flair": "flair",
@@ -106,25 +134,26 @@ MODALITY_ALIASES: Mapping[str, str] = MappingProxyType(
         "t2flair": "flair",
     }
 )
-"""Lower-case file-name suffix (or channel name with its punctuation removed, ``"T2-FLAIR"`` -> ``"t2flair"``)
+"""File-name suffix or channel name, in lower case with its punctuation removed (``"T2-FLAIR"`` -> ``"t2flair"``)
 -> canonical modality name."""
 
 # file-name suffix that each canonical modality has in the BraTS 2023+ naming (used for hints in messages)
 _SUFFIX_2023: Mapping[str, str] = MappingProxyType({"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f"})
 _SUFFIXES_2023 = frozenset(_SUFFIX_2023.values())
 
-# Greedy prefix: the modality is always the last token, so "BraTS20_Training_001_t1ce" splits at the last "_".
-_FILE_RE = re.compile(
-    r"^(?P<prefix>.+)[_-](?P<suffix>"
-    + "|".join(sorted([*MODALITY_ALIASES, LABEL_SUFFIX], key=len, reverse=True))
-    + r")"
-    r"\.nii(?:\.gz)?$",
-    re.IGNORECASE,
-)
+_SEPARATOR_RE = re.compile(r"[_-]")
 # BraTS 2023+ case ids: BraTS-<challenge>-<patient>-<timepoint>, e.g. BraTS-GLI-00000-000, BraTS-SSA-00002-000.
 _ID_2023_RE = re.compile(r"^(?P<patient>BraTS-[A-Za-z]+-\d+)-(?P<timepoint>\d+)$", re.IGNORECASE)
 
-_EXAMPLE_FILE = "..._t1ce.nii.gz"
+_EXAMPLE_FILE = "..._t1ce.nii.gz (or .nii, .nrrd, .mha)"
+#: why discovery names a file that no case uses (a stray), and a file of a case that may be its label
+STRAY_REASON = (
+    "an image file that is no modality or label of any case (ignored); a label must be named like <case id>_seg.nii.gz"
+)
+UNPLACED_REASON = (
+    "may be a label, but its name is none of the label names (seg, segm, label, ...): name the case's label "
+    "<case id>_seg.nii.gz, and move this file out of the case folder"
+)
 
 # a case id names a folder or file inside an output directory, so it must not hold a path: no separator (either
 # OS's), no NUL, and not a name that points at a directory itself
@@ -202,13 +231,18 @@ def parse_file_name(name: str | os.PathLike) -> tuple[str, str] | None:
     return None if parsed is None else parsed[:2]
 
 
-def _split_file_name(name: str) -> tuple[str, str, str] | None:
-    """``(prefix, kind, lower-case suffix as written)`` for a BraTS-style file name, else ``None``."""
-    match = _FILE_RE.match(name)
-    if match is None:
+def _split_file_name(name: str) -> tuple[str | None, str, str] | None:
+    """``(prefix, kind, normalised suffix)`` for a case file's name (the module's docstring says how it is read;
+    ``prefix`` is ``None`` when the whole name says what the file holds), else ``None``."""
+    stem = image_stem(name)
+    if stem is None:
         return None
-    suffix = match["suffix"].lower()
-    return match["prefix"], (LABEL_SUFFIX if suffix == LABEL_SUFFIX else MODALITY_ALIASES[suffix]), suffix
+    for cut in (-1, *(m.start() for m in _SEPARATOR_RE.finditer(stem))):  # the longest suffix first
+        suffix = _normalised(stem[cut + 1 :])
+        kind = LABEL_SUFFIX if suffix in LABEL_NAMES else MODALITY_ALIASES.get(suffix)
+        if kind is not None and cut != 0:
+            return (stem[:cut] if cut > 0 else None), kind, suffix
+    return None
 
 
 @dataclass(frozen=True)
@@ -227,6 +261,8 @@ class Case:
             modality, or (:data:`LAYOUT_MULTICHANNEL`) the file's channels are the requested modalities in order.
         convention: the label convention of the case's dataset (its names, or its ``dataset.json``); default: from
             the layout.
+        ignored: the case's files that the run does not use, ``(what the name says, file)``: other modalities
+            (``("t1", path)``), other sequences and masks (``("dwi", path)``).
     """
 
     case_id: str
@@ -236,6 +272,7 @@ class Case:
     directory: Path = Path(".")
     channels: Mapping[str, int] | None = field(default=None, hash=False)
     convention: str = ""
+    ignored: tuple[tuple[str, Path], ...] = field(default=(), hash=False)
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
@@ -342,21 +379,16 @@ def layout_of_file(name: str | os.PathLike) -> str | None:
     return None if parsed is None else _detect_layout(parsed[0], [parsed[2]])
 
 
-def nifti_stem(name: str) -> str | None:
-    """``BRATS_001.nii.gz`` -> ``BRATS_001``; ``None`` for a name that is not a NIfTI file's."""
-    for suffix in NIFTI_SUFFIXES:
-        if name.lower().endswith(suffix) and len(name) > len(suffix):
-            return name[: -len(suffix)]
-    return None
-
-
 def case_id_from_path(path: str | os.PathLike) -> str:
     """The case id a file's name gives, the one helper that reads ids from names: the BraTS prefix
-    (``BraTS2021_00000_t1ce.nii.gz`` -> ``BraTS2021_00000``), else the name without its NIfTI extension
-    (``BRATS_001.nii.gz`` -> ``BRATS_001``), else the name. Only the file name is used, so an id never holds a path."""
-    name = Path(os.fspath(path)).name
-    parsed = parse_file_name(name)
-    return parsed[0] if parsed is not None else nifti_stem(name) or name
+    (``BraTS2021_00000_t1ce.nii.gz`` -> ``BraTS2021_00000``), the folder's name for a file named by what it holds
+    alone (``CASE/t1ce.nrrd`` -> ``CASE``), else the name without its image extension (``BRATS_001.nii.gz`` ->
+    ``BRATS_001``), else the name. An id never holds a path."""
+    path = Path(os.fspath(path))
+    parsed = parse_file_name(path.name)
+    if parsed is not None:
+        return parsed[0] if parsed[0] is not None else path.absolute().parent.name
+    return image_stem(path.name) or path.name
 
 
 def convention_for_names(file_name: str | None) -> str:
@@ -367,11 +399,11 @@ def convention_for_names(file_name: str | None) -> str:
 
 
 def file_channels(path: Path) -> int:
-    """Channels of a NIfTI image from its header: 1 for a 3D volume (trailing singleton dimensions allowed), else
+    """Channels of an image from its header: 1 for a 3D volume (trailing singleton dimensions allowed), else
     the product of the dimensions after the third (``X, Y, Z, C``, or ITK's vector layout ``X, Y, Z, 1, C``);
     0 when the header cannot be read (the case check says why)."""
     try:
-        shape = nib.load(path).shape  # the header only
+        shape = nib.load(path).shape if is_nifti(path) else ItkImage(path).shape  # the header only
     except Exception:  # noqa: BLE001 - an unreadable file is reported by the case check
         return 0
     return math.prod(shape[3:]) if len(shape) > 3 else 1
@@ -379,64 +411,77 @@ def file_channels(path: Path) -> int:
 
 @dataclass
 class Discovery:
-    """What :func:`discover` found: the cases, and the stray NIfTI files (``(case id or None, file)``: the case
-    whose folder holds the file, ``None`` when the folder holds no single case)."""
+    """What :func:`discover` found: the cases, and the image files it cannot place (``(case id or None, file,
+    reason)``: the case whose folder holds the file, ``None`` when the folder holds no single case;
+    :data:`STRAY_REASON` or :data:`UNPLACED_REASON`)."""
 
     cases: list[Case]
-    strays: list[tuple[str | None, Path]] = field(default_factory=list)
+    strays: list[tuple[str | None, Path, str]] = field(default_factory=list)
 
 
 def _label_beside(directory: Path, stem: str) -> Path | None:
     for folder in LABEL_FOLDERS:
-        for suffix in NIFTI_SUFFIXES:
+        for suffix in IMAGE_SUFFIXES:
             candidate = directory / folder / f"{stem}{suffix}"
             if candidate.is_file():
                 return candidate
     return None
 
 
+def _owner(stem: str, prefixes: Sequence[str | None]) -> tuple[str | None, str] | None:
+    """The case prefix a file's name starts with (the longest; ``None``: the folder's case, named by what its files
+    hold), and the rest of the name; ``None`` when the name is no case's."""
+    for prefix in sorted((p for p in prefixes if p is not None), key=len, reverse=True):
+        if len(stem) > len(prefix) + 1 and stem.startswith(prefix) and _SEPARATOR_RE.match(stem, len(prefix)):
+            return prefix, stem[len(prefix) + 1 :]
+    return (None, stem) if None in prefixes else None
+
+
 def _cases_in_directory(
     directory: Path, file_names: Iterable[str], modalities: tuple[str, ...]
-) -> tuple[list[Case], list[Path]]:
-    """The cases whose images lie in ``directory``, and the NIfTI files there that belong to none (yet)."""
-    groups: dict[str, dict[str, list[tuple[str, Path]]]] = {}
+) -> tuple[list[Case], list[tuple[Path, str]]]:
+    """The cases whose images lie in ``directory``, and the image files there that belong to none (yet), with why."""
+    groups: dict[str | None, dict[str, list[tuple[str, Path]]]] = {}
     unparsed: list[Path] = []
     for name in sorted(file_names):
-        if name.startswith("."):
-            continue  # hidden files, e.g. macOS "._BraTS..." resource forks next to the real files
+        if name.startswith(".") or image_stem(name) is None:
+            continue  # hidden files (macOS "._BraTS..." resource forks), and no image
         parsed = _split_file_name(name)
         if parsed is None:
-            if nifti_stem(name) is not None:
-                unparsed.append(directory / name)
-            continue
-        prefix, kind, suffix = parsed
-        if kind != LABEL_SUFFIX and kind not in MODALITIES:
-            continue
-        if kind != LABEL_SUFFIX and kind not in modalities:
-            continue  # a modality the run does not use: neither a case file nor a stray
-        groups.setdefault(prefix, {}).setdefault(kind, []).append((suffix, directory / name))
-
-    cases = []
-    for prefix, kinds in groups.items():
-        for kind, files in kinds.items():
-            if len(files) > 1:
-                others = ", ".join(p.name for _, p in files[1:])
-                raise CaseError(prefix, files[0][1], f"more than one {kind} file (also {others}): keep one")
-        images = {k: files[0][1] for k, files in kinds.items() if k != LABEL_SUFFIX}
-        label = kinds[LABEL_SUFFIX][0][1] if LABEL_SUFFIX in kinds else None
-        layout = _detect_layout(prefix, [files[0][0] for files in kinds.values()])
-        cases.append(Case(case_id=prefix, layout=layout, images=images, label=label, directory=directory))
-
-    strays = []
+            unparsed.append(directory / name)
+        else:
+            groups.setdefault(parsed[0], {}).setdefault(parsed[1], []).append((parsed[2], directory / name))
+    cases, strays = [], []
+    for prefix in [p for p, kinds in groups.items() if set(kinds) == {LABEL_SUFFIX}]:  # a label of no case here:
+        unparsed += [
+            path for _, path in groups.pop(prefix)[LABEL_SUFFIX]
+        ]  # a case's other file ("_brain_seg"), or a stray
+    ignored: dict[str | None, list[tuple[str, Path]]] = {p: [] for p in groups}
     for path in unparsed:
-        if file_channels(path) > 1:  # one multi-channel image per case, channels in the model's order
+        owner = _owner(image_stem(path.name) or "", list(groups))
+        rest = _normalised(owner[1]) if owner else ""
+        if owner is not None and any(w in rest for w in LABEL_WORDS) and not any(w in rest for w in NON_TUMOUR_WORDS):
+            strays.append((path, UNPLACED_REASON))
+        elif owner is not None:
+            ignored[owner[0]].append((owner[1].lower(), path))
+        elif file_channels(path) > 1:  # one multi-channel image per case, channels in the model's order
             stem = case_id_from_path(path)
             images = {m: path for m in modalities}
-            label = _label_beside(directory, stem)
-            convention = convention_for_names(path.name)
+            label, convention = _label_beside(directory, stem), convention_for_names(path.name)
             cases.append(Case(stem, LAYOUT_MULTICHANNEL, images, label, directory, convention=convention))
         else:
-            strays.append(path)
+            strays.append((path, STRAY_REASON))
+    for prefix, kinds in groups.items():
+        case_id = prefix if prefix is not None else directory.name
+        for kind, files in kinds.items():
+            if len(files) > 1 and (kind == LABEL_SUFFIX or kind in modalities):
+                others = ", ".join(p.name for _, p in files[1:])
+                raise CaseError(case_id, files[0][1], f"more than one {kind} file (also {others}): keep one")
+        images = {k: files[0][1] for k, files in kinds.items() if k in modalities}
+        label = kinds[LABEL_SUFFIX][0][1] if LABEL_SUFFIX in kinds else None
+        unused = [(k, p) for k, files in kinds.items() if k != LABEL_SUFFIX and k not in modalities for _, p in files]
+        layout = _detect_layout(case_id, [files[0][0] for files in kinds.values()])
+        cases.append(Case(case_id, layout, images, label, directory, ignored=tuple(unused + ignored[prefix])))
     return cases, strays
 
 
@@ -590,20 +635,22 @@ def _check_duplicates(cases: Sequence[Case]) -> None:
 
 def discover(root: str | os.PathLike, modalities: Sequence[str] = MODALITIES) -> Discovery:
     """
-    Find the cases under `root`, at any depth, and the NIfTI files that belong to none.
+    Find the cases under `root`, at any depth, and the image files that belong to none.
 
-    Per-modality file names may use ``_`` or ``-`` before the modality suffix, any letter case, ``.nii`` or
-    ``.nii.gz``, any prefix (BraTS 2020 ``BraTS20_Training_001_t1ce.nii``, BraTS-SSA/PED/MEN, ...) and the modality
-    aliases in :data:`MODALITY_ALIASES`. A folder with a Decathlon ``dataset.json`` (or the ``imagesTr``/``imagesTs``
-    folder of one) is read as the module's docstring says. Hidden files are ignored.
+    Per-modality file names may use ``_`` or ``-`` before the modality suffix, any letter case, any extension of
+    :data:`~axunet_bundle.data.formats.IMAGE_SUFFIXES`, any prefix (BraTS 2020 ``BraTS20_Training_001_t1ce.nii``,
+    BraTS-SSA/PED/MEN, UPenn-GBM, ...), the modality aliases in :data:`MODALITY_ALIASES` and the label names in
+    :data:`LABEL_NAMES` (the module's docstring gives the rules). A folder with a Decathlon ``dataset.json`` (or the
+    ``imagesTr``/``imagesTs`` folder of one) is read as the module's docstring says. Hidden files are ignored.
 
     Args:
         root: dataset directory (or the directory of a single case).
-        modalities: canonical modalities to collect into :attr:`Case.images`; image files of other modalities are
-            ignored. A case is reported even if some of these are missing (see :meth:`Case.missing_modalities`).
+        modalities: canonical modalities to collect into :attr:`Case.images`; image files of other modalities go to
+            :attr:`Case.ignored`. A case is reported even if some of these are missing (see
+            :meth:`Case.missing_modalities`).
 
     Returns:
-        the cases sorted by case id (absolute paths) and the stray files.
+        the cases sorted by case id (absolute paths) and the files it cannot place.
 
     Raises:
         DatasetPathError: when `root` does not exist or is a file.
@@ -635,9 +682,9 @@ def discover(root: str | os.PathLike, modalities: Sequence[str] = MODALITIES) ->
             cases, strays = _cases_in_directory(Path(dir_path), file_names, mods)
             found.cases.extend(cases)
             owner = cases[0].case_id if len(cases) == 1 else None
-            found.strays.extend((owner, path) for path in strays)
+            found.strays.extend((owner, path, reason) for path, reason in strays)
         labels = {case.label for case in found.cases if case.label is not None}
-        found.strays = [(owner, path) for owner, path in found.strays if path not in labels]
+        found.strays = [stray for stray in found.strays if stray[1] not in labels]
     if not found.cases:
         raise DatasetError(f"no BraTS cases found under {root_path}: expected files like {_EXAMPLE_FILE}")
     _check_duplicates(found.cases)

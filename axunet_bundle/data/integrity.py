@@ -12,6 +12,7 @@ checked once, as the chain loads them, by :class:`axunet_bundle.data.pipeline.Va
 from __future__ import annotations
 
 import gzip
+import logging
 import math
 import os
 import zlib
@@ -27,28 +28,26 @@ from monai.utils import convert_to_numpy
 from nibabel.filebasedimages import ImageFileError
 
 from ..errors import CaseError
-from .cases import (
-    LABEL_SUFFIX,
-    LAYOUT_MSD,
-    MODALITIES,
-    Case,
-    Discovery,
-    validate_modalities,
-)
+from .cases import LABEL_SUFFIX, LAYOUT_MSD, MODALITIES, Case, Discovery, validate_modalities
+from .formats import ItkImage, is_nifti
 from .labels import AUTO, RC_OR_ET, invalid_label_values, label_values, resolve_convention, validate_convention
 
 __all__ = [
     "AFFINE_TOLERANCE",
     "check_case",
     "dataset_problems",
+    "grid_of",
+    "ignored_file_problems",
+    "same_grid",
     "image_problems",
     "label_problems",
     "read_problem",
 ]
 
 AFFINE_TOLERANCE = 1e-3
-"""Largest absolute difference between a label's and the images' affine entries that still counts as the same
-geometry. Image modalities are stacked by MONAI's ``LoadImage``, which needs ``np.allclose`` affines."""
+"""Largest absolute difference between two files' affine entries (mm) that still counts as the same grid; a
+modality on another grid is resampled onto the reference modality's, a label on another grid is refused."""
+logger = logging.getLogger(__name__)
 LOADED_DTYPE = np.dtype(np.float32)  # what the bundle's LoadImaged gives the network
 
 
@@ -98,6 +97,8 @@ def _open_header(path: Path) -> tuple[Any, str | None]:
         return None, f"cannot access file ({exc.strerror or _first_line(exc)})"
     if size == 0:
         return None, "empty file"
+    if not is_nifti(path):
+        return _open_itk_header(path, size)
     compressed = path.name.lower().endswith(".gz")
     if compressed:
         try:
@@ -124,6 +125,24 @@ def _open_header(path: Path) -> tuple[Any, str | None]:
         return None, f"truncated file: {size} bytes where the header needs {expected}"
     if compressed and not _decompresses_to(path, expected):
         return None, f"truncated file: the compressed data holds less than the {expected} bytes the header needs"
+    return img, None
+
+
+def _itk_reason(exc: BaseException) -> str:
+    """ITK's error in one line: its last line says what went wrong (the first names ITK's source file)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1].removeprefix("[nrrd] ") if lines else type(exc).__name__
+
+
+def _open_itk_header(path: Path, size: int) -> tuple[Any, str | None]:
+    """:func:`_open_header` for the formats ITK reads (NRRD, MetaImage)."""
+    try:
+        img = ItkImage(path)
+        needed = img.raw_bytes_needed()
+    except Exception as exc:  # never raise for a bad file
+        return None, f"unreadable image header ({_itk_reason(exc)})"
+    if needed is not None and size < needed:
+        return None, f"truncated file: {size} bytes where the header needs {needed}"
     return img, None
 
 
@@ -214,17 +233,55 @@ def _read_voxels(img: Any) -> tuple[np.ndarray | None, str | None]:
     except zlib.error as exc:
         return None, f"corrupt compressed data ({_first_line(exc)})"
     except Exception as exc:  # never raise for a bad file
-        return None, f"voxel data unreadable ({_first_line(exc)})"
+        return None, f"voxel data unreadable ({_itk_reason(exc) if isinstance(img, ItkImage) else _first_line(exc)})"
 
 
 def read_problem(path: str | os.PathLike) -> str | None:
-    """Why a NIfTI file's voxels cannot be read (header, length, compressed data), or ``None`` when they can: what
+    """Why an image file's voxels cannot be read (header, length, compressed data), or ``None`` when they can: what
     names the file when a chain's loading fails (only then, so a sound case is read once)."""
     img, reason = _open_header(Path(path))
     return reason if img is None else _read_voxels(img)[1]
 
 
 _Geometry = tuple[str, tuple[int, ...], np.ndarray]  # (kind of file, 3D shape, affine)
+
+
+def same_grid(shape: Sequence[int], affine: NdarrayOrTensor, ref_shape: Sequence[int], ref_affine: Any) -> bool:
+    """Whether two volumes lie on one grid: the same spatial shape, affines within :data:`AFFINE_TOLERANCE`."""
+    diff = np.abs(convert_to_numpy(affine, dtype=np.float64) - convert_to_numpy(ref_affine, dtype=np.float64))
+    return tuple(shape) == tuple(ref_shape) and float(np.max(diff)) <= AFFINE_TOLERANCE
+
+
+def grid_of(shape: Sequence[int], affine: NdarrayOrTensor) -> str:
+    """A grid in words for the log: ``"240x240x52 voxels of 1x1x3 mm"``."""
+    spacing = np.linalg.norm(convert_to_numpy(affine, dtype=np.float64)[:SPATIAL_DIMS, :SPATIAL_DIMS], axis=0)
+    return f"{'x'.join(map(str, shape))} voxels of {'x'.join(f'{s:.3g}' for s in spacing)} mm"
+
+
+def _extent(shape: Sequence[int], affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The box (world mm, RAS) that a grid's voxels cover."""
+    corners = np.array(np.meshgrid(*[(-0.5, n - 0.5) for n in shape], indexing="ij")).reshape(SPATIAL_DIMS, -1)
+    world = affine[:SPATIAL_DIMS, :SPATIAL_DIMS] @ corners + affine[:SPATIAL_DIMS, SPATIAL_DIMS:]
+    return world.min(axis=1), world.max(axis=1)
+
+
+def _grid_problems(geometry: _Geometry, reference: _Geometry) -> tuple[list[str], str]:
+    """Why a file's grid cannot be used with the reference file's, and, for a modality that will be resampled onto
+    the reference's grid (by :class:`~axunet_bundle.data.pipeline.LoadCased`), the log line that says so."""
+    (kind, shape, affine), (ref_kind, ref_shape, ref_affine) = geometry, reference
+    if same_grid(shape, affine, ref_shape, ref_affine):
+        return [], ""
+    if LABEL_SUFFIX in (kind, ref_kind):  # a label is never interpolated: it must lie on its images' grid
+        max_diff = float(np.max(np.abs(affine - ref_affine)))
+        reasons = [f"shape {shape} differs from {ref_kind}'s {ref_shape}"] if shape != ref_shape else []
+        if max_diff > AFFINE_TOLERANCE:
+            reasons.append(f"affine differs from {ref_kind}'s (largest difference {max_diff:.4g})")
+        return reasons, ""
+    (low, high), (ref_low, ref_high) = _extent(shape, affine), _extent(ref_shape, ref_affine)
+    if not np.all(np.maximum(low, ref_low) < np.minimum(high, ref_high)):
+        return [f"its field of view does not overlap {ref_kind}'s: nothing to resample onto {ref_kind}'s grid"], ""
+    grids = f"{grid_of(shape, affine)} -> {grid_of(ref_shape, ref_affine)}"
+    return [], f"{kind} resampled onto {ref_kind}'s grid ({grids})"
 
 
 def _spatial_and_channels(shape: tuple[int, ...], multichannel: bool) -> tuple[tuple[int, ...] | None, int, str]:
@@ -254,7 +311,6 @@ def _channel_problems(channels: int, needed: Sequence[int] | None, modalities: S
 def _check_file(
     path: Path,
     kind: str,
-    reference: _Geometry | None,
     read_voxels: bool,
     convention: str,
     dataset_convention: str,
@@ -265,7 +321,6 @@ def _check_file(
     Args:
         path: the file.
         kind: a modality, ``"seg"``, or ``"image"`` for a multi-channel file.
-        reference: the geometry of the case's first readable file.
         read_voxels: read the voxel data (else headers only).
         convention: the label convention setting (``"auto"`` or a name).
         dataset_convention: the case's dataset's convention.
@@ -288,7 +343,7 @@ def _check_file(
     geometry = None
     try:
         # the geometry MONAI's NibabelReader will use: it swaps a sform that disagrees with pixdim for the qform
-        img = correct_nifti_header_if_necessary(img)
+        img = img if isinstance(img, ItkImage) else correct_nifti_header_if_necessary(img)
     except Exception as exc:  # never raise for a bad file
         return [f"inconsistent NIfTI geometry header ({_first_line(exc)})"], None
     affine = np.asarray(img.affine, dtype=np.float64)
@@ -296,15 +351,6 @@ def _check_file(
         reasons.append("invalid affine (non-finite or zero voxel size)")
     else:
         geometry = (kind, shape, affine)
-    if reference is not None and geometry is not None:
-        ref_kind, ref_shape, ref_affine = reference
-        if shape != ref_shape:
-            reasons.append(f"shape {shape} differs from {ref_kind}'s {ref_shape}")
-        max_diff = float(np.max(np.abs(affine - ref_affine)))
-        # MONAI's LoadImage refuses to stack modalities whose affines are not np.allclose; a label is loaded apart
-        stacked = kind != LABEL_SUFFIX and ref_kind != LABEL_SUFFIX
-        if (stacked and not np.allclose(affine, ref_affine)) or max_diff > AFFINE_TOLERANCE:
-            reasons.append(f"affine differs from {ref_kind}'s (largest difference {max_diff:.4g})")
     if read_voxels:
         data, reason = _read_voxels(img)
         if data is None:
@@ -321,10 +367,7 @@ def _check_file(
 
 
 def check_case(
-    case: Case,
-    modalities: Sequence[str] = MODALITIES,
-    read_voxels: bool = True,
-    convention: str = AUTO,
+    case: Case, modalities: Sequence[str] = MODALITIES, read_voxels: bool = True, convention: str = AUTO
 ) -> list[CaseError]:
     """
     Check one case's files; every problem is reported, none is raised.
@@ -368,7 +411,12 @@ def check_case(
         files.append((LABEL_SUFFIX, case.label, None))
     reference: _Geometry | None = None
     for kind, path, channels in files:
-        reasons, geometry = _check_file(path, kind, reference, read_voxels, convention, case.convention, channels)
+        reasons, geometry = _check_file(path, kind, read_voxels, convention, case.convention, channels)
+        if reference is not None and geometry is not None:
+            grid_reasons, resampled = _grid_problems(geometry, reference)
+            reasons = grid_reasons + reasons
+            if resampled:
+                logger.info("case %s: %s", case.case_id, resampled)
         problems.extend(CaseError(case.case_id, path, reason) for reason in reasons)
         if reference is None:
             reference = geometry  # later files are compared with the first readable one
@@ -376,18 +424,10 @@ def check_case(
 
 
 def dataset_problems(found: Discovery, labels_needed: bool = True) -> list[CaseError]:
-    """The problems of a dataset beyond its cases' files: every stray NIfTI file (named, so that a misnamed label is
-    never silently ignored), and, when labels are needed and some cases have one, every case without its label (not
-    silently dropped from training)."""
-    problems = [
-        CaseError(
-            owner or "-",
-            path,
-            "a NIfTI file that is no modality or label of any case (ignored); a label must be "
-            "named like <case id>_seg.nii.gz",
-        )
-        for owner, path in found.strays
-    ]
+    """The problems of a dataset beyond its cases' files: every image file discovery could not place (a stray, or
+    a case's file that may be a misnamed label: never silently ignored), and, when labels are needed and some cases
+    have one, every case without its label (not silently dropped from training)."""
+    problems = [CaseError(owner or "-", path, reason) for owner, path, reason in found.strays]
     labelled = sum(case.label is not None for case in found.cases)
     if labelled and labels_needed:
         problems += [
@@ -400,4 +440,27 @@ def dataset_problems(found: Discovery, labels_needed: bool = True) -> list[CaseE
             for case in found.cases
             if case.label is None and case.layout != LAYOUT_MSD  # dataset.json lists its test cases as such
         ]
+    return problems
+
+
+def ignored_file_problems(case: Case, read_voxels: bool = True) -> list[CaseError]:
+    """
+    The problems of a case's ignored files (:attr:`Case.ignored`): warnings, as the model does not read them (an
+    80-byte ``t1`` file where the model reads T1CE, T2, FLAIR). A modality's file is checked as a case's (the whole
+    volume with `read_voxels`); another file (diffusion, perfusion, masks: any shape) by its header.
+
+    Args:
+        case: the case.
+        read_voxels: read a modality file's voxels too.
+
+    Returns:
+        one :class:`CaseError` per broken file; empty when none is.
+    """
+    problems = []
+    for kind, path in case.ignored:
+        if kind in MODALITIES:
+            reasons = _check_file(path, kind, read_voxels, AUTO, case.convention)[0]
+        else:
+            reasons = [reason] if (reason := _open_header(path)[1]) else []
+        problems += [CaseError(case.case_id, path, f"{r} (a {kind} file the model does not use)") for r in reasons]
     return problems

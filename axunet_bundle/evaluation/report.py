@@ -32,6 +32,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import torch
+from monai.transforms import LoadImage
 
 from .. import outputs
 from ..atomic import write_json_atomic, write_text_atomic
@@ -96,21 +97,23 @@ def check_report_absent(output_dir: str | os.PathLike, overwrite: bool = False) 
 
 
 def read_label_map(path: str | os.PathLike, case_id: str) -> tuple[np.ndarray, np.ndarray]:
-    """A label map's voxels (3D) and affine.
+    """A label map's voxels (3D, the file's dtype) and RAS affine, read by MONAI's reader for its format (NIfTI,
+    NRRD, MetaImage), as the chains read it.
 
     Raises:
         CaseError: for a file that cannot be read or is not 3D.
     """
     try:
-        image = nib.load(os.fspath(path))
-        data = np.asanyarray(image.dataobj)
+        image = LoadImage(image_only=True, dtype=None)(os.fspath(path))
+        data = image.numpy()
     except Exception as err:  # any unreadable file is the case's problem, reported in one line
-        raise CaseError(case_id, path, f"unreadable label map ({type(err).__name__}: {err})") from None
+        reason = str(err).strip().splitlines()[-1] if str(err).strip() else ""
+        raise CaseError(case_id, path, f"unreadable label map ({type(err).__name__}: {reason})") from None
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim != 3:
         raise CaseError(case_id, path, f"label map of shape {data.shape} where a 3D volume is expected")
-    return data, np.asarray(image.affine)
+    return data, image.affine.numpy()
 
 
 def score_label_maps(
@@ -222,10 +225,7 @@ def write_report(
 
 
 def evaluation_report(
-    cases: CaseSelection,
-    output_dir: str | os.PathLike,
-    convention: str,
-    challenge: str | None = AUTO,
+    cases: CaseSelection, output_dir: str | os.PathLike, convention: str, challenge: str | None = AUTO
 ) -> list[dict[str, Any]]:
     """Score every evaluated case's segmentation in ``output_dir`` against its reference and write the report there
     (a step of ``configs/evaluate.json``; ``axunet evaluate`` draws its pictures afterwards). A case whose

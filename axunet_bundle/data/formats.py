@@ -1,0 +1,104 @@
+# Copyright (c) AXUNet bundle developers. Licensed under the Apache License, Version 2.0.
+"""
+The image file formats the bundle reads, and the header of the formats nibabel does not read, through ITK.
+
+NIfTI (``.nii``, ``.nii.gz``) is read with nibabel, as MONAI's ``NibabelReader`` reads it; NRRD (``.nrrd``, ``.nhdr``)
+and MetaImage (``.mha``, ``.mhd``), what 3D Slicer and ITK-based tools save, with ITK, as MONAI's ``ITKReader`` reads
+them (``itk`` is a dependency; it is imported on first use only, as it takes seconds). MONAI's readers give the
+voxels; this module gives what the case checks need before, without reading voxels: the shape, the channels and the
+RAS affine (ITK's LPS space turned to RAS as ``ITKReader`` turns it).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["IMAGE_SUFFIXES", "NIFTI_SUFFIXES", "ItkImage", "image_stem", "is_nifti"]
+
+#: NIfTI file-name endings (nibabel reads them)
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+#: every image file-name ending a case's files may have, any letter case (".nii.gz" before ".nii")
+IMAGE_SUFFIXES = (*NIFTI_SUFFIXES, ".nrrd", ".nhdr", ".mha", ".mhd")
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+_HEADER_BYTES = 1 << 16  # an NRRD or MetaImage header is text; it never comes near this
+
+
+def image_stem(name: str) -> str | None:
+    """``BRATS_001.nii.gz`` -> ``BRATS_001``, ``t1ce.NRRD`` -> ``t1ce``; ``None`` for a name of no image format."""
+    for suffix in IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def is_nifti(path: str | os.PathLike) -> bool:
+    """Whether a file's name says NIfTI (nibabel reads it); other image formats are read with ITK."""
+    return Path(path).name.lower().endswith(NIFTI_SUFFIXES)
+
+
+class ItkImage:
+    """
+    An NRRD or MetaImage file as the case checks see a nibabel image: ``shape`` (``X, Y, Z`` then the channels, if
+    more than one), ``affine`` (RAS, millimetres), ``dataobj`` (the voxels, read on access, in the same axis order)
+    and ``data_bytes`` (the voxel bytes the header announces).
+
+    Args:
+        path: the file.
+
+    Raises:
+        ValueError: when ITK has no reader for the file (not an image, or garbage).
+        RuntimeError: ITK's, when the header cannot be read.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        import itk  # noqa: PLC0415 - seconds to import: only when a dataset holds such files
+
+        self.path = str(path)
+        io = itk.ImageIOFactory.CreateImageIO(self.path, itk.CommonEnums.IOFileMode_ReadMode)
+        if io is None:
+            raise ValueError("not an image file ITK can read")
+        io.SetFileName(self.path)
+        io.ReadImageInformation()
+        dims = range(io.GetNumberOfDimensions())
+        components = self.components = int(io.GetNumberOfComponents())
+        self.shape = tuple(int(io.GetDimensions(i)) for i in dims) + ((components,) if components > 1 else ())
+        self.data_bytes = int(io.GetImageSizeInBytes())
+        lps = np.eye(4)
+        for i in dims:
+            if i < 3:  # the spatial axes; a 4th (time) axis has no place in the affine
+                lps[:3, i] = np.asarray(io.GetDirection(i), dtype=np.float64)[:3] * float(io.GetSpacing(i))
+                lps[i, 3] = float(io.GetOrigin(i))
+        self.affine = _LPS_TO_RAS @ lps
+
+    @property
+    def dataobj(self) -> np.ndarray:
+        """The voxels, ``X, Y, Z[, C]`` (ITK's arrays are ``Z, Y, X[, C]``)."""
+        import itk  # noqa: PLC0415
+
+        array: Any = itk.array_from_image(itk.imread(self.path))
+        spatial = array.ndim - (1 if self.components > 1 else 0)
+        order = [*reversed(range(spatial)), *range(spatial, array.ndim)]
+        return np.transpose(array, order)
+
+    def raw_bytes_needed(self) -> int | None:
+        """The bytes the file must hold when its header says its voxels follow it uncompressed (an ``.nrrd`` of
+        ``encoding: raw``, an ``.mha`` of ``ElementDataFile = LOCAL`` not compressed): header plus voxels; ``None``
+        otherwise (compressed, or voxels in a file beside it), as ITK's header reader does not tell."""
+        with open(self.path, "rb") as f:
+            head = f.read(_HEADER_BYTES)
+        if self.path.lower().endswith(".nrrd"):
+            end = head.find(b"\n\n")
+            raw = (
+                re.search(rb"^encoding:\s*raw\s*$", head[:end], re.M | re.I) and b"data file" not in head[:end].lower()
+            )
+            return end + 2 + self.data_bytes if end > 0 and raw else None
+        if self.path.lower().endswith(".mha"):
+            local = re.search(rb"^ElementDataFile\s*=\s*LOCAL[ \t]*\r?\n", head, re.M | re.I)
+            if local and not re.search(rb"^CompressedData\s*=\s*True", head[: local.start()], re.M | re.I):
+                return local.end() + self.data_bytes
+        return None
