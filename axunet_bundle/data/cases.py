@@ -87,11 +87,11 @@ __all__ = [
     "modality_channels",
 ]
 
+#: Canonical modality names, in the BraTS 2021 order.
 MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
-"""Canonical modality names, in the BraTS 2021 order."""
 
+#: Input channels of the model, in this order.
 DEFAULT_MODALITIES: tuple[str, ...] = ("t1ce", "t2", "flair")
-"""Input channels of the model, in this order."""
 
 LAYOUT_2021 = "2021"
 LAYOUT_2023 = "2023"
@@ -117,6 +117,8 @@ LABEL_WORDS = ("seg", "label", "mask")
 #: parts of a name that say a segmentation or mask is of no tumour (brain masks, tissue maps): an ignored file
 NON_TUMOUR_WORDS = ("brain", "parenchyma", "skull", "tissue", "csf", "head")
 
+#: File-name suffix or channel name, in lower case with its punctuation removed (``"T2-FLAIR"`` -> ``"t2flair"``) ->
+#: canonical modality name.
 MODALITY_ALIASES: Mapping[str, str] = MappingProxyType(
     {
         "t1": "t1",
@@ -134,8 +136,6 @@ MODALITY_ALIASES: Mapping[str, str] = MappingProxyType(
         "t2flair": "flair",
     }
 )
-"""File-name suffix or channel name, in lower case with its punctuation removed (``"T2-FLAIR"`` -> ``"t2flair"``)
--> canonical modality name."""
 
 # file-name suffix that each canonical modality has in the BraTS 2023+ naming (used for hints in messages)
 _SUFFIX_2023: Mapping[str, str] = MappingProxyType({"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f"})

@@ -44,9 +44,9 @@ __all__ = [
     "read_problem",
 ]
 
+#: Largest absolute difference between two files' affine entries (mm) that still counts as the same grid; a modality on
+#: another grid is resampled onto the reference modality's, a label on another grid is refused.
 AFFINE_TOLERANCE = 1e-3
-"""Largest absolute difference between two files' affine entries (mm) that still counts as the same grid; a
-modality on another grid is resampled onto the reference modality's, a label on another grid is refused."""
 logger = logging.getLogger(__name__)
 LOADED_DTYPE = np.dtype(np.float32)  # what the bundle's LoadImaged gives the network
 

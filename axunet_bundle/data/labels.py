@@ -57,11 +57,12 @@ __all__ = [
     "RC_OR_ET",
 ]
 
+#: Region channel order: whole tumour, tumour core, enhancing tumour (the paper's order).
 REGIONS: tuple[str, ...] = ("WT", "TC", "ET")
-"""Region channel order: whole tumour, tumour core, enhancing tumour (the paper's order)."""
 
 BACKGROUND = 0
 
+#: Convention name -> class (``"NCR"``, ``"ED"``, ``"ET"``, ``"RC"``) -> label value.
 LABEL_CONVENTIONS: Mapping[str, Mapping[str, int]] = MappingProxyType(
     {
         "brats2021": MappingProxyType({"NCR": 1, "ED": 2, "ET": 4}),
@@ -70,7 +71,6 @@ LABEL_CONVENTIONS: Mapping[str, Mapping[str, int]] = MappingProxyType(
         "msd": MappingProxyType({"ED": 1, "NCR": 2, "ET": 3}),
     }
 )
-"""Convention name -> class (``"NCR"``, ``"ED"``, ``"ET"``, ``"RC"``) -> label value."""
 
 #: each case in its own dataset's convention
 AUTO = "auto"

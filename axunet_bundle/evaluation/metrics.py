@@ -34,10 +34,10 @@ from monai.metrics.utils import get_edge_surface_distance, prepare_spacing
 
 __all__ = ["HD95_EMPTY_PENALTY", "HD95_PERCENTILE", "compute_brats_dice", "compute_brats_hd95"]
 
+#: HD95 (mm) when exactly one of prediction and ground truth is empty: the diagonal of the 240x240x155 mm BraTS volume,
+#: ``sqrt(240**2 + 240**2 + 155**2)``, as in the BraTS <= 2021 evaluation (CaPTk). It does not depend on the image size
+#: or spacing, so scores stay comparable with published BraTS results.
 HD95_EMPTY_PENALTY = 373.12866
-"""HD95 (mm) when exactly one of prediction and ground truth is empty: the diagonal of the 240x240x155 mm BraTS
-volume, ``sqrt(240**2 + 240**2 + 155**2)``, as in the BraTS <= 2021 evaluation (CaPTk). It does not depend on
-the image size or spacing, so scores stay comparable with published BraTS results."""
 HD95_PERCENTILE = 95.0
 
 SpacingType = float | Sequence[float] | Sequence[Sequence[float]] | np.ndarray | torch.Tensor | None

@@ -47,8 +47,8 @@ __all__ = [
 ]
 
 PathLike = str | os.PathLike
+#: Contour and marker colour of each region: yellow, red, sky blue.
 REGION_COLOURS: Mapping[str, str] = MappingProxyType({"WT": "#ffff00", "TC": "#ff0000", "ET": "#00bfff"})
-"""Contour and marker colour of each region: yellow, red, sky blue."""
 FIGURE_DPI = 100
 GREY_MAP = "gray"
 GROUND_TRUTH_STYLE = "solid"

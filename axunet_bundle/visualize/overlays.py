@@ -66,8 +66,8 @@ __all__ = [
     "overlay_files",
 ]
 
+#: Overlay rows: view name and the volume axis the view slices through (volumes are ``(x, y, z)``, RAS).
 VIEWS: tuple[tuple[str, int], ...] = (("axial", 2), ("coronal", 1), ("sagittal", 0))
-"""Overlay rows: view name and the volume axis the view slices through (volumes are ``(x, y, z)``, RAS)."""
 _AXIS_NAMES = ("x", "y", "z")
 PANEL_INCHES = 3.0  # side of the square box an overlay panel's image is fitted into
 PANEL_TITLE_INCHES = 0.25  # band above each overlay panel for its title
