@@ -17,14 +17,7 @@ from ..data.labels import AUTO, validate_convention
 from ..data.pipeline import CONVENTION_KEY
 from ..errors import CaseError, DatasetError, LeftOutCasesError
 from ..evaluation.challenge import resolve_challenge
-from ..evaluation.report import (
-    CASE_ID,
-    REFERENCE_KEY,
-    check_report_absent,
-    report_columns,
-    score_case,
-    write_report,
-)
+from ..evaluation.report import CASE_ID, REFERENCE_KEY, check_report_absent, report_columns, score_case, write_report
 from ..progress import progress
 
 __all__ = ["label_map_files", "score", "score_folders"]
@@ -55,6 +48,9 @@ def score(
         prediction_convention: the predictions' labels, when not the references'.
         challenge: the brats-evaluation config: auto (gli when installed), gli, ped, mets, MenPre, GoAT or none.
         overwrite: replace an earlier report in OUTPUT_DIR.
+
+    Example:
+        axunet score segs/ /data/BraTS2021 --output_dir scores
     """
     from ..visualize import report_boxplot
 

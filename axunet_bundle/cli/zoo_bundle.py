@@ -88,14 +88,15 @@ def _check_weights(weights: Path) -> None:
             f"--weights {weights}: not a plain state dict (the model zoo and MONAI Label load models/model.pt as "
             "names -> tensors): save network.state_dict(), as the training's models/model.pt is"
         )
-    network = read_config("inference.json").get_parsed_content("network_def")
+    # as the bundle will build it: with the slice size and modalities of the settings shipped beside the weights
+    network = read_config("inference.json", ckpt_path=str(weights)).get_parsed_content("network_def")
     try:
         network.load_state_dict(state)
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0]
         raise BundleError(
             f"--weights {weights} do not fit the bundle's network_def ({first}); a model trained with other "
-            "settings (e.g. --modalities) needs those settings in the bundle's configs"
+            f"settings (e.g. --modalities) needs them in {outputs.MODEL_SETTINGS} beside the weights (as trained)"
         ) from None
 
 
@@ -176,6 +177,9 @@ def write_bundle(
         (tmp / outputs.MODELS_DIR).mkdir()
         if weights_path is not None:
             shutil.copy2(weights_path, tmp / WEIGHTS)
+            settings = weights_path.with_name(outputs.MODEL_SETTINGS)  # the slice size etc. travel with the weights
+            if settings.is_file():
+                shutil.copy2(settings, tmp / outputs.MODELS_DIR / outputs.MODEL_SETTINGS)
             weights_hash = _sha256(tmp / WEIGHTS)
         (tmp / LARGE_FILES).write_text(_large_files_yml(source / LARGE_FILES, weights_hash), encoding="utf-8")
         for relative in runtime_code_files():
@@ -193,10 +197,13 @@ def bundle(output_dir: str, weights: str | None = None, name: str = BUNDLE_NAME,
 
     Args:
         output_dir: folder to write the bundle folder and the zip into.
-        weights: trained weights (a plain state dict, e.g. models/model.pt) to ship as models/model.pt; without
-            them the bundle has no weights (the zip stays small).
+        weights: trained weights (a plain state dict, e.g. models/model.pt) to ship as models/model.pt, with the
+            model_settings.json beside them; without them the bundle has no weights (the zip stays small).
         name: the bundle's folder name (must contain "segmentation").
         overwrite: replace an existing bundle folder and zip.
+
+    Example:
+        axunet bundle zoo --weights models/model.pt
     """
     folder, zip_path = write_bundle(output_dir, weights=weights, name=name, overwrite=overwrite)
     with zipfile.ZipFile(zip_path) as archive:
