@@ -204,3 +204,23 @@ def test_onnx_without_the_export_extra_is_one_line_naming_it(missing, weights, t
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert exited.value.code == 2 and missing in line and "axunet_bundle[export]" in line, line
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "workflow, configs, option, words",
+    [
+        ("training", "train.json", ["--epochs", "two"], "epochs: got 'two', expected an integer >= 1"),
+        ("inference", "inference.json", ["--roi_size", "[32,32]"], "roi_size: got [32, 32], expected two integers"),
+    ],
+)
+def test_monai_bundle_run_refuses_the_same_values_in_one_line(workflow, configs, option, words, tmp_path):
+    """The configs' initialize checks the values python -m monai.bundle run resolved, before the workflow runs."""
+    env = {**os.environ, "PYTHONPATH": str(BUNDLE_ROOT)}
+    command = [sys.executable, "-m", "monai.bundle", "run", workflow, "--meta_file", "configs/metadata.json"]
+    command += ["--config_file", f"configs/{configs}", "--logging_file", "configs/logging.conf", *option]
+    command += ["--bundle_root", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=BUNDLE_ROOT, env=env)
+    assert result.returncode == 2 and "Traceback" not in result.stdout + result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and words in last, last
+    assert list(tmp_path.iterdir()) == []
