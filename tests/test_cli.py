@@ -70,7 +70,10 @@ def test_attention_writes_pam_and_cam_per_level(tiny_dataset, tmp_path, capsys):
     with pytest.raises(SystemExit) as refused:
         axunet("attention", case, "--ckpt_path", tmp_path / "missing.pt", "--output", png, "--size", 64)
     assert refused.value.code == 2
-    assert capsys.readouterr().err.strip() == f"error: no weights at {tmp_path / 'missing.pt'}"
+    assert (
+        capsys.readouterr().err.strip()
+        == f"error: axunet attention --ckpt_path: {tmp_path / 'missing.pt'} does not exist"
+    )
 
 
 def test_synth_check_datalist(tmp_path, capsys):
