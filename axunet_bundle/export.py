@@ -16,7 +16,12 @@ import torch
 from monai.networks.utils import convert_to_onnx
 from torch import nn
 
+from .errors import ConfigurationError
+
 __all__ = [
+    "MissingExtraError",
+    "OnnxModelMissingError",
+    "require_onnx",
     "export_torchscript",
     "export_onnx",
     "max_abs_diff_torchscript",
@@ -31,6 +36,28 @@ ONNX_OPSET = 17
 ONNX_TOLERANCE = 1e-4
 #: onnxruntime's ``log_severity_level`` for errors only (0 verbose ... 4 fatal)
 ONNXRUNTIME_ERRORS_ONLY = 3
+#: the packages ONNX export and inference need: the package's extra "export"
+ONNX_PACKAGES = ("onnx", "onnxruntime", "onnxscript")
+
+
+class MissingExtraError(ConfigurationError, ImportError):
+    """An optional package the asked-for step needs is not installed."""
+
+
+def require_onnx(packages: tuple[str, ...] = ONNX_PACKAGES) -> None:
+    """Check that ``packages`` can be imported, before any work.
+
+    Raises:
+        MissingExtraError: one line naming the missing packages and the extra that installs them.
+    """
+    import importlib.util
+
+    missing = [name for name in packages if importlib.util.find_spec(name) is None]
+    if missing:
+        raise MissingExtraError(
+            f"ONNX needs {', '.join(missing)}, not installed: pip install 'axunet_bundle[export]' "
+            "(or, from a checkout, pip install -e '.[export]')"
+        )
 
 
 def export_torchscript(net: nn.Module, example: torch.Tensor, path: str | os.PathLike) -> Path:
@@ -47,7 +74,12 @@ def export_onnx(net: nn.Module, example: torch.Tensor, path: str | os.PathLike, 
     """Export ``net`` to ONNX at ``path`` with input ``image`` and output ``pred`` (dynamic batch), by MONAI's
     ``convert_to_onnx``; with ``verify`` it runs the file in onnxruntime and raises ``AssertionError`` when it differs
     from the eager network on ``example`` by more than :data:`ONNX_TOLERANCE` (relative and absolute). The inferer
-    exports without ``verify``: it checks the first slice itself, and MONAI's check re-seeds the global generators."""
+    exports without ``verify``: it checks the first slice itself, and MONAI's check re-seeds the global generators.
+
+    Raises:
+        MissingExtraError: onnx (or, to verify, onnxruntime) is not installed.
+    """
+    require_onnx(ONNX_PACKAGES if verify else ("onnx",))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         convert_to_onnx(
@@ -88,6 +120,10 @@ def max_abs_diff_onnx(net: nn.Module, path: str | os.PathLike, x: torch.Tensor) 
     return float(np.abs(OnnxNetwork(path)(x).numpy() - _eager(net, x)).max())
 
 
+class OnnxModelMissingError(ConfigurationError, FileNotFoundError):
+    """The ONNX file to run does not exist."""
+
+
 class OnnxNetwork(nn.Module):
     """
     An exported ONNX model run by onnxruntime, usable wherever the bundle expects the network (MONAI inferers and
@@ -107,11 +143,13 @@ class OnnxNetwork(nn.Module):
         threads: int | None = None,
     ) -> None:
         super().__init__()
+        require_onnx(("onnxruntime",))
         import onnxruntime  # optional dependency (extra "export")
 
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"ONNX model not found: {path} (write it with `python -m axunet_bundle export`)")
+            raise OnnxModelMissingError(f"no ONNX model at {path}: write it with `axunet export` (or give --onnx_path)")
+        self.path = path
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = int(threads or torch.get_num_threads())
         options.inter_op_num_threads = 1  # one graph branch at a time: the intra-op threads already fill the cores

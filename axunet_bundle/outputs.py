@@ -16,9 +16,11 @@ __all__ = [
     "EVAL_DIR",
     "METRICS_CSV",
     "MODELS_DIR",
+    "MODEL_SETTINGS",
     "ONNX",
     "OVERLAYS_DIR",
     "OVERLAY_SUFFIX",
+    "PREDICTIONS_DIR",
     "RUNS_DIR",
     "SEGMENTATION_POSTFIX",
     "SEGMENTATION_SUFFIX",
@@ -29,12 +31,16 @@ __all__ = [
     "segmentation_path",
 ]
 
-#: folders under ``bundle_root``: weights and checkpoints, TensorBoard logs, evaluation and inference outputs
+#: folders under ``bundle_root``: weights and checkpoints, TensorBoard logs, the evaluation's report, the label maps of
+#: inference
 MODELS_DIR = "models"
 RUNS_DIR = "runs"
 EVAL_DIR = "eval"
+PREDICTIONS_DIR = "predictions"
 #: the best weights, a plain state dict: where the model zoo and MONAI Label look (``models/model.pt``)
 WEIGHTS = "model.pt"
+#: what inference needs to reproduce the training (slice size, modalities, network ...), beside the weights
+MODEL_SETTINGS = "model_settings.json"
 #: resumable training checkpoints are ``checkpoint_epoch=<N>.pt``
 CHECKPOINT_PREFIX = "checkpoint"
 #: exports of the weights (``axunet export``)

@@ -148,8 +148,10 @@ def test_inference_chain_mirrors_the_training_volume_chain():
         return steps
 
     assert image_steps(infer["preprocessing"]["transforms"]) == image_steps(train["volume_transforms"])
-    for key in ("modalities", "label_convention", "roi_size"):
-        assert infer[key] == train[key]
+    assert infer["label_convention"] == train["label_convention"]
+    for key in ("modalities", "roi_size"):  # without the weights' model_settings.json: the training's defaults
+        assert infer[key]["_target_"] == "axunet_bundle.settings.trained_setting" and infer[key]["name"] == key
+        assert infer[key]["default"] == train[key]
 
 
 def read_report(out: Path) -> tuple[dict[str, dict[str, float]], dict]:

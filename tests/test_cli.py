@@ -13,6 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import IMAGES, Event
 
 from axunet_bundle import AXUNet
 from axunet_bundle.cli import COMMANDS, main
+from axunet_bundle.cli.options import command_spec
 from axunet_bundle.networks.axunet import ALL_LEVELS
 from axunet_bundle.outputs import CURVES_PNG, VALIDATION_IMAGE_TAG
 from axunet_bundle.visualize import ATTENTION_COLUMN_INCHES, ATTENTION_ROW_INCHES, ATTENTION_TITLE_INCHES, FIGURE_DPI
@@ -24,8 +25,9 @@ def axunet(*args: str):
 
 
 def test_every_command_has_help_text():
-    for name, command in COMMANDS.items():
-        assert command.__doc__ and len(command.__doc__.split()) > 8, name
+    for name in COMMANDS:
+        spec = command_spec(name)
+        assert len(spec.text.split()) > 8 and all(p.help for p in spec.params), name
 
 
 def test_demo_runs_end_to_end_on_tiny_settings(tmp_path, capsys):
@@ -68,7 +70,10 @@ def test_attention_writes_pam_and_cam_per_level(tiny_dataset, tmp_path, capsys):
     with pytest.raises(SystemExit) as refused:
         axunet("attention", case, "--ckpt_path", tmp_path / "missing.pt", "--output", png, "--size", 64)
     assert refused.value.code == 2
-    assert capsys.readouterr().err.strip() == f"error: no weights at {tmp_path / 'missing.pt'}"
+    assert (
+        capsys.readouterr().err.strip()
+        == f"error: axunet attention --ckpt_path: {tmp_path / 'missing.pt'} does not exist"
+    )
 
 
 def test_synth_check_datalist(tmp_path, capsys):

@@ -261,7 +261,7 @@ def test_a_wrong_network_argument_or_dataset_is_one_line(tmp_path, dataset, caps
     write_synthetic_dataset(few, n=1, shape=TINY_SHAPE, progress=False)
     for args, message in (
         ([dataset, "--variants", variants], "variant 'mine': network 'axunet' does not take these network_args"),
-        ([tmp_path / "missing", "--only", "unet"], f"dataset directory {tmp_path / 'missing'} does not exist"),
+        ([tmp_path / "missing", "--only", "unet"], f"DATASET_DIR: {tmp_path / 'missing'} does not exist"),
         ([few, "--only", "unet", "--folds", 2], "too few labelled patients for 2-fold cross-validation"),
         ([dataset, "--only", "unet", "--reference", "axunet"], "reference 'axunet' is not among the variants"),
         ([dataset, "--only", "unet", "--fold", 5], "fold must be a fold number in [0, 4]"),

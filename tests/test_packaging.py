@@ -111,13 +111,13 @@ def test_the_installed_wheel_runs_from_any_folder_and_writes_there(installed, ca
     work = tmp_path / "work"
     work.mkdir()
     before = site_packages_files(installed)
-    # the default output folder, the current one's eval/ (--ckpt_path: no ./models/model.pt here)
+    # the default output folder, the current one's predictions/ (--ckpt_path: no ./models/model.pt here)
     result = run(
         [installed / "axunet", "infer", "--dataset_dir", cases, "--ckpt_path", untrained_weights, *SMALL_INFERENCE],
         work,
     )
     (case,) = (p.name for p in cases.iterdir())
-    seg = work / "eval" / f"{case}_seg.nii.gz"
+    seg = work / "predictions" / f"{case}_seg.nii.gz"
     assert nib.load(seg).shape == nib.load(next((cases / case).glob("*_t1ce.nii.gz"))).shape
     assert "site-packages/axunet_bundle/bundle_files/configs" in result.stderr  # the packaged configs ran
     assert site_packages_files(installed) == before  # nothing written into the installed package

@@ -98,8 +98,9 @@ def test_multi_process_training_keeps_rank_0_only_handlers_off_other_ranks():
                 kept.append(handler["_target_"].rsplit(".", 1)[-1])
         return kept
 
-    # every rank keeps the checkpoint handlers: the random states are gathered from all, the files written by rank 0
-    kept_everywhere = ["LrScheduleHandler", "ValidationHandler", "AtomicCheckpointSaver"]
+    # every rank keeps the checkpoint handlers (the random states are gathered from all, the files written by rank
+    # 0) and the run's settings (each rank checks a resume; rank 0 writes the file)
+    kept_everywhere = ["RunSettings", "LrScheduleHandler", "ValidationHandler", "AtomicCheckpointSaver"]
     assert enabled("train#handlers", rank=1) == kept_everywhere
     assert enabled("validate#handlers", rank=1) == ["AtomicCheckpointSaver"]
     assert enabled("train#handlers", rank=0) == kept_everywhere + [
@@ -114,18 +115,14 @@ def test_multi_process_training_keeps_rank_0_only_handlers_off_other_ranks():
 
 
 def test_synth_and_prepare_log_progress_when_not_on_a_terminal(tiny_dataset, tmp_path, caplog):
-    import fire
     import pytest
 
-    from axunet_bundle.cli import COMMANDS
+    from axunet_bundle.cli import main
 
     caplog.set_level(logging.INFO)
-    fire.Fire(COMMANDS, command=["synth", str(tmp_path / "data"), "--n", "2", "--size", "32", "--depth", "8"])
+    main(["synth", str(tmp_path / "data"), "--n", "2", "--size", "32", "--depth", "8"])
     with pytest.raises(SystemExit) as prepared:
-        fire.Fire(
-            COMMANDS,
-            command=["prepare", str(tiny_dataset), str(tmp_path / "cache"), "--workers", "1", "--roi_size", "[64,64]"],
-        )
+        main(["prepare", str(tiny_dataset), str(tmp_path / "cache"), "--workers", "1", "--roi_size", "[64,64]"])
     assert prepared.value.code == 0
     ends = {(m["desc"], m["done"], m["total"]) for m in map(LINE.match, lines(caplog))}
     assert {("synthetic BraTS", "2", "2"), ("prepare", "4", "4")} <= ends

@@ -41,7 +41,7 @@ def mistakes(d: dict) -> dict[str, tuple[list, str]]:
     root, labelled, weights, missing = d["root"], d["labelled"], d["weights"], d["root"] / "nope"
     infer = ["infer", "--output_dir", root / "o", *SMALL]
     return {
-        "check: a missing folder": (["check", missing], f"dataset directory {missing} does not exist"),
+        "check: a missing folder": (["check", missing], f"DATASET_DIR: {missing} does not exist"),
         "check: an unknown convention": (
             ["check", labelled, "--label_convention", "brats2020"],
             "unknown label convention",
@@ -51,16 +51,16 @@ def mistakes(d: dict) -> dict[str, tuple[list, str]]:
             ["datalist", labelled, "--folds", 2],
             "too few labelled patients for 2-fold",
         ),
-        "datalist: one fold": (["datalist", labelled, "--folds", 1], "folds must be an integer >= 2"),
+        "datalist: one fold": (["datalist", labelled, "--folds", 1], "--folds: got 1, expected an integer >= 2"),
         "datalist: a fold out of range": (["datalist", labelled, "--fold", 7], "fold must be an integer in [0, 4]"),
         "synth: an unknown layout": (["synth", root / "s", "--layout", "2019"], "layout must be one of"),
-        "prepare: a missing folder": (["prepare", missing, root / "cache"], "does not exist"),
+        "prepare: a missing folder": (["prepare", missing, root / "cache"], f"{missing} does not exist"),
         "train: a missing folder": (["train", "--dataset_dir", missing, *SMALL], "does not exist"),
         "train: too few cases": (["train", "--dataset_dir", labelled, "--pretrained", "False", *SMALL], "too few"),
         "infer: a missing folder": ([*infer, "--dataset_dir", missing, "--ckpt_path", weights], "does not exist"),
         "infer: missing weights": (
             [*infer, "--dataset_dir", labelled, "--ckpt_path", root / "none.pt"],
-            f"no weights at {root / 'none.pt'}",
+            f"--ckpt_path: {root / 'none.pt'} does not exist",
         ),
         "infer: an unknown convention": (
             [*infer, "--dataset_dir", labelled, "--label_convention", "brats2020", "--ckpt_path", weights],
@@ -83,14 +83,17 @@ def mistakes(d: dict) -> dict[str, tuple[list, str]]:
             ],
             "no labelled cases",
         ),
-        "export: missing weights": (["export", "--ckpt_path", root / "none.pt"], "no weights at"),
+        "export: missing weights": (["export", "--ckpt_path", root / "none.pt"], "none.pt does not exist"),
         "overlay: a folder of several cases": (["overlay", labelled], "expected the folder of one case, found 2"),
         "attention: missing weights": (
             ["attention", labelled / "BraTS2021_00000", "--ckpt_path", root / "none.pt"],
-            "no weights at",
+            "none.pt does not exist",
         ),
         "bundle: a name MONAI Label would not take": (["bundle", root / "b", "--name", "axunet"], "segmentation"),
-        "network: a slice too small for the encoder": (["network", "--size", 16], "size must be at least"),
+        "network: a slice too small for the encoder": (
+            ["network", "--size", 16],
+            "--size: got 16, expected an integer >= 64",
+        ),
         "demo: too few cases": (["demo", "--output_dir", root / "demo", "--cases", 1], "too few"),
     }
 

@@ -294,6 +294,9 @@ def compare(
         pretrained: start the timm encoders from ImageNet weights (needs timm's hub); baselines without one train
             from scratch either way.
         overrides: bundle ids for every variant, e.g. --batch_size 16 --roi_size "[224,224]" --num_workers 4.
+
+    Example:
+        axunet compare /data/BraTS2021 --output_dir comparison --fold 0 --only axunet,xception_unet
     """
     from ..comparison import COMPARISON_CSV, COMPARISON_MD, COMPARISON_PNG, PER_CASE_CSV, WILCOXON_CSV
 

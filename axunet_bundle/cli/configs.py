@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import AxunetError
 
-__all__ = ["METADATA", "ConfigsMissingError", "bundle_source", "config_dir", "read_config"]
+__all__ = ["METADATA", "ConfigsMissingError", "bundle_source", "config_dir", "config_path", "read_config"]
 
 METADATA = "configs/metadata.json"
 
@@ -51,6 +51,21 @@ def config_dir(bundle_root: str | os.PathLike | None = None) -> Path:
     if bundle_root is not None and (Path(bundle_root) / METADATA).is_file():
         return Path(bundle_root) / "configs"
     return bundle_source() / "configs"
+
+
+def config_path(name: str | os.PathLike, bundle_root: str | os.PathLike | None = None) -> Path:
+    """A config file a user names: a file of that path, else the bundle's config of that name
+    (``inference_onnx.json``).
+
+    Raises:
+        ConfigurationError: neither exists.
+    """
+    from ..errors import ConfigurationError
+
+    path, bundled = Path(name), config_dir(bundle_root) / name
+    if path.is_file() or bundled.is_file():
+        return path.resolve() if path.is_file() else bundled
+    raise ConfigurationError(f"config file {name}: neither {path.resolve()} nor {bundled} exists")
 
 
 def read_config(*names: str, bundle_root: str | os.PathLike | None = None, **overrides: Any) -> Any:

@@ -7,14 +7,13 @@ import os
 import sys
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 
 from ..data.cases import DEFAULT_MODALITIES, Case, discover
 from ..data.integrity import check_case, dataset_problems, ignored_file_problems
 from ..data.labels import AUTO
 from ..errors import CaseError
 from ..progress import progress as show_progress
-from .configs import read_config
+from .configs import config_path, read_config
 
 __all__ = [
     "EXIT_OK",
@@ -49,6 +48,9 @@ def synth(output_dir: str, n: int = 4, seed: int = 0, layout: str = "2021", size
             Task01_BrainTumour: dataset.json, one 4D image per case, labels 1 edema / 2 non-enhancing / 3 enhancing).
         size: in-plane size (BraTS: 240).
         depth: number of axial slices (BraTS: 155).
+
+    Example:
+        axunet synth data --n 4 --size 64 --depth 32 --layout 2023
     """
     from ..synthetic import write_synthetic_dataset
 
@@ -65,6 +67,9 @@ def check(dataset_dir: str, modalities: str = "t1ce,t2,flair", label_convention:
         dataset_dir: the dataset folder.
         modalities: comma-separated modalities every case must have (default: the model's).
         label_convention: how to read the labels: auto (each dataset's own), brats2021, brats2023, brats2024, msd.
+
+    Example:
+        axunet check /data/BraTS2021
     """
     sys.exit(run_check(dataset_dir, modalities=split_names(modalities), convention=label_convention))
 
@@ -93,6 +98,9 @@ def datalist(
         seed: split seed.
         modalities: comma-separated image channels, in order.
         label_convention: how to read the labels: auto (each dataset's own), brats2021, brats2023, brats2024, msd.
+
+    Example:
+        axunet datalist /data/BraTS2021 --output datalist.json --folds 5 --fold 0
     """
     from ..data.datalist import write_datalist
 
@@ -123,6 +131,9 @@ def prepare(dataset_dir: str, output: str, workers: int = 2, config_file: str | 
         output: the cache folder.
         workers: parallel processes.
         config_file: the training config (default: the bundle's configs/train.json).
+
+    Example:
+        axunet prepare /data/BraTS2021 cache --workers 2 --roi_size "[224,224]"
     """
     from monai.transforms import Compose
 
@@ -130,7 +141,7 @@ def prepare(dataset_dir: str, output: str, workers: int = 2, config_file: str | 
     from ..data.slices import prepare_slice_cache
 
     # a config file of the user's own (an absolute path) or the bundle's train.json
-    config = str(Path(config_file).resolve()) if config_file is not None else "train.json"
+    config = str(config_path(config_file)) if config_file is not None else "train.json"
     parser = read_config(config, dataset_dir=dataset_dir, **overrides)
     modalities = parser.get_parsed_content("modalities")
     # the cases the training can use: those `axunet check` passes, refused with the same lines

@@ -48,6 +48,9 @@ def demo(
         depth: axial slices per generated case.
         epochs: training epochs.
         seed: seed of the generated data and of training.
+
+    Example:
+        axunet demo --output_dir demo_output --epochs 12
     """
     from ..data.datalist import write_datalist
     from ..evaluation import LEGACY_DICE

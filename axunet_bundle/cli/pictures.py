@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .. import outputs
 from ..errors import ConfigurationError
+from ..settings import MIN_SLICE_SIZE, read_model_settings
 from .configs import read_config
 from .data import split_names
 
@@ -16,8 +17,6 @@ __all__ = ["DEFAULT_WEIGHTS", "SLICE_SIZE", "attention", "network", "one_case", 
 
 #: the paper's slice size
 SLICE_SIZE = 224
-#: the smallest slice whose stride-32 feature map is still 2 x 2 (Xception's valid-padded stem)
-MIN_SLICE_SIZE = 64
 #: where the training workflow writes the best weights, relative to the current folder (its bundle_root)
 DEFAULT_WEIGHTS = Path(outputs.MODELS_DIR) / outputs.WEIGHTS
 
@@ -38,6 +37,9 @@ def network(batch: int = 2, size: int = SLICE_SIZE) -> None:
     Args:
         batch: slices per forward pass.
         size: slice height and width.
+
+    Example:
+        axunet network --batch 2 --size 224
     """
     import torch
 
@@ -75,6 +77,9 @@ def overlay(
         output: PNG to write (default: <case_id>_overlay.png in the current folder).
         modalities: comma-separated modalities to show, in order.
         convention: label convention of the files: auto (the case's dataset's), brats2021, brats2023, brats2024, msd.
+
+    Example:
+        axunet overlay /data/new_cases/CASE --seg segs/CASE_seg.nii.gz
     """
     import nibabel as nib
     import numpy as np
@@ -82,6 +87,8 @@ def overlay(
     from ..data.labels import resolve_convention
     from ..visualize import overlay_files
 
+    if seg is not None and not Path(seg).is_file():
+        raise ConfigurationError(f"--seg {seg}: no such file")
     case = one_case(case_dir)
     mods = split_names(modalities)
     if seg is None and case.label is None:
@@ -104,8 +111,8 @@ def attention(
     case_dir: str,
     ckpt_path: str | None = None,
     output: str | None = None,
-    modalities: str = "t1ce,t2,flair",
-    size: int = SLICE_SIZE,
+    modalities: str | None = None,
+    size: int | None = None,
     slice_index: int | None = None,
 ) -> None:
     """Draw what AXUNet's attention looks at for one case: a PNG with, per attention level (1 = fine ... 4 = coarse),
@@ -118,9 +125,13 @@ def attention(
         ckpt_path: trained weights (plain state dict); default ./models/model.pt, or untrained (random) weights with
             a warning when that does not exist.
         output: PNG to write (default: <case_id>_attention.png in the current folder).
-        modalities: comma-separated network input channels, in order (as the weights were trained).
-        size: in-plane size of the network input (the training's roi_size).
+        modalities: comma-separated network input channels, in order (default: those the weights were trained
+            with, from their model_settings.json; else t1ce,t2,flair).
+        size: in-plane size of the network input (default: the weights' roi_size; else 224).
         slice_index: axial slice to show (in the preprocessed volume) instead of the one with the most tumour.
+
+    Example:
+        axunet attention /data/new_cases/CASE --ckpt_path models/model.pt
     """
     from monai.transforms import Compose
 
@@ -129,21 +140,38 @@ def attention(
     from ..visualize import attention_maps, most_tumour_slices
     from ..weights import load_plain_weights
 
-    case = one_case(case_dir)
-    mods = split_names(modalities)
     ckpt = Path(ckpt_path) if ckpt_path else DEFAULT_WEIGHTS if DEFAULT_WEIGHTS.is_file() else None
-    net = AXUNet(in_channels=len(mods)).eval()
+    if ckpt is not None and not ckpt.is_file():
+        raise ConfigurationError(f"no weights at {ckpt}")
+    trained = (read_model_settings(ckpt) if ckpt is not None else None) or {}
+    mods = split_names(modalities) if modalities is not None else trained.get("modalities", ["t1ce", "t2", "flair"])
+    roi_size = [size, size] if size is not None else trained.get("roi_size", [SLICE_SIZE, SLICE_SIZE])
+    for name, value, option in (("modalities", mods, "--modalities"), ("roi_size", roi_size, "--size")):
+        if name in trained and list(value) != list(trained[name]):
+            raise ConfigurationError(
+                f"{option} {','.join(map(str, value))} contradicts the weights' {name} {trained[name]} "
+                f"({ckpt.with_name(outputs.MODEL_SETTINGS)}): leave {option} out to use theirs"
+            )
+    case = one_case(case_dir)
+    network_args = dict(trained.get("network", {}))
+    if network_args.pop("_target_", None) != f"{AXUNet.__module__}.{AXUNet.__qualname__}":
+        network_args = {}  # the attention maps are AXUNet's
+    net = AXUNet(**{**network_args, "in_channels": len(mods)}).eval()
     if ckpt is None:
         logging.getLogger(__name__).warning(
             "no weights at %s and no --ckpt_path: showing an UNTRAINED network (random weights)", DEFAULT_WEIGHTS
         )
-    elif not ckpt.is_file():
-        raise ConfigurationError(f"no weights at {ckpt}")
     else:
-        net.load_state_dict(load_plain_weights(ckpt, map_location="cpu"))
+        try:
+            net.load_state_dict(load_plain_weights(ckpt, map_location="cpu"))
+        except RuntimeError as err:  # torch's message lists every mismatched tensor: name the cause in one line
+            raise ConfigurationError(
+                f"{ckpt}: these weights do not fit AXUNet with {len(mods)} input channels ({','.join(mods)}) "
+                f"({str(err).splitlines()[0].rstrip(':')}): give the --modalities they were trained with"
+            ) from None
 
     # the training's own preprocessing, so that the network sees what it was trained on
-    parser = read_config("train.json", modalities=mods, roi_size=[size, size])
+    parser = read_config("train.json", modalities=mods, roi_size=list(roi_size))
     data = Compose(parser.get_parsed_content("volume_transforms"))(case_item(case, mods))
     image = data["image"]
     if slice_index is None:

@@ -49,6 +49,9 @@ def score(
         prediction_convention: the predictions' labels, when not the references'.
         challenge: the brats-evaluation config: auto (gli when installed), gli, ped, mets, MenPre, GoAT or none.
         overwrite: replace an earlier report in OUTPUT_DIR.
+
+    Example:
+        axunet score segs/ /data/BraTS2021 --output_dir scores
     """
     from ..visualize import report_boxplot
 

@@ -8,12 +8,14 @@ given (``./models``, ``./runs``, ``./eval``), never into the installed package.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 from .. import outputs
 from ..errors import ConfigurationError
-from .configs import config_dir, read_config
+from ..settings import check_resume, class_name, read_model_settings, run_identity
+from .configs import config_dir, config_path, read_config
 
 __all__ = [
     "OPTION_CONFIGS",
@@ -58,9 +60,14 @@ def bundle_run(workflow: str, overrides: dict, pictures: bool = False) -> None:
     from monai.bundle import run
 
     configs = config_dir(overrides.get("bundle_root"))
-    logger.info("configs: %s", configs)
     overrides = dict(overrides)
-    config_files = [str(configs / name) for name in WORKFLOW_CONFIGS[workflow] + option_configs(workflow, overrides)]
+    given = overrides.pop("config_file", None)  # the user's config files replace the workflow's (e.g. ONNX)
+    names = WORKFLOW_CONFIGS[workflow] if given is None else [given] if isinstance(given, str) else list(given)
+    root = overrides.get("bundle_root")
+    config_files = [str(config_path(name, root)) for name in names + option_configs(workflow, overrides)]
+    if workflow != "training":
+        overrides = with_trained_settings(overrides, config_files)
+    logger.info("configs: %s", configs)
     if pictures and workflow in PICTURES_CONFIGS:
         config_files.append(str(PICTURES_CONFIGS[workflow]))
     run(
@@ -70,6 +77,47 @@ def bundle_run(workflow: str, overrides: dict, pictures: bool = False) -> None:
         logging_file=str(configs / "logging.conf"),
         **overrides,
     )
+
+
+def _json(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def weights_path(overrides: dict) -> Path:
+    """The weights a workflow loads: ``--ckpt_path``, else ``<bundle_root>/models/model.pt``."""
+    bundle_root = Path(overrides.get("bundle_root", DEFAULT_BUNDLE_ROOT))
+    return Path(overrides.get("ckpt_path") or bundle_root / outputs.MODELS_DIR / outputs.WEIGHTS)
+
+
+def with_trained_settings(overrides: dict, config_files: list[str]) -> dict:
+    """``overrides`` checked against the settings the weights were trained with (their ``model_settings.json``) and
+    completed with the network arguments recorded there (the configs take the slice size and the modalities from the
+    file themselves): weights of a network trained with ``--network_def#attention pam`` are evaluated with it.
+
+    Raises:
+        ConfigurationError: ``roi_size`` or ``modalities`` given otherwise than the weights were trained with.
+    """
+    ckpt = weights_path(overrides)
+    if isinstance(overrides.get("ckpt_path"), str) and overrides["ckpt_path"][:1] in "$@":
+        return overrides
+    settings = read_model_settings(ckpt)
+    if settings is None:
+        return overrides
+    for name in ("roi_size", "modalities"):
+        if name in overrides and name in settings and list(overrides[name]) != list(settings[name]):
+            raise ConfigurationError(
+                f"--{name} {overrides[name]!r} contradicts the weights' {name} {settings[name]!r} "
+                f"({ckpt.with_name(outputs.MODEL_SETTINGS)}): leave --{name} out to use theirs"
+            )
+    targets = [_json(f).get("network_def", {}).get("_target_") for f in config_files]
+    target = [class_name(t) for t in targets if t][-1:]
+    network = dict(settings.get("network", {}))
+    if any(key.split("#")[0] == "network_def" for key in overrides) or target != [
+        class_name(network.pop("_target_", None))
+    ]:
+        return overrides
+    network.pop("in_channels", None)  # the configs derive it from the modalities
+    return {**{f"network_def#{key}": value for key, value in network.items()}, **overrides}
 
 
 def option_configs(workflow: str, overrides: dict) -> list[str]:
@@ -86,6 +134,33 @@ def option_configs(workflow: str, overrides: dict) -> list[str]:
     return [OPTION_CONFIGS[key] for key, given in wanted.items() if given and workflow in OPTION_WORKFLOWS[key]]
 
 
+def check_resume_option(overrides: dict) -> None:
+    """Before a training starts: ``--resume True`` needs a checkpoint of this run in ``ckpt_dir`` (the same dataset,
+    datalist, folds, fold, modalities, slice size and network).
+
+    Raises:
+        ConfigurationError: there is none, or the newest is another run's.
+    """
+    if overrides.get("resume") is not True:
+        return
+    config = {**_json(config_dir(overrides.get("bundle_root")) / "train.json"), **overrides}
+    bundle_root = Path(overrides.get("bundle_root", DEFAULT_BUNDLE_ROOT))
+    ckpt_dir = overrides.get("ckpt_dir") or bundle_root / outputs.MODELS_DIR
+    target = overrides.get("network_def", config["network_def"]).get("_target_")
+    run = run_identity(
+        config["dataset_dir"] if config.get("datalist") is None else None,
+        config.get("datalist"),
+        config["folds"],
+        config["fold"],
+        config["modalities"],
+        config["roi_size"],
+        {"_target_": target},
+    )
+    if config.get("datalist") is not None:
+        run.pop("dataset_dir")  # the datalist names the cases
+    check_resume(ckpt_dir, run)
+
+
 def train(**overrides) -> None:
     """Train AXUNet with the bundle's configs/train.json (= python -m monai.bundle run training ...).
 
@@ -97,7 +172,11 @@ def train(**overrides) -> None:
     case's overlay image per validation) to ./runs/, and the loss/Dice curves to ./runs/training_curves.png at the
     end. --bundle_root DIR puts them under DIR instead (and runs DIR's configs when it is a bundle folder);
     --ckpt_dir / --output_dir set each folder.
+
+    Example:
+        axunet train --dataset_dir /data/BraTS2021 --epochs 40 --batch_size 64
     """
+    check_resume_option(overrides)
     bundle_run("training", overrides, pictures=True)
 
 
@@ -112,6 +191,9 @@ def evaluate(**overrides) -> None:
     --output_dir DIR, --ckpt_path FILE, --threshold 0.5, --et_min_voxels N, --flip_tta True, --overwrite True
     (replace an earlier evaluation's files in output_dir; without it an existing metrics.csv stops the run),
     --challenge auto (the brats-evaluation config: gli when installed; gli, ped, mets, MenPre, GoAT, or none).
+
+    Example:
+        axunet evaluate --dataset_dir /data/BraTS2021 --datalist datalist.json --output_dir eval
     """
     bundle_run("evaluating", overrides, pictures=True)
     # inference.json's default output_dir is <bundle_root>/eval
@@ -130,19 +212,18 @@ def infer(**overrides) -> None:
     --label_convention brats2021|brats2023|brats2024|msd for one). Cases already segmented are skipped unless
     --overwrite True.
 
-    Overrides: --dataset_dir DIR, --output_dir DIR (default ./eval), --ckpt_path FILE (default
+    Overrides: --dataset_dir DIR, --output_dir DIR (default ./predictions), --ckpt_path FILE (default
     ./models/model.pt), --threshold 0.5, --et_min_voxels N (ET components smaller than N voxels become necrosis),
     --flip_tta True.
+
+    Example:
+        axunet infer --dataset_dir /data/new_cases --output_dir segs
     """
     bundle_run("inference", overrides)
 
 
 def export(
-    ckpt_path: str | None = None,
-    output_dir: str | None = None,
-    size: int = EXPORT_SLICE_SIZE,
-    onnx: bool = True,
-    **overrides,
+    ckpt_path: str | None = None, output_dir: str | None = None, size: int | None = None, onnx: bool = True, **overrides
 ) -> None:
     """Export ./models/model.pt to TorchScript (MONAI's ckpt_export, by tracing: the timm encoder cannot be
     scripted) and ONNX; each is loaded back and compared with the eager network on the same input (max abs
@@ -152,23 +233,34 @@ def export(
     Args:
         ckpt_path: plain state dict to export (default: ./models/model.pt).
         output_dir: where model.ts and model.onnx go (default: ./models).
-        size: slice size of the example input.
-        onnx: also write the ONNX model.
+        size: slice size of the example input (default: the weights' roi_size, from their model_settings.json,
+            else 224).
+        onnx: also write the ONNX model (needs the package's extra "export": onnx, onnxruntime, onnxscript).
+
+    Example:
+        axunet export --ckpt_path models/model.pt --output_dir models
     """
     import torch
     from monai.bundle import ckpt_export
 
-    from ..export import export_onnx, max_abs_diff_onnx, max_abs_diff_torchscript
+    from ..export import export_onnx, max_abs_diff_onnx, max_abs_diff_torchscript, require_onnx
     from ..weights import load_plain_weights
 
+    if onnx:
+        require_onnx()
     bundle_root = Path(overrides.get("bundle_root", DEFAULT_BUNDLE_ROOT))
-    ckpt = Path(ckpt_path or bundle_root / outputs.MODELS_DIR / outputs.WEIGHTS)
+    ckpt = weights_path({**overrides, "ckpt_path": ckpt_path})
     out = Path(output_dir or bundle_root / outputs.MODELS_DIR)
     if not ckpt.is_file():
         raise ConfigurationError(f"no weights at {ckpt}: train first, or give --ckpt_path")
     configs = config_dir(overrides.get("bundle_root"))
+    overrides = with_trained_settings({**overrides, "ckpt_path": str(ckpt)}, [str(configs / "inference.json")])
     config = read_config("inference.json", **overrides)
     channels = len(config.get_parsed_content("modalities"))
+    trained_size = (read_model_settings(ckpt) or {}).get("roi_size", [EXPORT_SLICE_SIZE] * 2)
+    if size is not None and [size, size] != list(trained_size) and read_model_settings(ckpt) is not None:
+        raise ConfigurationError(f"--size {size} contradicts the weights' roi_size {trained_size}: leave --size out")
+    height, width = (size, size) if size is not None else trained_size
     out.mkdir(parents=True, exist_ok=True)
     ts_path = out / outputs.TORCHSCRIPT
     ckpt_export(
@@ -178,12 +270,12 @@ def export(
         meta_file=str(configs / "metadata.json"),
         config_file=str(configs / "inference.json"),
         use_trace=True,
-        input_shape=[1, channels, size, size],
+        input_shape=[1, channels, height, width],
         **overrides,
     )
     net = config.get_parsed_content("network_def").eval()
     net.load_state_dict(load_plain_weights(ckpt, map_location="cpu"))
-    x = torch.randn(1, channels, size, size)
+    x = torch.randn(1, channels, height, width)
     print(f"TorchScript {ts_path}: max |eager - exported| = {max_abs_diff_torchscript(net, ts_path, x):.2e}")
     if onnx:
         onnx_path = export_onnx(net, x, out / outputs.ONNX)

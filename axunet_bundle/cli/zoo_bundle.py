@@ -99,14 +99,15 @@ def _check_weights(weights: Path) -> None:
             f"--weights {weights}: not a plain state dict (the model zoo and MONAI Label load models/model.pt as "
             "names -> tensors): save network.state_dict(), as the training's models/model.pt is"
         )
-    network = read_config("inference.json").get_parsed_content("network_def")
+    # as the bundle will build it: with the slice size and modalities of the settings shipped beside the weights
+    network = read_config("inference.json", ckpt_path=str(weights)).get_parsed_content("network_def")
     try:
         network.load_state_dict(state)
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0]
         raise BundleError(
             f"--weights {weights} do not fit the bundle's network_def ({first}); a model trained with other "
-            "settings (e.g. --modalities) needs those settings in the bundle's configs"
+            f"settings (e.g. --modalities) needs them in {outputs.MODEL_SETTINGS} beside the weights (as trained)"
         ) from None
 
 
@@ -237,6 +238,9 @@ def write_bundle(
         hashes = {}
         if weights_path is not None:
             shutil.copy2(weights_path, tmp / WEIGHTS)
+            settings = weights_path.with_name(outputs.MODEL_SETTINGS)  # the slice size etc. travel with the weights
+            if settings.is_file():
+                shutil.copy2(settings, tmp / outputs.MODELS_DIR / outputs.MODEL_SETTINGS)
             _export_torchscript(tmp)
             hashes = {path: _sha256(tmp / path) for path in (WEIGHTS, TORCHSCRIPT)}
         (tmp / LARGE_FILES).write_text(_large_files_yml(source / LARGE_FILES, hashes, urls), encoding="utf-8")
@@ -261,11 +265,15 @@ def bundle(
     Args:
         output_dir: folder to write the bundle folder, the zip and ci/ into.
         weights: trained weights (a plain state dict, e.g. models/model.pt) to ship as models/model.pt, with the
-            traced models/model.ts; without them the bundle has no weights (the zip stays small).
+            model_settings.json beside them and the traced models/model.ts; without them the bundle has no weights
+            (the zip stays small).
         weights_url: where models/model.pt will be downloadable (large_files.yml; the zoo's CI downloads it).
         torchscript_url: where models/model.ts will be downloadable.
         name: the bundle's folder name (must contain "segmentation").
         overwrite: replace an existing bundle folder and zip.
+
+    Example:
+        axunet bundle zoo --weights models/model.pt
     """
     folder, zip_path = write_bundle(
         output_dir,

@@ -1,7 +1,9 @@
 # Copyright (c) AXUNet bundle developers. Licensed under the Apache License, Version 2.0.
 """MONAI's checkpoint handlers with what they lack here (atomic files, the engine's own state, a file check before
-the run) and the random generators' states in the checkpoint (for an exact resume)."""
+the run), the random generators' states in the checkpoint (for an exact resume) and the run's settings kept with its
+weights (:class:`~.checkpoints.RunSettings`)."""
 
-from .checkpoints import AtomicCheckpointSaver, AtomicDiskSaver, PlainCheckpointLoader, RandomStates, latest_checkpoint
+from . import checkpoints
+from .checkpoints import *  # noqa: F401,F403 - the handlers are those of checkpoints.__all__
 
-__all__ = ["AtomicCheckpointSaver", "AtomicDiskSaver", "PlainCheckpointLoader", "RandomStates", "latest_checkpoint"]
+__all__ = list(checkpoints.__all__)

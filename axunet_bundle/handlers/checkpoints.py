@@ -4,7 +4,6 @@ checks its file before the engine runs, and the random generators' states as a c
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import random
@@ -15,31 +14,26 @@ from typing import Any
 import ignite.distributed as idist
 import numpy as np
 import torch
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 from ignite.handlers.checkpoint import BaseSaveHandler
 from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.transforms import Randomizable, Transform
 
 from .. import outputs
-from ..atomic import atomic_path
-from ..errors import ConfigurationError
+from ..atomic import atomic_path, write_json_atomic
+from ..settings import check_resume, latest_checkpoint, network_record, run_identity
 from ..weights import check_plain_weights
 
-__all__ = ["AtomicCheckpointSaver", "AtomicDiskSaver", "PlainCheckpointLoader", "RandomStates", "latest_checkpoint"]
+__all__ = [
+    "AtomicCheckpointSaver",
+    "AtomicDiskSaver",
+    "PlainCheckpointLoader",
+    "RandomStates",
+    "RunSettings",
+    "latest_checkpoint",
+]
 
 logger = logging.getLogger(__name__)
-
-
-def latest_checkpoint(ckpt_dir: str | os.PathLike) -> str:
-    """The newest resumable checkpoint (``checkpoint_*.pt``) in ``ckpt_dir``.
-
-    Raises:
-        ConfigurationError: there is none.
-    """
-    found = glob.glob(os.path.join(glob.escape(os.fspath(ckpt_dir)), f"{outputs.CHECKPOINT_PREFIX}_*.pt"))
-    if not found:
-        raise ConfigurationError(f"resume requested but no {outputs.CHECKPOINT_PREFIX}_*.pt in {ckpt_dir}")
-    return max(found, key=os.path.getmtime)
 
 
 class AtomicDiskSaver(BaseSaveHandler):
@@ -143,6 +137,61 @@ class PlainCheckpointLoader(CheckpointLoader):
         if self.load_engine_as is not None:
             self.load_dict[self.load_engine_as] = engine
         super().attach(engine)
+
+
+class RunSettings:
+    """Keeps a training's settings with its weights: when attached to the trainer, checks that a resumed checkpoint
+    belongs to this run (:func:`~axunet_bundle.settings.check_resume`, before anything is loaded) and says what it
+    resumes; when the training starts, writes ``model_settings.json`` into ``ckpt_dir`` beside ``model.pt``
+    (:mod:`axunet_bundle.settings`). Not in MONAI: its bundles keep such values in the config, which the weights
+    leave behind.
+
+    Args:
+        ckpt_dir: the folder of the weights and checkpoints.
+        network: the trained network (its class and ``init_args`` are recorded).
+        modalities, roi_size, label_convention: the input channels, slice size and label convention.
+        dataset_dir, datalist, folds, fold: which cases train and validate.
+        resume: whether the training resumes (then the newest checkpoint must be this run's).
+        version: the bundle's version.
+
+    Raises:
+        ConfigurationError: resuming without a checkpoint, or with another run's (when attached).
+    """
+
+    def __init__(
+        self,
+        ckpt_dir: str,
+        network: torch.nn.Module,
+        modalities: list[str],
+        roi_size: list[int],
+        label_convention: str,
+        dataset_dir: str | None,
+        datalist: str | None,
+        folds: int,
+        fold: int,
+        resume: bool = False,
+        version: str | None = None,
+    ) -> None:
+        self.ckpt_dir = ckpt_dir
+        self.resume = resume
+        self.run = run_identity(dataset_dir, datalist, folds, fold, modalities, roi_size, network_record(network))
+        self.settings = {
+            "version": version,
+            "roi_size": self.run["roi_size"],
+            "modalities": self.run["modalities"],
+            "label_convention": label_convention,
+            "network": self.run["network"],
+            "run": {key: self.run[key] for key in ("dataset_dir", "datalist", "folds", "fold")},
+        }
+
+    def attach(self, engine: Engine) -> None:
+        if self.resume:
+            logger.info("resuming %s (the same dataset, fold and network)", check_resume(self.ckpt_dir, self.run))
+        engine.add_event_handler(Events.STARTED, self._write)
+
+    def _write(self, engine: Engine) -> None:
+        if idist.get_rank() == 0:
+            write_json_atomic(Path(self.ckpt_dir) / outputs.MODEL_SETTINGS, self.settings)
 
 
 class RandomStates:

@@ -49,6 +49,7 @@ from monai.utils import convert_to_dst_type, ensure_tuple, optional_import
 from torch import nn
 
 from ..errors import ConfigurationError
+from ..export import OnnxNetwork
 from ..progress import progress as show_progress
 from .backends import PRECISIONS, Predictor, autocast_dtype, build_onnx_network, prepare_network
 
@@ -67,6 +68,8 @@ logger = logging.getLogger(__name__)
 #: ``"auto"``: ONNX Runtime on CPU when available, else the prepared torch network; ``"onnxruntime"``, ``"torch"``:
 #: that one (still falling back when it fails); ``"eager"``: the network as given.
 BACKENDS = ("auto", "onnxruntime", "torch", "eager")
+#: the backend name the log gives an exported ONNX model that the workflow runs (``configs/inference_onnx.json``)
+EXPORTED_ONNX = "ONNX Runtime"
 #: logit given to every voxel of a skipped (all-zero) slice: sigmoid(-20) ~ 2e-9, representable in fp16 and bf16
 DEFAULT_BACKGROUND_LOGIT = -20.0
 #: slices per forward pass on CPU: one per torch thread, at least this many. On a 2-core CPU batches of 1-2 slices
@@ -189,6 +192,8 @@ class BrainSliceInferer(Inferer):
     # ---------------------------------------------------------------------------------------- preparation
     def _candidates(self, network: nn.Module, device: torch.device, dtype: torch.dtype | None) -> tuple[list[str], str]:
         """The backends to try, in order, and why those (for the log)."""
+        if isinstance(network, OnnxNetwork):  # configs/inference_onnx.json: the exported model runs as it is
+            return [EXPORTED_ONNX], f"the exported model {network.path}"
         if self.backend == "eager" or network.training:  # BN folding and export assume eval mode
             return ["eager"], "backend 'eager'" if self.backend == "eager" else "the network is in training mode"
         names, why = ["torch"] if self.backend == "torch" else ["onnxruntime", "torch"], f"backend {self.backend!r}"
@@ -204,6 +209,8 @@ class BrainSliceInferer(Inferer):
         return names + ["eager"], why
 
     def _build(self, name: str, network: nn.Module, example: torch.Tensor, dtype: torch.dtype | None) -> Predictor:
+        if name == EXPORTED_ONNX:
+            return Predictor(name, network)
         if name == "onnxruntime":
             session = build_onnx_network(network, example, cache_dir=self.cache_dir)
             return Predictor(name, session)
@@ -223,7 +230,8 @@ class BrainSliceInferer(Inferer):
         if cached is network and token == self._token and self._predictor is not None:
             return self._predictor
         self._predictor, self._pending_check = None, False
-        dtype = autocast_dtype(example.device, self.precision)  # once: it warns when the CPU lacks bf16
+        # once: it warns when the CPU lacks bf16; an ONNX model runs in its own float32
+        dtype = None if isinstance(network, OnnxNetwork) else autocast_dtype(example.device, self.precision)
         names, why = self._candidates(network, example.device, dtype)
         for name in names:
             try:
@@ -233,7 +241,7 @@ class BrainSliceInferer(Inferer):
                 break
             except Exception as err:  # an export or session failure must never stop inference
                 logger.warning("inference backend %s unavailable (%s: %s); falling back", name, type(err).__name__, err)
-        self._pending_check = self._predictor.name != "eager"
+        self._pending_check = self._predictor.name not in ("eager", EXPORTED_ONNX)
         self._network_ref, self._token = weakref.ref(network), token
         precision = str(dtype).replace("torch.", "") + " autocast" if dtype is not None else "float32"
         logger.info("inference backend: %s, %s on %s (%s)", self._predictor.name, precision, example.device, why)

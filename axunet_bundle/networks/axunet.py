@@ -71,6 +71,17 @@ class AXUNet(nn.Module):
         levels = tuple(attention_levels)
         if not set(levels) <= set(ALL_LEVELS):
             raise ConfigurationError(f"attention_levels must be a subset of {ALL_LEVELS}, got {levels}")
+        #: what builds this network again (without the encoder's starting weights): kept with trained weights
+        self.init_args = {
+            "in_channels": in_channels,
+            "out_channels": out_channels,
+            "backbone": backbone,
+            "attention_levels": list(levels),
+            "attention": attention,
+            "pam_kernel": pam_kernel,
+            "qk_reduction": qk_reduction,
+            "head_channels": head_channels,
+        }
         self.encoder = TimmEncoder(
             backbone,
             in_channels=in_channels,

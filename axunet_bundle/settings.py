@@ -1,0 +1,283 @@
+# Copyright (c) AXUNet bundle developers. Licensed under the Apache License, Version 2.0.
+"""The settings of a run: what each bundle id may be, and what travels with the weights.
+
+- :func:`check_setting` / :func:`check_settings`: a value of a bundle id (``epochs``, ``roi_size`` ...) of the wrong
+  type or out of range is one line naming the id, the value and what is allowed. The ``axunet`` command line checks
+  every option before any work; the configs' ``initialize`` checks the values ``python -m monai.bundle run`` resolved.
+- ``models/model_settings.json`` (:data:`~axunet_bundle.outputs.MODEL_SETTINGS`), written by the training beside
+  ``models/model.pt`` (which stays a plain state dict): slice size, modalities, label convention, the network and its
+  arguments, the bundle version and the run (dataset, datalist, folds, fold). Inference reads its slice size and
+  modalities by default (:func:`trained_setting`); resuming checks that the checkpoint belongs to this run
+  (:func:`check_resume`).
+
+Imports only the standard library and the package's light modules: the command line uses it before it imports torch.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from . import outputs
+from .errors import ConfigurationError
+
+__all__ = [
+    "LIMITS",
+    "MIN_SLICE_SIZE",
+    "RUN_KEYS",
+    "at_least",
+    "fraction",
+    "check_resume",
+    "check_setting",
+    "check_settings",
+    "class_name",
+    "latest_checkpoint",
+    "network_record",
+    "read_model_settings",
+    "run_identity",
+    "trained_setting",
+]
+
+logger = logging.getLogger(__name__)
+
+#: the smallest slice whose stride-32 feature map is still 2 x 2 (Xception's valid-padded stem)
+MIN_SLICE_SIZE = 64
+#: what identifies a training run: a checkpoint resumes only the run whose values these are
+RUN_KEYS = ("dataset_dir", "datalist", "folds", "fold", "modalities", "roi_size", "network")
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def at_least(low: int) -> tuple[Callable[[Any], bool], str]:
+    """The rule "an integer >= low": a test and its text."""
+    return (lambda v: _integer(v) and v >= low), f"an integer >= {low}"
+
+
+def fraction(low_open: bool, high_open: bool) -> tuple[Callable[[Any], bool], str]:
+    """The rule "a number in [0, 1]", each end open or closed: a test and its text."""
+
+    def ok(v: Any) -> bool:
+        return _number(v) and (v > 0 if low_open else v >= 0) and (v < 1 if high_open else v <= 1)
+
+    return ok, f"a number in {'(' if low_open else '['}0, 1{')' if high_open else ']'}"
+
+
+def _slice_size(v: Any) -> bool:
+    return isinstance(v, (list, tuple)) and len(v) == 2 and all(_integer(s) and s >= MIN_SLICE_SIZE for s in v)
+
+
+def _names(v: Any) -> bool:
+    return isinstance(v, (list, tuple)) and len(v) > 0 and all(isinstance(s, str) and s for s in v)
+
+
+#: the bundle ids with a rule beyond their default's type: id -> (test, what is allowed)
+LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "epochs": at_least(1),
+    "batch_size": at_least(1),
+    "slices_per_volume": at_least(1),
+    "val_interval": at_least(1),
+    "folds": at_least(2),
+    "fold": at_least(0),
+    "seed": at_least(0),
+    "num_workers": at_least(0),
+    "et_min_voxels": at_least(0),
+    "sw_batch_size": ((lambda v: v is None or (_integer(v) and v >= 1)), "an integer >= 1, or None"),
+    "learning_rate": ((lambda v: _number(v) and v > 0), "a number > 0"),
+    "tumour_slice_ratio": fraction(False, False),
+    "val_cache_rate": fraction(False, False),
+    "threshold": fraction(True, True),
+    "roi_size": (_slice_size, f"two integers >= {MIN_SLICE_SIZE}, e.g. [224,224]"),
+    "modalities": (_names, "a list of modality names, e.g. ['t1ce','t2','flair']"),
+}
+
+
+def _expression(value: Any) -> bool:
+    # a MONAI expression, reference or macro: evaluated by the config parser, not checked here
+    return isinstance(value, str) and value[:1] in ("$", "@", "%")
+
+
+def _kind(default: Any) -> tuple[Callable[[Any], bool], str] | None:
+    """The rule a config default implies for its id: the same type (an integer for a number where the default is
+    one), a list of the same length for a list of numbers; ``None`` (no rule) for expressions, null and objects."""
+    if isinstance(default, bool):
+        return (lambda v: isinstance(v, bool)), "True or False"
+    if _integer(default):
+        return _integer, "an integer"
+    if isinstance(default, float):
+        return _number, "a number"
+    if isinstance(default, str) and not _expression(default):
+        return (lambda v: isinstance(v, str)), "a text"
+    if isinstance(default, list) and default and all(_integer(v) for v in default):
+        return (lambda v: isinstance(v, (list, tuple)) and len(v) == len(default) and all(map(_integer, v))), (
+            f"a list of {len(default)} integers"
+        )
+    return None
+
+
+def check_setting(name: str, value: Any, default: Any = None, option: str | None = None) -> None:
+    """Check one bundle id's value: its rule in :data:`LIMITS`, else the type of its config ``default``. Expressions
+    (``$...``, ``@...``) are left to MONAI's parser.
+
+    Args:
+        name: the bundle id, e.g. ``"epochs"``.
+        value: its value (after the command line's literal parsing: ``"[64,64]"`` is a list).
+        default: its value in the config (its type is the rule for ids without a limit).
+        option: how the message names it (``"--epochs"`` on the command line; default ``name``).
+
+    Raises:
+        ConfigurationError: ``"<option>: got <value>, expected <what is allowed>"``.
+    """
+    if _expression(value):
+        return
+    rule = LIMITS.get(name) or _kind(default)
+    if rule is not None and not rule[0](value):
+        raise ConfigurationError(f"{option or name}: got {value!r}, expected {rule[1]}")
+
+
+def check_settings(**values: Any) -> None:
+    """Check the resolved values of bundle ids (:data:`LIMITS`) and that ``fold`` is one of ``folds``: the configs'
+    ``initialize`` calls it, so ``python -m monai.bundle run`` refuses what the command line refuses.
+
+    Raises:
+        ConfigurationError: one line naming the first id whose value is not allowed.
+    """
+    for name, value in values.items():
+        check_setting(name, value)
+    folds, fold = values.get("folds"), values.get("fold")
+    if _integer(folds) and _integer(fold) and fold >= folds:
+        raise ConfigurationError(f"fold: got {fold}, expected a fold number in [0, {folds - 1}] (folds={folds})")
+
+
+def latest_checkpoint(ckpt_dir: str | os.PathLike) -> str:
+    """The newest resumable checkpoint (``checkpoint_*.pt``) in ``ckpt_dir``.
+
+    Raises:
+        ConfigurationError: there is none.
+    """
+    found = glob.glob(os.path.join(glob.escape(os.fspath(ckpt_dir)), f"{outputs.CHECKPOINT_PREFIX}_*.pt"))
+    if not found:
+        raise ConfigurationError(
+            f"resume requested but no {outputs.CHECKPOINT_PREFIX}_*.pt in {ckpt_dir}: start without --resume"
+        )
+    return max(found, key=os.path.getmtime)
+
+
+def network_record(network: Any) -> dict[str, Any]:
+    """``{"_target_": "<module>.<class>", **arguments}`` of a network: its class and the constructor arguments it
+    keeps in ``init_args`` (AXUNet does; a network that keeps none is recorded by its class)."""
+    network = getattr(network, "module", network)  # DistributedDataParallel's wrapped network
+    kind = type(network)
+    return {"_target_": f"{kind.__module__}.{kind.__qualname__}", **dict(getattr(network, "init_args", {}))}
+
+
+def class_name(target: str | None) -> str | None:
+    """The class a ``_target_`` names, without its module: a config's ``axunet_bundle.networks.AXUNet`` and the
+    recorded ``axunet_bundle.networks.axunet.AXUNet`` are one network."""
+    return target.rsplit(".", 1)[-1] if target else None
+
+
+def _settings_file(weights: str | os.PathLike) -> Path:
+    path = Path(weights)
+    return (path if path.is_dir() else path.parent) / outputs.MODEL_SETTINGS
+
+
+def read_model_settings(weights: str | os.PathLike) -> dict[str, Any] | None:
+    """The settings beside a weights file (or in a checkpoint folder), ``None`` when there are none.
+
+    Raises:
+        ConfigurationError: the file is not a JSON object.
+    """
+    path = _settings_file(weights)
+    if not path.is_file():
+        return None
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigurationError(f"{path}: not a settings file ({err})") from None
+    if not isinstance(settings, dict):
+        raise ConfigurationError(f"{path}: not a settings file (a JSON object is expected)")
+    return settings
+
+
+def trained_setting(ckpt_path: str, name: str, default: Any) -> Any:
+    """The value of ``name`` the weights ``ckpt_path`` were trained with (their ``model_settings.json``), else
+    ``default``: the inference config's ``roi_size`` and ``modalities``, so that weights trained at 64 x 64 are
+    evaluated at 64 x 64 without an option."""
+    settings = read_model_settings(ckpt_path) or {}
+    return settings.get(name, default)
+
+
+def run_identity(
+    dataset_dir: str | None,
+    datalist: str | None,
+    folds: int,
+    fold: int,
+    modalities: Any,
+    roi_size: Any,
+    network: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The values of :data:`RUN_KEYS` for a training, with its paths made absolute (the same folder named from
+    elsewhere is the same run)."""
+    return {
+        "dataset_dir": os.path.abspath(dataset_dir) if dataset_dir else None,
+        "datalist": os.path.abspath(datalist) if datalist else None,
+        "folds": folds,
+        "fold": fold,
+        "modalities": list(modalities),
+        "roi_size": list(roi_size),
+        "network": dict(network),
+    }
+
+
+def _differences(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    def same(a: Any, b: Any) -> bool:
+        return json.loads(json.dumps(a)) == json.loads(json.dumps(b))  # tuples and lists alike
+
+    return [
+        f"{key} {recorded[key]!r} there, {current[key]!r} here"
+        for key in RUN_KEYS
+        if key in recorded and key in current and not same(recorded[key], current[key])
+    ]
+
+
+def check_resume(ckpt_dir: str | os.PathLike, run: Mapping[str, Any]) -> str:
+    """The checkpoint a resumed training continues, checked to belong to ``run`` (the values of :data:`RUN_KEYS`
+    given; a network only by its ``_target_`` when the other's has no more).
+
+    Returns:
+        the newest ``checkpoint_*.pt`` of ``ckpt_dir``.
+
+    Raises:
+        ConfigurationError: there is no checkpoint, or its ``model_settings.json`` names another run.
+    """
+    checkpoint = latest_checkpoint(ckpt_dir)
+    recorded = read_model_settings(ckpt_dir)
+    if recorded is None:
+        logger.warning(
+            "resuming %s: no %s beside it to check that it is this run's", checkpoint, outputs.MODEL_SETTINGS
+        )
+        return checkpoint
+    recorded = dict(recorded.get("run", {}), **{k: recorded[k] for k in RUN_KEYS if k in recorded})
+    current = dict(run)
+    if isinstance(current.get("network"), Mapping) and isinstance(recorded.get("network"), Mapping):
+        if len(current["network"]) == 1 or len(recorded["network"]) == 1:  # only a class on one side: compare those
+            current["network"] = class_name(current["network"].get("_target_"))
+            recorded["network"] = class_name(recorded["network"].get("_target_"))
+    differences = _differences(recorded, current)
+    if differences:
+        raise ConfigurationError(
+            f"cannot resume {checkpoint}: it belongs to another run ({'; '.join(differences)}); "
+            "start without --resume or give another --ckpt_dir"
+        )
+    return checkpoint
