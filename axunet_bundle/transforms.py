@@ -21,13 +21,7 @@ from .data.labels import REGIONS
 from .data.pipeline import CASE_ID_KEY
 from .errors import ConfigurationError
 
-__all__ = [
-    "is_nonzero",
-    "ET_CHANNEL",
-    "RemoveSmallEnhancingd",
-    "case_name_formatter",
-    "AtomicNibabelWriter",
-]
+__all__ = ["is_nonzero", "ET_CHANNEL", "RemoveSmallEnhancingd", "case_name_formatter", "AtomicNibabelWriter"]
 
 #: index of the enhancing-tumour channel in (WT, TC, ET) region masks
 ET_CHANNEL = REGIONS.index("ET")

@@ -718,7 +718,7 @@ def backend_rows(settings: BenchmarkSettings, repeats: int = REPEATS) -> list[di
         best = {name: float("inf") for name in variants}  # undisturbed timings only, when there are any
         best_any = dict(best)
         with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            for name, (fn, cl) in variants.items():
+            for fn, cl in variants.values():
                 fn(xc if cl else x)  # warm-up
             for _ in range(repeats):
                 for name, (fn, cl) in variants.items():
@@ -896,10 +896,7 @@ def _network_table(rows: list[dict], roi: Sequence[int]) -> list[str]:
 
 def render(results: dict, command: str) -> str:
     """The generated Markdown: date, command, machine, the table (and the backend table when measured)."""
-    lines = [
-        f"Generated {results['date']} by `{command}` in {results['wall_s'] / 60:.1f} min.",
-        "",
-    ]
+    lines = [f"Generated {results['date']} by `{command}` in {results['wall_s'] / 60:.1f} min.", ""]
     lines += [f"- {k}: {v}" for k, v in results["machine"].items()]
     load = results["load_average"]
     other = results.get("other_cpu")

@@ -287,9 +287,7 @@ def make_untrained_weights(bundle: Path, case_files: list[Path]) -> None:
         )
     torch.save(state, bundle / "models" / "model.pt")
     log.info(
-        "models/model.pt: none in the bundle; wrote an untrained plain state dict (%s; %s)",
-        type(net).__name__,
-        note,
+        "models/model.pt: none in the bundle; wrote an untrained plain state dict (%s; %s)", type(net).__name__, note
     )
 
 

@@ -23,7 +23,7 @@ from axunet_bundle.transforms import AtomicNibabelWriter
 from axunet_bundle.visualize import dice_boxplot
 
 
-class Crash(Exception):
+class CrashError(Exception):
     """Stands for the process dying between writing the temporary file and renaming it."""
 
 
@@ -73,20 +73,20 @@ def test_crash_before_rename_leaves_nothing_and_keeps_the_old_file(kind, tmp_pat
     target.write_bytes(b"previous run")
 
     def crash(*args, **kwargs):
-        raise Crash
+        raise CrashError
 
     monkeypatch.setattr(atomic.os, "replace", crash)
-    with pytest.raises(Crash):
+    with pytest.raises(CrashError):
         write(target)
     assert target.read_bytes() == b"previous run"
     assert [p.name for p in tmp_path.iterdir()] == [name]
 
 
 def test_crash_inside_a_directory_write_leaves_no_folder(tmp_path):
-    with pytest.raises(Crash):
+    with pytest.raises(CrashError):
         with atomic_directory(tmp_path / "case") as partial:
             (partial / "image.npy").write_bytes(b"half")
-            raise Crash
+            raise CrashError
     assert list(tmp_path.iterdir()) == []
 
 

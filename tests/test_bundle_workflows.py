@@ -343,7 +343,7 @@ def test_inference_over_many_cases_reports_bad_ones_and_segments_the_good(tmp_pa
     data = tmp_path / "data"
     write_synthetic_dataset(data, n=9, seed=3, shape=TINY_SHAPE, progress=False)
     expected = _break_cases(data)
-    good = sorted(set(case.case_id for case in find_cases(data)) - set(expected))
+    good = sorted({case.case_id for case in find_cases(data)} - set(expected))
     out = tmp_path / "pred"
     run_expecting_left_out_cases(INFERENCE, data, out, tmp_path)
     assert sorted(p.name for p in out.iterdir()) == [f"{case_id}_seg.nii.gz" for case_id in good]

@@ -30,12 +30,7 @@ from axunet_bundle.errors import ConfigurationError, DatasetError, LeftOutCasesE
 from axunet_bundle.evaluation import challenge as challenge_metrics
 from axunet_bundle.evaluation.challenge import CHALLENGE_LABELS, challenge_columns, score_challenge
 from axunet_bundle.evaluation.metrics import HD95_EMPTY_PENALTY
-from axunet_bundle.evaluation.report import (
-    ReportExistsError,
-    report_columns,
-    score_label_maps,
-    summarize,
-)
+from axunet_bundle.evaluation.report import ReportExistsError, report_columns, score_label_maps, summarize
 from axunet_bundle.synthetic import write_synthetic_dataset
 
 SHAPE = (40, 40, 30)
@@ -158,7 +153,7 @@ def test_every_challenge_config_with_tumour_regions_scores_them_alike():
     pred = np.roll(ref, 2, axis=0)
     regions = [labels_to_regions(m[None], "brats2021") for m in (pred, ref)]
     scores = {name: score_challenge(*regions, (1.0, 1.0, 1.0), name) for name in CHALLENGE_LABELS}
-    for name, values in scores.items():
+    for values in scores.values():
         assert_same_numbers(values, scores["gli"], challenge_columns())
     assert scores["gli"]["global_dsc_tc"] < 1 and scores["gli"]["all_instance_tp_wt"] == 1
     with raises_user_error(ConfigurationError, match="MenRT scores one gross tumour volume"):

@@ -121,8 +121,8 @@ def test_the_channel_order_comes_from_dataset_json_never_from_the_position(msd, 
     original = nib.load(image)
     nib.save(nib.Nifti1Image(np.asarray(original.dataobj)[..., order], original.affine, original.header), image)
 
-    first = [i for i in make_datalist(msd, folds=2)["training"] + make_datalist(msd, folds=2)["validation"]]
-    again = [i for i in make_datalist(shuffled, folds=2)["training"] + make_datalist(shuffled, folds=2)["validation"]]
+    first = make_datalist(msd, folds=2)["training"] + make_datalist(msd, folds=2)["validation"]
+    again = make_datalist(shuffled, folds=2)["training"] + make_datalist(shuffled, folds=2)["validation"]
     pick = [next(i for i in items if i["case_id"] == "BRATS_000") for items in (first, again)]
     assert pick[0]["channels"] != pick[1]["channels"]
     a, b = preprocessed(pick)
@@ -251,7 +251,8 @@ def test_each_case_is_written_in_its_own_datasets_labels_unless_told(tmp_path, l
     data = tmp_path / "data"
     write_synthetic_dataset(data, n=1, seed=0, layout=layout, shape=TINY_SHAPE, progress=False)
     conv = torch.nn.Conv2d(3, 3, kernel_size=1)  # predicts every region everywhere: the map is ET where brain
-    torch.nn.init.zeros_(conv.weight), torch.nn.init.constant_(conv.bias, 10.0)
+    torch.nn.init.zeros_(conv.weight)
+    torch.nn.init.constant_(conv.bias, 10.0)
     torch.save(conv.state_dict(), tmp_path / "model.pt")
     net = {"_target_": "torch.nn.Conv2d", "in_channels": 3, "out_channels": 3, "kernel_size": 1}
     run_workflow(

@@ -75,12 +75,7 @@ def test_labels_to_regions_torch_keeps_type_and_metadata():
 def test_regions_to_labels_priority_for_non_nested_regions():
     # columns: nothing, WT only, TC only (outside WT), ET only (outside TC/WT), WT+TC, all three
     regions = np.array(
-        [
-            [0, 1, 0, 0, 1, 1],  # WT
-            [0, 0, 1, 0, 1, 1],  # TC
-            [0, 0, 0, 1, 0, 1],  # ET
-        ],
-        dtype=np.float32,
+        [[0, 1, 0, 0, 1, 1], [0, 0, 1, 0, 1, 1], [0, 0, 0, 1, 0, 1]], dtype=np.float32  # WT  # TC  # ET
     ).reshape(3, 6, 1, 1)
     labels = regions_to_labels(regions, "brats2021")
     assert labels.dtype == np.uint8 and labels.shape == (1, 6, 1, 1)

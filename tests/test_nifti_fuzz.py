@@ -41,11 +41,7 @@ DEADLINE = timedelta(seconds=5)
 WALL_CLOCK_LIMIT_S = 20
 #: moderate example counts keep both properties within ~30 s on 2 CPU cores; derandomized for reproducible CI
 FUZZ_SETTINGS = settings(
-    max_examples=400,
-    deadline=DEADLINE,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow],
+    max_examples=400, deadline=DEADLINE, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow]
 )
 NIFTI1_HEADER_BYTES = 348
 INT16 = st.integers(-(2**15), 2**15 - 1)

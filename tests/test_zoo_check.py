@@ -75,7 +75,7 @@ def test_json_indented_with_two_spaces_fails_the_zoos_pretty_format_json_hook(tm
     result = by_name(run_zoo_checks(root, checks=["hooks"]))["hooks"]
     assert result.status == FAIL
     assert "pretty-format-json" in result.detail and "configs/inference.json" in result.detail
-    assert json.loads(config.read_text()) and "  \"" in config.read_text()  # the fixer ran on a copy only
+    assert json.loads(config.read_text()) and '  "' in config.read_text()  # the fixer ran on a copy only
 
 
 def test_json_without_final_newline_fails_the_zoos_end_of_file_hook(tmp_path):

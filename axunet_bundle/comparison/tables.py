@@ -227,8 +227,7 @@ def write_tables(
     written = {
         COMPARISON_CSV: write_text_atomic(out / COMPARISON_CSV, _csv(list(rows[0]), rows)),
         WILCOXON_CSV: write_text_atomic(
-            out / WILCOXON_CSV,
-            _csv(["variant", "reference", "column", *PairedTest.__dataclass_fields__], tests),
+            out / WILCOXON_CSV, _csv(["variant", "reference", "column", *PairedTest.__dataclass_fields__], tests)
         ),
         PER_CASE_CSV: write_text_atomic(out / PER_CASE_CSV, _per_case_csv(scores, columns)),
     }

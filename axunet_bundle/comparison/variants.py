@@ -126,9 +126,7 @@ def _error(where: str, message: str) -> ConfigurationError:
 
 
 def load_variants(
-    path: str | os.PathLike,
-    known_id: Callable[[str], bool],
-    only: Sequence[str] | None = None,
+    path: str | os.PathLike, known_id: Callable[[str], bool], only: Sequence[str] | None = None
 ) -> list[Variant]:
     """The variants of a variants file (a JSON object ``{name: {"network": ..., "network_args": {...},
     "overrides": {...}, "description": ...}}``, in file order), or only those named in ``only`` (in that order).

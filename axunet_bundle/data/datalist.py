@@ -221,9 +221,7 @@ def write_datalist(dataset_dir: str | os.PathLike, output: str | os.PathLike, **
 
 
 def load_datalist(
-    dataset_dir: str | os.PathLike | None,
-    datalist: str | os.PathLike | None = None,
-    **kwargs: Any,
+    dataset_dir: str | os.PathLike | None, datalist: str | os.PathLike | None = None, **kwargs: Any
 ) -> dict[str, list[dict[str, Any]]]:
     """
     The datalist the bundle's workflows use: read from the ``datalist`` JSON file when one is given (relative
