@@ -23,7 +23,7 @@ __all__ = [
     "PREDICTIONS_DIR",
     "RUNS_DIR",
     "SEGMENTATION_POSTFIX",
-    "SEGMENTATION_SUFFIX",
+    "SEGMENTATION_EXTENSIONS",
     "SUMMARY_JSON",
     "TORCHSCRIPT",
     "VALIDATION_IMAGE_TAG",
@@ -48,7 +48,9 @@ TORCHSCRIPT = "model.ts"
 ONNX = "model.onnx"
 #: a case's label map is ``<case_id>_seg.nii.gz``, named like a BraTS reference segmentation
 SEGMENTATION_POSTFIX = "seg"
-SEGMENTATION_SUFFIX = f"_{SEGMENTATION_POSTFIX}.nii.gz"
+#: the formats a label map can be written in (``output_ext``): NIfTI by default, NRRD (what 3D Slicer saves) or
+#: MetaImage (single-file: an atomic rename moves all of it)
+SEGMENTATION_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha")
 #: the evaluation report: per-case scores, their summary, the Dice box plot, one overlay per case
 METRICS_CSV = "metrics.csv"
 SUMMARY_JSON = "summary.json"
@@ -63,7 +65,7 @@ CURVES_PNG = "training_curves.png"
 VALIDATION_IMAGE_TAG = "val_overlay"
 
 
-def segmentation_path(output_dir: str | os.PathLike, case_id: str) -> Path:
-    """Where a case's label map is written: ``<output_dir>/<case_id>_seg.nii.gz`` (only the id's last path part is
-    used, so no output leaves ``output_dir``)."""
-    return Path(output_dir) / f"{Path(case_id).name}{SEGMENTATION_SUFFIX}"
+def segmentation_path(output_dir: str | os.PathLike, case_id: str, output_ext: str = ".nii.gz") -> Path:
+    """Where a case's label map is written: ``<output_dir>/<case_id>_seg<output_ext>`` (only the id's last path part
+    is used, so no output leaves ``output_dir``)."""
+    return Path(output_dir) / f"{Path(case_id).name}_{SEGMENTATION_POSTFIX}{output_ext}"

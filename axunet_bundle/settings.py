@@ -99,6 +99,7 @@ LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "threshold": fraction(True, True),
     "roi_size": (_slice_size, f"two integers >= {MIN_SLICE_SIZE}, e.g. [224,224]"),
     "modalities": (_names, "a list of modality names, e.g. ['t1ce','t2','flair']"),
+    "output_ext": ((lambda v: v in outputs.SEGMENTATION_EXTENSIONS), ", ".join(outputs.SEGMENTATION_EXTENSIONS)),
 }
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.config.type_definitions import NdarrayOrTensor
-from monai.data import NibabelWriter
+from monai.data import ITKWriter, NibabelWriter
 from monai.transforms import MapTransform
 from monai.utils import convert_to_dst_type
 from scipy import ndimage
@@ -20,8 +20,17 @@ from .data.cases import case_id_from_path
 from .data.labels import REGIONS
 from .data.pipeline import CASE_ID_KEY
 from .errors import ConfigurationError
+from .settings import check_setting
 
-__all__ = ["is_nonzero", "ET_CHANNEL", "RemoveSmallEnhancingd", "case_name_formatter", "AtomicNibabelWriter"]
+__all__ = [
+    "is_nonzero",
+    "ET_CHANNEL",
+    "RemoveSmallEnhancingd",
+    "case_name_formatter",
+    "AtomicNibabelWriter",
+    "AtomicITKWriter",
+    "atomic_writer",
+]
 
 #: index of the enhancing-tumour channel in (WT, TC, ET) region masks
 ET_CHANNEL = REGIONS.index("ET")
@@ -89,10 +98,29 @@ def case_name_formatter(metadict: dict, saver: object) -> dict:
     return {"subject": str(case_id) + SUBJECT_EXTENSION, "idx": None}
 
 
-class AtomicNibabelWriter(NibabelWriter):
-    """``NibabelWriter`` that writes to a temporary file beside the target and renames it into place, so an
-    interrupted run never leaves a truncated NIfTI that looks like a finished segmentation."""
+class _AtomicWrite:
+    """A MONAI image writer that writes to a temporary file beside the target and renames it into place, so an
+    interrupted run never leaves a truncated file that looks like a finished segmentation."""
 
     def write(self, filename: str | os.PathLike, verbose: bool = False, **obj_kwargs) -> None:
         with atomic_path(filename) as tmp:
-            super().write(tmp, verbose=verbose, **obj_kwargs)
+            super().write(tmp, verbose=verbose, **obj_kwargs)  # type: ignore[misc]
+
+
+class AtomicNibabelWriter(_AtomicWrite, NibabelWriter):
+    """MONAI's ``NibabelWriter`` (NIfTI), written atomically."""
+
+
+class AtomicITKWriter(_AtomicWrite, ITKWriter):
+    """MONAI's ``ITKWriter`` (NRRD, MetaImage), written atomically."""
+
+
+def atomic_writer(output_ext: str) -> type:
+    """The atomic writer for a label map's file-name ending (:data:`~axunet_bundle.outputs.SEGMENTATION_EXTENSIONS`):
+    ``SaveImaged(writer=...)``.
+
+    Raises:
+        ConfigurationError: an ending the bundle does not write.
+    """
+    check_setting("output_ext", output_ext)
+    return AtomicNibabelWriter if output_ext.startswith(".nii") else AtomicITKWriter

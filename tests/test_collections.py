@@ -12,7 +12,7 @@ import itk
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import TINY_SHAPE
+from conftest import TINY_SHAPE, raises_user_error
 
 from axunet_bundle.cli.data import run_check
 from axunet_bundle.data.cases import MODALITIES, UNPLACED_REASON, discover, find_cases
@@ -229,23 +229,41 @@ def test_a_broken_file_the_model_does_not_use_is_a_warning_of_check(generated, t
     ]
 
 
-def test_inference_segments_a_thick_slice_nrrd_study_on_its_t1ce_grid(generated, tmp_path):
+@pytest.mark.parametrize("output_ext", [".nii.gz", ".nrrd"])
+def test_inference_segments_a_thick_slice_nrrd_study_on_its_t1ce_grid(generated, tmp_path, output_ext):
     """The bundle's inference.json on a study whose T1CE is NRRD and whose T2 and FLAIR are 4 mm series: one label
-    map, on the T1CE's grid (the grid its overlay needs)."""
+    map, on the T1CE's grid (the grid its overlay needs), as NIfTI or, on request, NRRD for 3D Slicer; a second run
+    finds it and skips the case."""
     from test_bundle_workflows import INFERENCE, save_untrained_axunet, workflow
+
+    from axunet_bundle.evaluation.report import read_label_map
 
     folder = thick_slice_case(generated[0], tmp_path / "data", "study")
     write_as(folder / "study_t1ce.nii.gz", folder / "study_t1ce.nrrd")
     (folder / "study_t1ce.nii.gz").unlink()
     out = tmp_path / "segs"
     ckpt = save_untrained_axunet(tmp_path / "model.pt")
-    wf = workflow(INFERENCE, dataset_dir=str(tmp_path / "data"), output_dir=str(out), ckpt_path=str(ckpt))
+    settings = dict(dataset_dir=str(tmp_path / "data"), output_dir=str(out), ckpt_path=str(ckpt), output_ext=output_ext)
+    wf = workflow(INFERENCE, **settings)
     wf.run()
     wf.finalize()
-    seg = nib.load(out / "study_seg.nii.gz")
+    assert [p.name for p in out.iterdir()] == [f"study_seg{output_ext}"]
+    seg, affine = read_label_map(out / f"study_seg{output_ext}", "study")
     t1ce = nib.load(source(generated[0], "t1ce"))
-    assert seg.shape == t1ce.shape
-    np.testing.assert_allclose(seg.affine, t1ce.affine, atol=1e-4)
+    assert seg.shape == t1ce.shape and set(np.unique(seg)) <= {0, 1, 2, 4}
+    np.testing.assert_allclose(affine, t1ce.affine, atol=1e-4)
+    again = workflow(INFERENCE, **settings)
+    assert again.parser.get_parsed_content("cases").items == []  # already segmented
+
+
+def test_an_output_format_the_bundle_does_not_write_is_refused_in_one_line():
+    from axunet_bundle.settings import check_setting
+    from axunet_bundle.transforms import AtomicITKWriter, AtomicNibabelWriter, atomic_writer
+
+    assert atomic_writer(".nrrd") is AtomicITKWriter and atomic_writer(".nii") is AtomicNibabelWriter
+    for refuse in (lambda: check_setting("output_ext", ".png"), lambda: atomic_writer(".png")):
+        with raises_user_error(match=r"output_ext: .*\.png.*\.nii\.gz, \.nii, \.nrrd, \.mha"):
+            refuse()
 
 
 def test_the_evaluation_reads_an_nrrd_or_metaimage_label_map_as_its_nifti_source(generated, tmp_path):

@@ -212,9 +212,9 @@ def infer(**overrides) -> None:
     --label_convention brats2021|brats2023|brats2024|msd for one). Cases already segmented are skipped unless
     --overwrite True.
 
-    Overrides: --dataset_dir DIR, --output_dir DIR (default ./predictions), --ckpt_path FILE (default
-    ./models/model.pt), --threshold 0.5, --et_min_voxels N (ET components smaller than N voxels become necrosis),
-    --flip_tta True.
+    Overrides: --dataset_dir DIR, --output_dir DIR (default ./predictions), --output_ext .nii.gz (or .nii, .nrrd for
+    3D Slicer, .mha), --ckpt_path FILE (default ./models/model.pt), --threshold 0.5, --et_min_voxels N (ET components
+    smaller than N voxels become necrosis), --flip_tta True.
 
     Example:
         axunet infer --dataset_dir /data/new_cases --output_dir segs

@@ -373,6 +373,7 @@ def inference_cases(
     output_dir: str | os.PathLike | None = None,
     read_voxels: bool = False,
     label_convention: str = AUTO,
+    output_ext: str = ".nii.gz",
 ) -> CaseSelection:
     """
     Every case of a folder as an inference item ``{"image": [files], "case_id": id, "label_convention": ...}`` (labels
@@ -388,10 +389,13 @@ def inference_cases(
         read_voxels: check the voxel data too (one extra read of each image), not only the headers; by default the
             voxels are checked once, as the chain loads them (:class:`CaseLoader`).
         label_convention: the convention to write the segmentations in: ``"auto"`` for each case's dataset's.
+        output_ext: the segmentations' file-name ending (which ones exist in ``output_dir``).
     """
     mods = validate_modalities(modalities)
     cases = [replace(case, label=None) for case in _discover(dataset_dir, mods, labels_needed=False)]
-    todo = [c for c in cases if output_dir is None or not segmentation_path(output_dir, c.case_id).is_file()]
+    todo = [
+        c for c in cases if output_dir is None or not segmentation_path(output_dir, c.case_id, output_ext).is_file()
+    ]
     if len(todo) < len(cases):
         logger.info(
             "%d cases already have a segmentation in %s; skipped (set overwrite to redo them)",

@@ -225,7 +225,11 @@ def write_report(
 
 
 def evaluation_report(
-    cases: CaseSelection, output_dir: str | os.PathLike, convention: str, challenge: str | None = AUTO
+    cases: CaseSelection,
+    output_dir: str | os.PathLike,
+    convention: str,
+    challenge: str | None = AUTO,
+    output_ext: str = ".nii.gz",
 ) -> list[dict[str, Any]]:
     """Score every evaluated case's segmentation in ``output_dir`` against its reference and write the report there
     (a step of ``configs/evaluate.json``; ``axunet evaluate`` draws its pictures afterwards). A case whose
@@ -239,6 +243,7 @@ def evaluation_report(
             ``label_convention``, resolved with its reference), or a convention name.
         challenge: the ``brats-evaluation`` config, ``"auto"`` or ``"none"``
             (:func:`~axunet_bundle.evaluation.challenge.resolve_challenge`).
+        output_ext: the segmentations' file-name ending.
 
     Returns:
         the report's rows.
@@ -252,7 +257,7 @@ def evaluation_report(
     rows = []
     for item in progress(cases.items, desc="scoring", unit="case"):
         case_id = str(item[CASE_ID])  # the item's id names the written segmentation (case_name_formatter)
-        segmentation = outputs.segmentation_path(output_dir, case_id)
+        segmentation = outputs.segmentation_path(output_dir, case_id, output_ext)
         if not segmentation.is_file():
             continue
         try:

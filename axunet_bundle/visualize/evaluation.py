@@ -59,6 +59,7 @@ def evaluation_pictures(
     convention: str,
     modalities: Sequence[str] | None = None,
     overlays: bool = True,
+    output_ext: str = ".nii.gz",
 ) -> None:
     """The Dice box plots of the report in ``output_dir`` and, in ``output_dir/overlays/``, one overlay per scored case
     of ``cases`` (its modalities with the reference's contours solid and the segmentation's dashed).
@@ -69,6 +70,7 @@ def evaluation_pictures(
         convention: the label convention setting (``"auto"``: each case's dataset's, resolved with its reference).
         modalities: the image channels' modalities, in order, for the panel titles.
         overlays: draw the overlays (the box plots are always drawn).
+        output_ext: the segmentations' file-name ending.
     """
     output_dir = Path(output_dir)
     report_boxplot(output_dir)
@@ -82,7 +84,7 @@ def evaluation_pictures(
         reference = nib.load(item[REFERENCE_KEY]).get_fdata(dtype="float32")  # its values tell 2023 from 2024 labels
         overlay_files(
             item["image"],
-            outputs.segmentation_path(output_dir, written_as),
+            outputs.segmentation_path(output_dir, written_as, output_ext),
             output_dir / outputs.OVERLAYS_DIR / f"{written_as}{outputs.OVERLAY_SUFFIX}",
             label_file=item[REFERENCE_KEY],
             convention=item_convention(item, convention, reference),
