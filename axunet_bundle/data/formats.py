@@ -4,7 +4,8 @@ The image file formats the bundle reads, and the header of the formats nibabel d
 
 NIfTI (``.nii``, ``.nii.gz``) is read with nibabel, as MONAI's ``NibabelReader`` reads it; NRRD (``.nrrd``, ``.nhdr``)
 and MetaImage (``.mha``, ``.mhd``), what 3D Slicer and ITK-based tools save, with ITK, as MONAI's ``ITKReader`` reads
-them (``itk`` is a dependency; it is imported on first use only, as it takes seconds). MONAI's readers give the
+them (``itk``: imported on first use only, as it takes seconds; optional for the bundle, where a case in such files
+without it is one line saying so). MONAI's readers give the
 voxels; this module gives what the case checks need before, without reading voxels: the shape, the channels and the
 RAS affine (ITK's LPS space turned to RAS as ``ITKReader`` turns it).
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from monai.utils import optional_import
 
 __all__ = ["IMAGE_SUFFIXES", "NIFTI_SUFFIXES", "ItkImage", "image_stem", "is_nifti"]
 
@@ -41,6 +43,14 @@ def is_nifti(path: str | os.PathLike) -> bool:
     return Path(path).name.lower().endswith(NIFTI_SUFFIXES)
 
 
+def _itk() -> Any:
+    """The ``itk`` module, imported now (seconds: only when a dataset holds NRRD or MetaImage files)."""
+    itk, available = optional_import("itk")
+    if not available:
+        raise ValueError("reading NRRD and MetaImage files needs the itk package (pip install itk)")
+    return itk
+
+
 class ItkImage:
     """
     An NRRD or MetaImage file as the case checks see a nibabel image: ``shape`` (``X, Y, Z`` then the channels, if
@@ -51,13 +61,12 @@ class ItkImage:
         path: the file.
 
     Raises:
-        ValueError: when ITK has no reader for the file (not an image, or garbage).
+        ValueError: when ITK has no reader for the file (not an image, or garbage), or ``itk`` is not installed.
         RuntimeError: ITK's, when the header cannot be read.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
-        import itk  # noqa: PLC0415 - seconds to import: only when a dataset holds such files
-
+        itk = _itk()
         self.path = str(path)
         io = itk.ImageIOFactory.CreateImageIO(self.path, itk.CommonEnums.IOFileMode_ReadMode)
         if io is None:
@@ -78,8 +87,7 @@ class ItkImage:
     @property
     def dataobj(self) -> np.ndarray:
         """The voxels, ``X, Y, Z[, C]`` (ITK's arrays are ``Z, Y, X[, C]``)."""
-        import itk  # noqa: PLC0415
-
+        itk = _itk()
         array: Any = itk.array_from_image(itk.imread(self.path))
         spatial = array.ndim - (1 if self.components > 1 else 0)
         order = [*reversed(range(spatial)), *range(spatial, array.ndim)]
