@@ -75,7 +75,7 @@ def read_config(*names: str, bundle_root: str | os.PathLike | None = None, **ove
     Args:
         names: config file names in the configs folder (:func:`config_dir`), or absolute paths of other files.
         bundle_root: the bundle folder selected by the user (its configs when it is a bundle; its ``bundle_root`` id
-            either way), or ``None`` for the package's configs.
+            either way), or ``None`` for the package's configs with the current folder as ``bundle_root``.
         overrides: bundle ids to set, e.g. ``roi_size=[64, 64]``.
     """
     from monai.bundle import ConfigParser
@@ -83,5 +83,5 @@ def read_config(*names: str, bundle_root: str | os.PathLike | None = None, **ove
     configs = config_dir(bundle_root)
     parser = ConfigParser()
     parser.read_config([str(configs / name) for name in names])
-    parser.update({**overrides, **({"bundle_root": str(bundle_root)} if bundle_root is not None else {})})
+    parser.update({**overrides, "bundle_root": "." if bundle_root is None else str(bundle_root)})
     return parser

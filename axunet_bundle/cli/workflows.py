@@ -75,7 +75,8 @@ def bundle_run(workflow: str, overrides: dict, pictures: bool = False) -> None:
         config_file=config_files,
         meta_file=str(configs / "metadata.json"),
         logging_file=str(configs / "logging.conf"),
-        **overrides,
+        # outputs under the current folder (the configs' own default is the folder holding their configs/)
+        **{"bundle_root": DEFAULT_BUNDLE_ROOT, **overrides},
     )
 
 
