@@ -24,7 +24,9 @@ __all__ = [
     "SEGMENTATION_SUFFIX",
     "SUMMARY_JSON",
     "TORCHSCRIPT",
+    "UNCERTAINTY_POSTFIX",
     "VALIDATION_IMAGE_TAG",
+    "VOLUMES_CSV",
     "WEIGHTS",
     "segmentation_path",
 ]
@@ -43,6 +45,10 @@ ONNX = "model.onnx"
 #: a case's label map is ``<case_id>_seg.nii.gz``, named like a BraTS reference segmentation
 SEGMENTATION_POSTFIX = "seg"
 SEGMENTATION_SUFFIX = f"_{SEGMENTATION_POSTFIX}.nii.gz"
+#: beside the label maps: each case's label and region volumes in mL (one row per case), and with flip TTA its
+#: uncertainty map ``<case_id>_uncertainty.nii.gz``
+VOLUMES_CSV = "volumes.csv"
+UNCERTAINTY_POSTFIX = "uncertainty"
 #: the evaluation report: per-case scores, their summary, the Dice box plot, one overlay per case
 METRICS_CSV = "metrics.csv"
 SUMMARY_JSON = "summary.json"

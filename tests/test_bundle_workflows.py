@@ -80,7 +80,7 @@ def test_inference_writes_one_label_map_per_case_on_the_input_grid(tiny_dataset,
 
     cases = find_cases(tiny_dataset)
     written = sorted(p.name for p in out.iterdir())
-    assert written == sorted(f"{case.case_id}_seg.nii.gz" for case in cases)
+    assert written == sorted([*(f"{case.case_id}_seg.nii.gz" for case in cases), "volumes.csv"])
     allowed = set(label_values("brats2021")) | {0}
     for case in cases:
         reference = nib.load(case.images["t1ce"])
