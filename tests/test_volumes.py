@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import CONFIGS, TINY_SHAPE
-from test_bundle_workflows import CONSTANT_NET, INFERENCE, save_untrained_axunet, workflow
+from test_bundle_workflows import CONSTANT_NET, EVALUATION, INFERENCE, save_untrained_axunet, workflow
 
 from axunet_bundle.data.cases import find_cases
 from axunet_bundle.data.labels import LABEL_CONVENTIONS, region_labels
@@ -133,3 +133,24 @@ def test_flip_tta_writes_an_uncertainty_map_on_the_inputs_grid_and_its_score(ani
             assert score == pytest.approx(data[wt].mean(), abs=1e-6)
         else:
             assert np.isnan(score)
+
+
+def test_evaluation_reports_the_volumes_of_segmentation_and_reference_and_their_difference(
+    anisotropic_dataset, tmp_path
+):
+    out = tmp_path / "eval"
+    ckpt = save_intensity_net(tmp_path / "model.pt")
+    settings = dict(dataset_dir=str(anisotropic_dataset), output_dir=str(out), ckpt_path=str(ckpt))
+    wf = workflow(EVALUATION, network_def=CONSTANT_NET, challenge="none", **settings)
+    wf.run()
+    wf.finalize()
+    rows = read_csv(out / "metrics.csv")
+    assert len(rows) == len(find_cases(anisotropic_dataset))
+    for row, case in zip(rows, find_cases(anisotropic_dataset)):
+        seg = np.asarray(nib.load(out / f"{case.case_id}_seg.nii.gz").dataobj)
+        ref = np.asarray(nib.load(case.label).dataobj)
+        pred_ml, ref_ml = hand_count(seg, "brats2021"), hand_count(ref, "brats2021")
+        for column in pred_ml:
+            assert float(row[f"pred_{column}"]) == pytest.approx(pred_ml[column], abs=1e-6)
+            assert float(row[f"ref_{column}"]) == pytest.approx(ref_ml[column], abs=1e-6)
+            assert float(row[f"diff_{column}"]) == pytest.approx(pred_ml[column] - ref_ml[column], abs=1e-6)
