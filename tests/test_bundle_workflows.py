@@ -96,7 +96,7 @@ def test_inference_skips_finished_cases_unless_asked_to_overwrite(tiny_dataset, 
     ckpt = save_constant_net(tmp_path / "model.pt", CONSTANT_LOGIT)
     settings = dict(dataset_dir=str(tiny_dataset), output_dir=str(out), ckpt_path=str(ckpt), network_def=CONSTANT_NET)
     workflow(INFERENCE, **settings).run()
-    first = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    first = {p.name: p.stat().st_mtime_ns for p in out.glob("*_seg.nii.gz")}
     os.remove(out / sorted(first)[0])
 
     rerun = workflow(INFERENCE, **settings)
@@ -104,7 +104,7 @@ def test_inference_skips_finished_cases_unless_asked_to_overwrite(tiny_dataset, 
         sorted(first)[0][: -len("_seg.nii.gz")]
     ]
     rerun.run()
-    again = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    again = {p.name: p.stat().st_mtime_ns for p in out.glob("*_seg.nii.gz")}
     assert set(again) == set(first)
     assert all(again[name] == first[name] for name in sorted(first)[1:])  # finished cases untouched
 
