@@ -123,7 +123,7 @@ def test_inference_follows_the_2023_convention_by_one_override(tiny_dataset, tmp
         label_convention="brats2023",
     )
     wf.run()
-    values = np.unique(np.asarray(nib.load(next(out.iterdir())).dataobj))
+    values = np.unique(np.asarray(nib.load(next(out.glob("*_seg.nii.gz"))).dataobj))
     assert values.tolist() == [0, 3]  # ET is 3 in BraTS 2023 (4 in 2021); 0 outside the brain's bounding box
 
 
@@ -344,7 +344,7 @@ def test_inference_over_many_cases_reports_bad_ones_and_segments_the_good(tmp_pa
     good = sorted(set(case.case_id for case in find_cases(data)) - set(expected))
     out = tmp_path / "pred"
     run_expecting_left_out_cases(INFERENCE, data, out, tmp_path)
-    assert sorted(p.name for p in out.iterdir()) == [f"{case_id}_seg.nii.gz" for case_id in good]
+    assert sorted(p.name for p in out.glob("*_seg.nii.gz")) == [f"{case_id}_seg.nii.gz" for case_id in good]
     log = capsys.readouterr().out  # the bundle's logging.conf logs to stdout
     summary = log[log.index(f"{len(expected)} case(s) were not processed") :]
     for case_id, words in expected.items():
@@ -394,7 +394,7 @@ def test_inference_runs_the_exported_onnx_model(tiny_dataset, tmp_path):
     workflow(INFERENCE, output_dir=str(tmp_path / "eager"), precision="float32", **settings).run()
     onnx = [*INFERENCE, str(CONFIGS / "inference_onnx.json")]
     workflow(onnx, output_dir=str(tmp_path / "onnx"), onnx_path=str(tmp_path / "model.onnx"), **settings).run()
-    for eager in sorted((tmp_path / "eager").iterdir()):
+    for eager in sorted((tmp_path / "eager").glob("*_seg.nii.gz")):
         a = np.asarray(nib.load(eager).dataobj)
         b = np.asarray(nib.load(tmp_path / "onnx" / eager.name).dataobj)
         assert len(np.unique(a)) > 1
