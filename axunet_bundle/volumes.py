@@ -34,7 +34,7 @@ from monai.transforms import MapTransform
 from monai.utils import convert_to_numpy
 
 from .atomic import write_text_atomic
-from .data.labels import LABEL_CONVENTIONS, region_labels
+from .data.labels import LABEL_CONVENTIONS, region_labels, validate_convention
 from .data.pipeline import CASE_ID_KEY, CONVENTION_KEY, item_convention
 from .outputs import VOLUMES_CSV
 from .transforms import case_id_from_meta
@@ -45,6 +45,7 @@ __all__ = [
     "CaseVolumesd",
     "VolumesCSVWriter",
     "append_volumes_row",
+    "label_columns",
     "label_volumes",
     "voxel_volume_ml",
 ]
@@ -56,6 +57,7 @@ UNCERTAINTY_SCORE = "uncertainty_mean_in_WT"
 #: the BraTS 2023+ names of the classes the older conventions call NCR and ED
 _NAMES_2023 = {"NCR": "NETC", "ED": "SNFH"}
 _CONVENTIONS_2023 = ("brats2023", "brats2024")
+#: 1 mL = 1000 mm^3
 MM3_PER_ML = 1000.0
 
 
@@ -68,7 +70,7 @@ def voxel_volume_ml(affine: NdarrayOrTensor) -> float:
 
 def label_columns(convention: str) -> dict[str, int]:
     """``{column: label value}`` of a convention's labels, e.g. ``{"NCR_label1_mL": 1, "ED_label2_mL": 2, ...}``."""
-    classes = LABEL_CONVENTIONS[convention]
+    classes = LABEL_CONVENTIONS[validate_convention(convention)]
     names = _NAMES_2023 if convention in _CONVENTIONS_2023 else {}
     ordered = sorted(classes.items(), key=lambda kv: kv[1])
     return {f"{names.get(name, name)}_label{value}_mL": value for name, value in ordered}
@@ -90,6 +92,7 @@ def label_volumes(label: NdarrayOrTensor, affine: NdarrayOrTensor, convention: s
     Raises:
         ConfigurationError: for an unknown convention.
     """
+    # own code: MONAI's label statistics (auto3dseg's LabelStats) give voxel counts and fractions, not volumes in mL
     data = np.asarray(convert_to_numpy(label)).astype(np.int64, copy=False).ravel()
     counts = np.bincount(data[data >= 0])
     voxel = voxel_volume_ml(affine)
