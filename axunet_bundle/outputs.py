@@ -26,7 +26,9 @@ __all__ = [
     "SEGMENTATION_EXTENSIONS",
     "SUMMARY_JSON",
     "TORCHSCRIPT",
+    "UNCERTAINTY_POSTFIX",
     "VALIDATION_IMAGE_TAG",
+    "VOLUMES_CSV",
     "WEIGHTS",
     "segmentation_path",
 ]
@@ -51,6 +53,10 @@ SEGMENTATION_POSTFIX = "seg"
 #: the formats a label map can be written in (``output_ext``): NIfTI by default, NRRD (what 3D Slicer saves) or
 #: MetaImage (single-file: an atomic rename moves all of it)
 SEGMENTATION_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha")
+#: beside the label maps: each case's label and region volumes in mL (one row per case), and with flip TTA its
+#: uncertainty map ``<case_id>_uncertainty.nii.gz``
+VOLUMES_CSV = "volumes.csv"
+UNCERTAINTY_POSTFIX = "uncertainty"
 #: the evaluation report: per-case scores, their summary, the Dice box plot, one overlay per case
 METRICS_CSV = "metrics.csv"
 SUMMARY_JSON = "summary.json"

@@ -26,6 +26,7 @@ __all__ = [
     "is_nonzero",
     "ET_CHANNEL",
     "RemoveSmallEnhancingd",
+    "case_id_from_meta",
     "case_name_formatter",
     "AtomicNibabelWriter",
     "AtomicITKWriter",
@@ -87,12 +88,18 @@ class RemoveSmallEnhancingd(MapTransform):
         return d
 
 
+def case_id_from_meta(metadict: Mapping) -> str:
+    """A prediction's case id: the one its case's item carries (``ValidateCased`` puts it in the image's metadata,
+    which the prediction inherits), else the one its image file's name gives (a chain without that step)."""
+    return str(metadict.get(CASE_ID_KEY) or case_id_from_path(metadict.get("filename_or_obj", "case")))
+
+
 def case_name_formatter(metadict: dict, saver: object) -> dict:
     """``SaveImaged(output_name_formatter=...)``: name outputs after the case (``<case_id>_seg.nii.gz``) rather than
     after the first image file (``<case_id>_t1ce_seg.nii.gz``): the id the case's item carries (``ValidateCased``
     puts it in the image's metadata, which the prediction inherits), else the one its image file's name gives (a
     chain without that step). Either way a plain name, so no output leaves the output folder."""
-    case_id = metadict.get(CASE_ID_KEY) or case_id_from_path(metadict.get("filename_or_obj", "case"))
+    case_id = case_id_from_meta(metadict)
     # MONAI strips what looks like an extension from the subject ("a..b" -> "a."), which would merge cases whose ids
     # differ after a dot: give it an extension to strip
     return {"subject": str(case_id) + SUBJECT_EXTENSION, "idx": None}

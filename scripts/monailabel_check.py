@@ -37,7 +37,8 @@ What it does, in a temporary folder (nothing in the repository or the given fold
    a. ``BundleInferTask`` infers a case: a 3D label file with the input's shape and affine, values in
       {0, 1, 2, 4}, identical to what the bundle's own inference workflow writes for the per-modality files, and
       the task's label names -> values (MONAI Label takes them from ``metadata.json``
-      ``network_data_format#outputs#pred#channel_def``) name exactly the values written;
+      ``network_data_format#outputs#pred#channel_def``) name exactly the values written, and the result's params
+      carry the volumes of its labels and regions in mL (voxel counts times the voxel volume);
    c. ``monailabel start_server`` (the sample app, 127.0.0.1, a free port, auth off) lists the model and its
       trainer in ``/info/``, and ``POST /infer/<name>?image=<id>&output=image`` returns a NIfTI label map equal
       to (a)'s;
@@ -198,6 +199,23 @@ def check_label_names(labels: dict, written: np.ndarray, what: str) -> None:
     present = {int(v) for v in np.unique(written)} - {0}
     require(present <= named, f"{what}: the label map holds values {sorted(present - named)} with no name ({labels})")
     log.info("%s: label names %s", what, labels)
+
+
+#: the region volumes the bundle's inference puts into MONAI Label's result params, and the BraTS 2021 labels of each
+REGION_VOLUMES = {"WT_region_mL": (1, 2, 4), "TC_region_mL": (1, 4), "ET_region_mL": (4,)}
+
+
+def check_volumes(params: dict, written: np.ndarray, image_path: Path, what: str) -> None:
+    """The result's params carry the volume of each region in mL: the returned label map's voxel count times the
+    voxel volume (|det| of the image's affine, mm^3 -> mL), to 1e-6 mL; and one volume per label."""
+    voxel_ml = abs(np.linalg.det(nib.load(str(image_path)).affine[:3, :3])) / 1000
+    for column, values in REGION_VOLUMES.items():
+        require(column in params, f"{what}: no {column} in the result's params (keys: {sorted(params)})")
+        expected = int(np.isin(written, values).sum()) * voxel_ml
+        require(abs(float(params[column]) - expected) <= 1e-6, f"{what}: {column} {params[column]} != {expected} mL")
+    labels = sorted(k for k in params if "_label" in k and k.endswith("_mL"))
+    require(len(labels) == 3, f"{what}: expected the volumes of the 3 labels, got {labels}")
+    log.info("%s: volumes %s", what, {k: round(float(params[k]), 3) for k in [*labels, *REGION_VOLUMES]})
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -363,6 +381,8 @@ def check_infer_task(ctx: dict) -> None:
         compare_labels(data, native, "BundleInferTask vs the bundle's own inference workflow")
     with problems.part("label names"):
         check_label_names(result_json.get("label_names", task.labels), data, "BundleInferTask")
+    with problems.part("volumes"):
+        check_volumes(result_json, data, image, "BundleInferTask")
     problems.raise_any()
 
 

@@ -80,7 +80,7 @@ def test_inference_writes_one_label_map_per_case_on_the_input_grid(tiny_dataset,
 
     cases = find_cases(tiny_dataset)
     written = sorted(p.name for p in out.iterdir())
-    assert written == sorted(f"{case.case_id}_seg.nii.gz" for case in cases)
+    assert written == sorted([*(f"{case.case_id}_seg.nii.gz" for case in cases), "volumes.csv"])
     allowed = set(label_values("brats2021")) | {0}
     for case in cases:
         reference = nib.load(case.images["t1ce"])
@@ -96,7 +96,7 @@ def test_inference_skips_finished_cases_unless_asked_to_overwrite(tiny_dataset, 
     ckpt = save_constant_net(tmp_path / "model.pt", CONSTANT_LOGIT)
     settings = dict(dataset_dir=str(tiny_dataset), output_dir=str(out), ckpt_path=str(ckpt), network_def=CONSTANT_NET)
     workflow(INFERENCE, **settings).run()
-    first = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    first = {p.name: p.stat().st_mtime_ns for p in out.glob("*_seg.nii.gz")}
     os.remove(out / sorted(first)[0])
 
     rerun = workflow(INFERENCE, **settings)
@@ -104,7 +104,7 @@ def test_inference_skips_finished_cases_unless_asked_to_overwrite(tiny_dataset, 
         sorted(first)[0][: -len("_seg.nii.gz")]
     ]
     rerun.run()
-    again = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    again = {p.name: p.stat().st_mtime_ns for p in out.glob("*_seg.nii.gz")}
     assert set(again) == set(first)
     assert all(again[name] == first[name] for name in sorted(first)[1:])  # finished cases untouched
 
@@ -123,7 +123,7 @@ def test_inference_follows_the_2023_convention_by_one_override(tiny_dataset, tmp
         label_convention="brats2023",
     )
     wf.run()
-    values = np.unique(np.asarray(nib.load(next(out.iterdir())).dataobj))
+    values = np.unique(np.asarray(nib.load(next(out.glob("*_seg.nii.gz"))).dataobj))
     assert values.tolist() == [0, 3]  # ET is 3 in BraTS 2023 (4 in 2021); 0 outside the brain's bounding box
 
 
@@ -346,7 +346,7 @@ def test_inference_over_many_cases_reports_bad_ones_and_segments_the_good(tmp_pa
     good = sorted({case.case_id for case in find_cases(data)} - set(expected))
     out = tmp_path / "pred"
     run_expecting_left_out_cases(INFERENCE, data, out, tmp_path)
-    assert sorted(p.name for p in out.iterdir()) == [f"{case_id}_seg.nii.gz" for case_id in good]
+    assert sorted(p.name for p in out.glob("*_seg.nii.gz")) == [f"{case_id}_seg.nii.gz" for case_id in good]
     log = capsys.readouterr().out  # the bundle's logging.conf logs to stdout
     summary = log[log.index(f"{len(expected)} case(s) were not processed") :]
     for case_id, words in expected.items():
@@ -396,7 +396,7 @@ def test_inference_runs_the_exported_onnx_model(tiny_dataset, tmp_path):
     workflow(INFERENCE, output_dir=str(tmp_path / "eager"), precision="float32", **settings).run()
     onnx = [*INFERENCE, str(CONFIGS / "inference_onnx.json")]
     workflow(onnx, output_dir=str(tmp_path / "onnx"), onnx_path=str(tmp_path / "model.onnx"), **settings).run()
-    for eager in sorted((tmp_path / "eager").iterdir()):
+    for eager in sorted((tmp_path / "eager").glob("*_seg.nii.gz")):
         a = np.asarray(nib.load(eager).dataobj)
         b = np.asarray(nib.load(tmp_path / "onnx" / eager.name).dataobj)
         assert len(np.unique(a)) > 1

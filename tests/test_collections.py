@@ -247,7 +247,7 @@ def test_inference_segments_a_thick_slice_nrrd_study_on_its_t1ce_grid(generated,
     wf = workflow(INFERENCE, **settings)
     wf.run()
     wf.finalize()
-    assert [p.name for p in out.iterdir()] == [f"study_seg{output_ext}"]
+    assert [p.name for p in out.glob("study_*")] == [f"study_seg{output_ext}"]
     seg, affine = read_label_map(out / f"study_seg{output_ext}", "study")
     t1ce = nib.load(source(generated[0], "t1ce"))
     assert seg.shape == t1ce.shape and set(np.unique(seg)) <= {0, 1, 2, 4}

@@ -44,9 +44,16 @@ def test_flip_tta_averages_the_probabilities_of_the_mirrored_passes():
         passes = [torch.sigmoid(base(volume, net))]
         for dim in (2, 3):
             passes.append(torch.sigmoid(torch.flip(base(torch.flip(volume, [dim]), net), [dim])))
+        with_uncertainty = FlipInferer(base, uncertainty=True)(volume, net)
     expected = torch.stack(passes).mean(0)
     torch.testing.assert_close(torch.sigmoid(got), expected, atol=1e-5, rtol=1e-4)
     assert not torch.allclose(passes[0], expected, atol=1e-3)  # TTA changed something
+    # uncertainty=True: the same logits, then the passes' variance (population), averaged over the three regions
+    assert with_uncertainty.shape == (1, 4, 16, 16, 4)
+    torch.testing.assert_close(with_uncertainty[:, :3], got)
+    variance = torch.stack(passes).var(0, unbiased=False).mean(1, keepdim=True)
+    torch.testing.assert_close(with_uncertainty[:, 3:], variance, atol=1e-6, rtol=1e-4)
+    assert float(variance.max()) > 1e-4  # the passes disagree somewhere
 
 
 def test_training_logs_to_mlflow_with_monais_tracking_option(tiny_dataset, tmp_path):

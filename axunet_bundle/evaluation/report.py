@@ -9,6 +9,9 @@ reference file, per region (WT, TC, ET), in two families of columns:
   NSD, lesion counts and F1, global DSC, NSD and HD95 under the package's column names,
   :mod:`axunet_bundle.evaluation.challenge`), when it is installed.
 
+and the volumes of the segmentation's and the reference's labels and regions in mL with their difference
+(:func:`compare_volumes`).
+
 Then the report: ``metrics.csv`` (one row per case), ``summary.json`` (mean, median and standard deviation per
 column), the Dice box plot and, from the evaluation workflow, one overlay per case.
 
@@ -42,6 +45,7 @@ from ..data.labels import AUTO, REGIONS, convention_for_values, labels_to_region
 from ..data.pipeline import CASE_ID_KEY, CONVENTION_KEY, REFERENCE_KEY, item_convention
 from ..errors import AxunetError, CaseError
 from ..progress import progress
+from ..volumes import label_volumes
 from .challenge import challenge_columns, resolve_challenge, score_challenge
 from .metrics import compute_brats_dice, compute_brats_hd95
 
@@ -54,6 +58,7 @@ __all__ = [
     "read_label_map",
     "report_columns",
     "score_case",
+    "compare_volumes",
     "score_label_maps",
     "summarize",
     "write_report",
@@ -182,7 +187,26 @@ def score_case(
         raise CaseError(case_id, segmentation, "affine differs from the reference's: not on the same grid")
     spacing = nib.affines.voxel_sizes(truth_affine)
     scores = score_label_maps(prediction, truth, convention, spacing, challenge, prediction_convention)
-    return scores, convention
+    volumes = compare_volumes(prediction, truth, truth_affine, convention, prediction_convention)
+    return {**scores, **volumes}, convention
+
+
+def compare_volumes(
+    prediction: np.ndarray,
+    reference: np.ndarray,
+    affine: np.ndarray,
+    convention: str,
+    prediction_convention: str | None = None,
+) -> dict[str, float]:
+    """The label and region volumes (:func:`~axunet_bundle.volumes.label_volumes`, mL) of a segmentation and its
+    reference on the same grid: ``pred_<column>``, ``ref_<column>`` and, for columns both have, ``diff_<column>``
+    (prediction minus reference), e.g. ``pred_WT_region_mL``, ``ref_WT_region_mL``, ``diff_WT_region_mL``."""
+    pred = label_volumes(prediction, affine, prediction_convention or convention)
+    ref = label_volumes(reference, affine, convention)
+    volumes = {f"pred_{c}": v for c, v in pred.items()}
+    volumes.update({f"ref_{c}": v for c, v in ref.items()})
+    volumes.update({f"diff_{c}": pred[c] - ref[c] for c in ref if c in pred})
+    return volumes
 
 
 _STATISTICS = (np.mean, np.median, np.std)
@@ -210,13 +234,16 @@ def summarize(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None =
 
 
 def write_report(
-    rows: Sequence[Mapping[str, Any]], output_dir: str | os.PathLike, columns: Sequence[str] | None = None
+    rows: Sequence[Mapping[str, Any]],
+    output_dir: str | os.PathLike,
+    columns: Sequence[str] | None = None,
+    volume_columns: Sequence[str] = (),
 ) -> Path:
-    """Write ``metrics.csv`` (``case_id`` + ``columns``, default the legacy ones; one row per case) and
-    ``summary.json`` into ``output_dir``, atomically; returns the CSV's path."""
+    """Write ``metrics.csv`` (``case_id`` + ``columns``, default the legacy ones, + ``volume_columns``; one row per
+    case) and ``summary.json`` (of ``columns``) into ``output_dir``, atomically; returns the CSV's path."""
     columns = list(columns) if columns is not None else report_columns(challenge=False)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=[CASE_ID, *columns], extrasaction="ignore")
+    writer = csv.DictWriter(buffer, fieldnames=[CASE_ID, *columns, *volume_columns], extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     csv_path = write_text_atomic(Path(output_dir) / outputs.METRICS_CSV, buffer.getvalue())
@@ -266,6 +293,9 @@ def evaluation_report(
         except CaseError as err:
             logger.warning("leaving out case %s", err)
             cases.left_out.append(err)
-    write_report(rows, output_dir, report_columns(challenge is not None))
+    columns = report_columns(challenge is not None)
+    # volume columns follow the cases' conventions (RC only in BraTS 2024 references): the union, in first-seen order
+    volume_columns = list(dict.fromkeys(c for row in rows for c in row if c not in columns and c != CASE_ID))
+    write_report(rows, output_dir, columns, volume_columns)
     logger.info("scores of %d cases written to %s", len(rows), output_dir / outputs.METRICS_CSV)
     return rows

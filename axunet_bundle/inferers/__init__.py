@@ -3,12 +3,13 @@
 augmentation around any MONAI inferer."""
 
 from .backends import autocast_dtype, build_onnx_network, prepare_network
-from .flip import FlipInferer
+from .flip import FlipInferer, SplitUncertaintyd
 from .slices import BrainSliceInferer, brain_slice_mask
 
 __all__ = [
     "BrainSliceInferer",
     "FlipInferer",
+    "SplitUncertaintyd",
     "autocast_dtype",
     "brain_slice_mask",
     "build_onnx_network",
