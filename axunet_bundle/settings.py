@@ -219,6 +219,41 @@ def trained_setting(ckpt_path: str, name: str, default: Any) -> Any:
     return settings.get(name, default)
 
 
+def trained_network(ckpt_path: str, **arguments: Any) -> Any:
+    """AXUNet as the weights ``ckpt_path`` were trained: the network arguments their ``model_settings.json`` records
+    (e.g. ``attention: pam``), completed by ``arguments`` (the inference config's ``network_def``); without the file,
+    AXUNet of ``arguments``. The inference config's ``network_def``, so the zoo bundle, MONAI Label and
+    ``monai.bundle.load`` build the trained network without options.
+
+    Args:
+        ckpt_path: the weights file (``models/model.pt``).
+        arguments: :class:`~axunet_bundle.networks.AXUNet` arguments, e.g. ``in_channels``, ``out_channels``.
+
+    Raises:
+        ConfigurationError: an argument that contradicts the recorded one, or weights of another network.
+    """
+    from .networks import AXUNet
+
+    recorded = dict((read_model_settings(ckpt_path) or {}).get("network", {}))
+    target = class_name(recorded.pop("_target_", None))
+    if target not in (None, AXUNet.__name__):
+        raise ConfigurationError(
+            f"{ckpt_path}: weights of the network {target} ({outputs.MODEL_SETTINGS}); give that network as network_def"
+        )
+    for name, value in arguments.items():
+        if name in recorded and json.dumps(recorded[name]) != json.dumps(_plain(value)):
+            raise ConfigurationError(
+                f"network_def#{name} {value!r} contradicts the weights' {name} {recorded[name]!r} "
+                f"({outputs.MODEL_SETTINGS} beside {ckpt_path}): leave it out to use theirs"
+            )
+    return AXUNet(**{**recorded, **arguments})
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as the lists a JSON file holds, for comparing a value with its recorded one."""
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
 def run_identity(
     dataset_dir: str | None,
     datalist: str | None,

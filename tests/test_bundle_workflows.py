@@ -414,3 +414,28 @@ def test_monai_bundle_run_ends_a_users_mistake_with_one_line(tmp_path):
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == f"error: dataset directory {tmp_path / 'nope'} does not exist"
+
+
+def test_the_inference_config_builds_the_network_the_weights_were_trained_as(tmp_path):
+    """Weights of an AXUNet with PAM only, their model_settings.json beside them (as training writes it): the
+    bundle's own network_def (what the zoo bundle, MONAI Label and monai.bundle.load build) is that network without
+    an option, and an override that contradicts it is one line."""
+    from axunet_bundle.settings import network_record
+
+    torch.manual_seed(0)
+    trained = AXUNet(attention="pam")
+    torch.save(trained.state_dict(), tmp_path / "model.pt")
+    settings = {"roi_size": TINY_ROI, "modalities": ["t1ce", "t2", "flair"], "network": network_record(trained)}
+    (tmp_path / "model_settings.json").write_text(json.dumps(settings))
+
+    parser = ConfigParser()
+    parser.read_config(INFERENCE[0])
+    parser.update({"ckpt_path": str(tmp_path / "model.pt")})
+    network = parser.get_parsed_content("network_def")
+    assert network.init_args == trained.init_args
+    network.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))  # strict: every tensor fits
+    assert parser.get_parsed_content("roi_size") == TINY_ROI
+
+    parser.update({"network_def#attention": "cam"})
+    with raises_user_error(match=r"network_def#attention 'cam' contradicts the weights' attention 'pam'"):
+        parser.get_parsed_content("network_def", lazy=False)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .. import outputs
 from ..errors import ConfigurationError
-from ..settings import MIN_SLICE_SIZE, read_model_settings
+from ..settings import MIN_SLICE_SIZE, read_model_settings, trained_network
 from .configs import read_config
 from .data import split_names
 
@@ -153,10 +153,7 @@ def attention(
                 f"({ckpt.with_name(outputs.MODEL_SETTINGS)}): leave {option} out to use theirs"
             )
     case = one_case(case_dir)
-    network_args = dict(trained.get("network", {}))
-    if network_args.pop("_target_", None) != f"{AXUNet.__module__}.{AXUNet.__qualname__}":
-        network_args = {}  # the attention maps are AXUNet's
-    net = AXUNet(**{**network_args, "in_channels": len(mods)}).eval()
+    net = (trained_network(str(ckpt), in_channels=len(mods)) if ckpt else AXUNet(in_channels=len(mods))).eval()
     if ckpt is None:
         logging.getLogger(__name__).warning(
             "no weights at %s and no --ckpt_path: showing an UNTRAINED network (random weights)", DEFAULT_WEIGHTS

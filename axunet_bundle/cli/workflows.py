@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .. import outputs
 from ..errors import ConfigurationError
-from ..settings import check_resume, class_name, read_model_settings, run_identity
+from ..settings import check_resume, read_model_settings, run_identity
 from .configs import config_dir, config_path, read_config
 
 __all__ = [
@@ -66,7 +66,7 @@ def bundle_run(workflow: str, overrides: dict, pictures: bool = False) -> None:
     root = overrides.get("bundle_root")
     config_files = [str(config_path(name, root)) for name in names + option_configs(workflow, overrides)]
     if workflow != "training":
-        overrides = with_trained_settings(overrides, config_files)
+        check_trained_settings(overrides)
     logger.info("configs: %s", configs)
     if pictures and workflow in PICTURES_CONFIGS:
         config_files.append(str(PICTURES_CONFIGS[workflow]))
@@ -90,35 +90,23 @@ def weights_path(overrides: dict) -> Path:
     return Path(overrides.get("ckpt_path") or bundle_root / outputs.MODELS_DIR / outputs.WEIGHTS)
 
 
-def with_trained_settings(overrides: dict, config_files: list[str]) -> dict:
-    """``overrides`` checked against the settings the weights were trained with (their ``model_settings.json``) and
-    completed with the network arguments recorded there (the configs take the slice size and the modalities from the
-    file themselves): weights of a network trained with ``--network_def#attention pam`` are evaluated with it.
+def check_trained_settings(overrides: dict) -> None:
+    """Check ``overrides`` against the settings the weights were trained with (their ``model_settings.json``; the
+    configs take the slice size, the modalities and the network arguments from the file themselves).
 
     Raises:
         ConfigurationError: ``roi_size`` or ``modalities`` given otherwise than the weights were trained with.
     """
     ckpt = weights_path(overrides)
     if isinstance(overrides.get("ckpt_path"), str) and overrides["ckpt_path"][:1] in "$@":
-        return overrides
-    settings = read_model_settings(ckpt)
-    if settings is None:
-        return overrides
+        return
+    settings = read_model_settings(ckpt) or {}
     for name in ("roi_size", "modalities"):
         if name in overrides and name in settings and list(overrides[name]) != list(settings[name]):
             raise ConfigurationError(
                 f"--{name} {overrides[name]!r} contradicts the weights' {name} {settings[name]!r} "
                 f"({ckpt.with_name(outputs.MODEL_SETTINGS)}): leave --{name} out to use theirs"
             )
-    targets = [_json(f).get("network_def", {}).get("_target_") for f in config_files]
-    target = [class_name(t) for t in targets if t][-1:]
-    network = dict(settings.get("network", {}))
-    if any(key.split("#")[0] == "network_def" for key in overrides) or target != [
-        class_name(network.pop("_target_", None))
-    ]:
-        return overrides
-    network.pop("in_channels", None)  # the configs derive it from the modalities
-    return {**{f"network_def#{key}": value for key, value in network.items()}, **overrides}
 
 
 def option_configs(workflow: str, overrides: dict) -> list[str]:
@@ -255,7 +243,8 @@ def export(
     if not ckpt.is_file():
         raise ConfigurationError(f"no weights at {ckpt}: train first, or give --ckpt_path")
     configs = config_dir(overrides.get("bundle_root"))
-    overrides = with_trained_settings({**overrides, "ckpt_path": str(ckpt)}, [str(configs / "inference.json")])
+    overrides = {**overrides, "ckpt_path": str(ckpt)}
+    check_trained_settings(overrides)
     config = read_config("inference.json", **overrides)
     channels = len(config.get_parsed_content("modalities"))
     trained_size = (read_model_settings(ckpt) or {}).get("roi_size", [EXPORT_SLICE_SIZE] * 2)
