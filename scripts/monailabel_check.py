@@ -708,7 +708,10 @@ def main(argv: list[str] | None = None) -> int:
 
     results: list[tuple[str, bool, str]] = []
     try:
-        modalities = tuple(json.loads(inference.read_text()).get("modalities", DEFAULT_MODALITIES))
+        configured = json.loads(inference.read_text()).get("modalities", DEFAULT_MODALITIES)
+        # the config takes the trained weights' modalities (settings.trained_setting), else its default: the check's
+        # untrained weights have no settings file
+        modalities = tuple(configured["default"] if isinstance(configured, dict) else configured)
         ctx["app"] = install_app(root)
         ctx["bundle"] = install_bundle(ctx["app"], source)
         ctx["studies"], ctx["ids"], ctx["brats"] = write_studies(root, Path(args.brats).resolve(), modalities)
