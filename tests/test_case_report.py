@@ -168,3 +168,17 @@ def test_infer_report_writes_one_report_per_case_showing_volumes_csvs_numbers(tm
         for column, ml in shown.volumes.items():
             assert ml == float(rows[case.case_id][column]), column
         assert shown.uncertainty == pytest.approx(float(rows[case.case_id][UNCERTAINTY_SCORE]), rel=1e-6)
+
+
+def test_a_decathlon_case_shows_the_channels_dataset_json_names(tmp_path, capsys):
+    write_synthetic_dataset(tmp_path / "msd", n=1, seed=SEED, layout="msd", shape=TINY_SHAPE, progress=False)
+    image = next((tmp_path / "msd").rglob("imagesTr/*.nii.gz"))
+    label = next((tmp_path / "msd").rglob(f"labelsTr/{image.name}"))
+    axunet("report", image.parents[1], "--seg", label, "--output", tmp_path / "page")
+    assert (tmp_path / "page.png").is_file() and (tmp_path / "page.pdf").is_file()
+    shown = case_report(
+        [image], ["T1CE", "FLAIR"], label, tmp_path / "direct", case_id="c", convention="msd", model={}, channels=[2, 0]
+    )
+    assert shown.volumes == label_volumes(np.asarray(nib.load(label).dataobj), nib.load(label).affine, "msd")
+    with pytest.raises(ValueError, match="no channel 9"):
+        case_report([image], ["X"], label, tmp_path / "bad", case_id="c", convention="msd", model={}, channels=[9])

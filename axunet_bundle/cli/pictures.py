@@ -278,17 +278,25 @@ def case_report_files(case, seg, output=None, ckpt_path=None, modalities=REPORT_
     :func:`report`'s. Returns the :class:`~axunet_bundle.visualize.report.CaseReport`.
 
     Raises:
-        ConfigurationError: a multi-channel case, a ``ckpt_path`` that is no file, a label map on another grid.
+        ConfigurationError: a ``ckpt_path`` that is no file, a label map on another grid.
         CaseError: the case lacks one of ``modalities``.
     """
     import nibabel as nib
     import numpy as np
 
+    from ..data.cases import DEFAULT_MODALITIES
     from ..data.labels import resolve_convention
     from ..visualize.report import case_report
 
-    if case.multichannel:
-        raise ConfigurationError(f"{case.case_id}: a report needs one file per modality, not a multi-channel image")
+    channels = case.channel_indices(modalities) if case.multichannel else None
+    if case.multichannel and channels is None:  # without dataset.json: the model's modalities in the model's order
+        unknown = [m for m in modalities if m not in DEFAULT_MODALITIES]
+        if unknown:
+            raise ConfigurationError(
+                f"{case.case_id}: a multi-channel image without dataset.json holds {','.join(DEFAULT_MODALITIES)}, "
+                f"not {','.join(unknown)}"
+            )
+        channels = [DEFAULT_MODALITIES.index(m) for m in modalities]
     label = np.asanyarray(nib.load(seg).dataobj)
     try:
         return case_report(
@@ -300,6 +308,7 @@ def case_report_files(case, seg, output=None, ckpt_path=None, modalities=REPORT_
             convention=resolve_convention(convention, case.convention, label),
             model=model_details(ckpt_path),
             uncertainty_file=_uncertainty_beside(Path(seg), case.case_id),
+            channels=channels,
         )
     except ValueError as err:  # a segmentation of another case or grid: the user's mistake, one line
         raise ConfigurationError(f"{case.case_id}: {Path(seg).name}: {err}") from None

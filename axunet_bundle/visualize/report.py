@@ -83,6 +83,7 @@ def case_report(
     model: Mapping[str, str],
     uncertainty_file: PathLike | None = None,
     radiological: bool = True,
+    channels: Sequence[int] | None = None,
 ) -> CaseReport:
     """
     Draw a case's one-page report into ``<output>.png`` and ``<output>.pdf`` (A4 portrait, written atomically).
@@ -98,6 +99,7 @@ def case_report(
         uncertainty_file: the flip-TTA uncertainty map beside the seg, for the uncertainty score
             (:func:`axunet_bundle.volumes.uncertainty_score`).
         radiological: the patient's right on the viewer's left, as :func:`overlay_case`.
+        channels: for a multi-channel image (one file in `image_files`), the channel of each row.
 
     Returns:
         the :class:`CaseReport`: the files and the numbers shown.
@@ -116,8 +118,12 @@ def case_report(
     seg, _, spacing = _load_canonical(seg_path, "segmentation")
     regions = np.asarray(labels_to_regions(np.rint(seg)[None].astype(np.int64), convention)) > 0
     images = []
-    for path, name in zip(image_files, modality_names):
-        data, _, _ = _load_canonical(path, name)
+    sources = [(image_files[0], c) for c in channels] if channels is not None else [(f, None) for f in image_files]
+    for (path, channel), name in zip(sources, modality_names):
+        data, _, _ = _load_canonical(path, name, channels=channel is not None)
+        if channel is not None and channel >= data.shape[-1]:
+            raise ValueError(f"{Path(path).name} has {data.shape[-1]} channels, no channel {channel} ({name})")
+        data = data if channel is None else data[..., channel]
         if data.shape != seg.shape:
             raise ValueError(f"{Path(path).name} {data.shape} and {seg_path.name} {seg.shape}: grids differ in shape")
         images.append((name, data.astype(np.float32, copy=False)))
