@@ -65,12 +65,13 @@ def _centre(wt: np.ndarray) -> tuple[int, int, int]:
 
 
 def _volume_rows(volumes: Mapping[str, float], convention: str) -> list[tuple[str, str]]:
-    """Table rows ``(what, mL)``: the convention's labels (``NCR (label 1)``), then the regions."""
+    """Table rows ``(what, mL)``: the convention's labels (``NCR (label 1)``), then the regions; to 0.001 mL, one
+    1 mm voxel."""
     rows = [
         (f"{column.split('_label')[0]} (label {value})", column) for column, value in label_columns(convention).items()
     ]
     rows += [(f"{region} (region)", f"{region}_region_mL") for region in REGIONS]
-    return [(name, f"{volumes[column]:.2f}") for name, column in rows]
+    return [(name, f"{volumes[column]:.3f}") for name, column in rows]
 
 
 def case_report(
