@@ -21,6 +21,7 @@ __all__ = [
     "OVERLAYS_DIR",
     "OVERLAY_SUFFIX",
     "PREDICTIONS_DIR",
+    "REPORT_SUFFIX",
     "RUNS_DIR",
     "SEGMENTATION_POSTFIX",
     "SEGMENTATION_EXTENSIONS",
@@ -65,6 +66,8 @@ OVERLAYS_DIR = "overlays"
 #: pictures of one case: ``<case_id>_overlay.png``, ``<case_id>_attention.png``
 OVERLAY_SUFFIX = "_overlay.png"
 ATTENTION_SUFFIX = "_attention.png"
+#: a case's one-page report, ``<case_id>_report.png`` and ``.pdf`` (``axunet report``)
+REPORT_SUFFIX = "_report"
 #: the training's loss and Dice curves, drawn into its TensorBoard folder
 CURVES_PNG = "training_curves.png"
 #: TensorBoard tag of the validation overlay image

@@ -47,6 +47,7 @@ __all__ = [
     "append_volumes_row",
     "label_columns",
     "label_volumes",
+    "uncertainty_score",
     "voxel_volume_ml",
 ]
 
@@ -105,6 +106,28 @@ def label_volumes(label: NdarrayOrTensor, affine: NdarrayOrTensor, convention: s
     return volumes
 
 
+def uncertainty_score(label: NdarrayOrTensor, uncertainty: NdarrayOrTensor, convention: str) -> float:
+    """
+    A case's uncertainty score, ``uncertainty_mean_in_WT``: the mean of its uncertainty map over the predicted WT.
+
+    Args:
+        label: label map, 3D or ``(1, H, W, D)``.
+        uncertainty: the uncertainty map on the same grid, the same shape.
+        convention: the label map's convention.
+
+    Returns:
+        the mean (unitless, as the map), NaN for an empty WT.
+
+    Raises:
+        ValueError: for maps of different shapes.
+    """
+    label, uncertainty = np.asarray(convert_to_numpy(label)), np.asarray(convert_to_numpy(uncertainty))
+    if label.shape != uncertainty.shape:
+        raise ValueError(f"the uncertainty map's shape {uncertainty.shape} differs from the label map's {label.shape}")
+    inside = uncertainty[np.isin(label, region_labels(convention)["WT"])]
+    return float(inside.mean()) if inside.size else float("nan")
+
+
 class CaseVolumesd(MapTransform):
     """
     Put a case's label and region volumes (:func:`label_volumes`, from the label map and its affine) and, when
@@ -130,9 +153,7 @@ class CaseVolumesd(MapTransform):
             result = {CASE_ID_KEY: case_id_from_meta(label.meta), CONVENTION_KEY: convention}
             result.update(label_volumes(label, label.affine, convention))
             if self.uncertainty_key in d:
-                wt = np.isin(convert_to_numpy(label), region_labels(convention)["WT"])
-                inside = np.asarray(convert_to_numpy(d[self.uncertainty_key]))[wt]
-                result[UNCERTAINTY_SCORE] = float(inside.mean()) if inside.size else float("nan")
+                result[UNCERTAINTY_SCORE] = uncertainty_score(label, d[self.uncertainty_key], convention)
             d[RESULT_KEY] = {**d.get(RESULT_KEY, {}), **result}
         return d
 

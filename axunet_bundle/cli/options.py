@@ -44,6 +44,7 @@ COMMANDS = {
     "export": "workflows",
     "overlay": "pictures",
     "attention": "pictures",
+    "report": "pictures",
     "bundle": "zoo_bundle",
     "compare": "compare",
 }

@@ -1,5 +1,5 @@
 # Copyright (c) AXUNet bundle developers. Licensed under the Apache License, Version 2.0.
-"""``axunet network | overlay | attention``: the network's size and speed, and pictures of one case."""
+"""``axunet network | overlay | attention | report``: the network's size and speed, and pictures of one case."""
 
 from __future__ import annotations
 
@@ -13,8 +13,21 @@ from ..settings import MIN_SLICE_SIZE, read_model_settings, trained_network
 from .configs import read_config
 from .data import split_names
 
-__all__ = ["DEFAULT_WEIGHTS", "SLICE_SIZE", "attention", "network", "one_case", "overlay"]
+__all__ = [
+    "DEFAULT_WEIGHTS",
+    "REPORT_MODALITIES",
+    "SLICE_SIZE",
+    "attention",
+    "case_report_files",
+    "model_details",
+    "network",
+    "one_case",
+    "overlay",
+    "report",
+]
 
+#: the modalities a case report shows, one row each
+REPORT_MODALITIES = ("t1ce", "flair")
 #: the paper's slice size
 SLICE_SIZE = 224
 #: where the training workflow writes the best weights, relative to the current folder (its bundle_root)
@@ -185,3 +198,117 @@ def attention(
         title=f"{case.case_id}, axial slice {slice_index} ({where}), weights: {weights}",
     )
     print(f"wrote {png}")
+
+
+def model_details(ckpt_path: str | None) -> dict[str, str]:
+    """The model a report names: the bundle's name and version (``configs/metadata.json``) and, for the weights
+    (``ckpt_path``, else ./models/model.pt when it exists), their path and SHA-256; none when there are none.
+
+    Raises:
+        ConfigurationError: ``ckpt_path`` is no file.
+    """
+    import hashlib
+    import json
+
+    from .configs import config_dir
+
+    metadata = json.loads((config_dir() / "metadata.json").read_text(encoding="utf-8"))
+    details = {"name": metadata.get("name", ""), "version": metadata.get("version", "")}
+    ckpt = Path(ckpt_path) if ckpt_path else DEFAULT_WEIGHTS if DEFAULT_WEIGHTS.is_file() else None
+    if ckpt is not None:
+        if not ckpt.is_file():
+            raise ConfigurationError(f"--ckpt_path {ckpt}: no such file")
+        with open(ckpt, "rb") as f:
+            details.update(weights=str(ckpt), sha256=hashlib.file_digest(f, "sha256").hexdigest())
+    return details
+
+
+def _uncertainty_beside(seg: Path, case_id: str) -> Path | None:
+    """``<case>_uncertainty.nii.gz`` beside a ``<case>_seg<ext>`` label map (what flip TTA writes), when present."""
+    stem = next(
+        (
+            seg.name[: -len(f"_{outputs.SEGMENTATION_POSTFIX}{ext}")]
+            for ext in outputs.SEGMENTATION_EXTENSIONS
+            if seg.name.endswith(f"_{outputs.SEGMENTATION_POSTFIX}{ext}")
+        ),
+        case_id,
+    )
+    path = seg.with_name(f"{stem}_{outputs.UNCERTAINTY_POSTFIX}.nii.gz")
+    return path if path.is_file() else None
+
+
+def report(
+    case_dir: str,
+    seg: str | None = None,
+    output: str | None = None,
+    ckpt_path: str | None = None,
+    modalities: str = "t1ce,flair",
+    convention: str = "auto",
+) -> None:
+    """Write a one-page case report (A4, PNG and PDF): the planes through the tumour's centre with the label
+    contours, the volume of each label and region in mL (as volumes.csv), the uncertainty score (when a
+    <case>_uncertainty.nii.gz lies beside the segmentation), the model, its version and the weights' SHA-256, and
+    the label convention. Research use only; not for diagnosis.
+
+    Args:
+        case_dir: folder of one case (its modality files).
+        seg: the case's label map (NIfTI, e.g. what axunet infer wrote); required.
+        output: the report's path without extension (default: <case_id>_report in the current folder; .png and .pdf
+            are written).
+        ckpt_path: the weights that made the segmentation, for their SHA-256 (default: ./models/model.pt when it
+            exists, else "not given").
+        modalities: comma-separated modalities to show, one row each.
+        convention: label convention of the segmentation: auto (the case's dataset's), brats2021, brats2023,
+            brats2024, msd.
+
+    Example:
+        axunet report /data/new_cases/CASE --seg segs/CASE_seg.nii.gz --ckpt_path models/model.pt
+    """
+    if not Path(case_dir).is_dir():
+        raise ConfigurationError(f"{case_dir}: no such case folder")
+    if seg is None or not Path(seg).is_file():
+        raise ConfigurationError(f"--seg {seg}: no such file" if seg else "axunet report: --seg SEG is required")
+    written = case_report_files(one_case(case_dir), seg, output, ckpt_path, split_names(modalities), convention)
+    print(f"wrote {written.png} and {written.pdf}")
+
+
+def case_report_files(case, seg, output=None, ckpt_path=None, modalities=REPORT_MODALITIES, convention="auto"):
+    """Draw ``case``'s report (:func:`axunet_bundle.visualize.report.case_report`) for the label map ``seg``:
+    ``output`` (default ``<case_id>_report`` in the current folder) ``.png`` and ``.pdf``; the other arguments as
+    :func:`report`'s. Returns the :class:`~axunet_bundle.visualize.report.CaseReport`.
+
+    Raises:
+        ConfigurationError: a ``ckpt_path`` that is no file, a label map on another grid.
+        CaseError: the case lacks one of ``modalities``.
+    """
+    import nibabel as nib
+    import numpy as np
+
+    from ..data.cases import DEFAULT_MODALITIES
+    from ..data.labels import resolve_convention
+    from ..visualize.report import case_report
+
+    channels = case.channel_indices(modalities) if case.multichannel else None
+    if case.multichannel and channels is None:  # without dataset.json: the model's modalities in the model's order
+        unknown = [m for m in modalities if m not in DEFAULT_MODALITIES]
+        if unknown:
+            raise ConfigurationError(
+                f"{case.case_id}: a multi-channel image without dataset.json holds {','.join(DEFAULT_MODALITIES)}, "
+                f"not {','.join(unknown)}"
+            )
+        channels = [DEFAULT_MODALITIES.index(m) for m in modalities]
+    label = np.asanyarray(nib.load(seg).dataobj)
+    try:
+        return case_report(
+            case.image_files(modalities),
+            [m.upper() for m in modalities],
+            seg,
+            output or f"{case.case_id}{outputs.REPORT_SUFFIX}",
+            case_id=case.case_id,
+            convention=resolve_convention(convention, case.convention, label),
+            model=model_details(ckpt_path),
+            uncertainty_file=_uncertainty_beside(Path(seg), case.case_id),
+            channels=channels,
+        )
+    except ValueError as err:  # a segmentation of another case or grid: the user's mistake, one line
+        raise ConfigurationError(f"{case.case_id}: {Path(seg).name}: {err}") from None

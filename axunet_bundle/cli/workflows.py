@@ -194,7 +194,7 @@ def evaluate(**overrides) -> None:
     )
 
 
-def infer(**overrides) -> None:
+def infer(report: bool = False, **overrides) -> None:
     """Segment every case of a folder (BraTS, Decathlon Task01, multi-channel NIfTI files; = monai.bundle run
     inference with configs/inference.json): one <case_id>_seg.nii.gz label map per case, on the input's grid, in the
     case's own dataset's labels (BraTS 2021 names 0/1/2/4, 2023+ names 0/1/2/3, Decathlon its dataset.json's;
@@ -205,10 +205,41 @@ def infer(**overrides) -> None:
     3D Slicer, .mha), --ckpt_path FILE (default ./models/model.pt), --threshold 0.5, --et_min_voxels N (ET components
     smaller than N voxels become necrosis), --flip_tta True.
 
+    Args:
+        report: after inference, write each segmented case's one-page report (as axunet report) into output_dir:
+            <case_id>_report.png and .pdf.
+
     Example:
         axunet infer --dataset_dir /data/new_cases --output_dir segs
     """
     bundle_run("inference", overrides)
+    if report:
+        write_reports(overrides)
+
+
+def write_reports(overrides: dict) -> None:
+    """``infer --report True``: a report (:func:`.pictures.case_report_files`) per case of ``dataset_dir`` that has
+    a NIfTI label map in ``output_dir``, beside it."""
+    from ..data.cases import find_cases
+    from .pictures import case_report_files
+
+    config = read_config("inference.json", **overrides)
+    output_dir = Path(config.get_parsed_content("output_dir"))
+    ext = config.get_parsed_content("output_ext")
+    if not ext.startswith(".nii"):
+        raise ConfigurationError(f"--report True draws NIfTI label maps; --output_ext {ext} is not one")
+    ckpt = weights_path(overrides)
+    for case in find_cases(config.get_parsed_content("dataset_dir")):
+        seg = outputs.segmentation_path(output_dir, case.case_id, ext)
+        if seg.is_file():
+            written = case_report_files(
+                case,
+                seg,
+                output_dir / f"{case.case_id}{outputs.REPORT_SUFFIX}",
+                str(ckpt) if ckpt.is_file() else None,
+                convention=config.get_parsed_content("label_convention"),
+            )
+            print(f"wrote {written.png} and {written.pdf}")
 
 
 def export(
