@@ -230,9 +230,20 @@ def trained_network(ckpt_path: str, **arguments: Any) -> Any:
         arguments: :class:`~axunet_bundle.networks.AXUNet` arguments, e.g. ``in_channels``, ``out_channels``.
 
     Raises:
-        ConfigurationError: an argument that contradicts the recorded one, or weights of another network.
+        ConfigurationError: an argument AXUNet does not take (naming the closest one), one that contradicts the
+            recorded one, or weights of another network.
     """
+    import difflib
+    import inspect
+
     from .networks import AXUNet
+
+    known = list(inspect.signature(AXUNet).parameters)
+    for name in arguments:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean network_def#{close[0]}?" if close else f"; AXUNet takes {', '.join(known)}"
+            raise ConfigurationError(f"network_def#{name}: AXUNet has no argument {name!r}{hint}")
 
     recorded = dict((read_model_settings(ckpt_path) or {}).get("network", {}))
     target = class_name(recorded.pop("_target_", None))

@@ -439,3 +439,6 @@ def test_the_inference_config_builds_the_network_the_weights_were_trained_as(tmp
     parser.update({"network_def#attention": "cam"})
     with raises_user_error(match=r"network_def#attention 'cam' contradicts the weights' attention 'pam'"):
         parser.get_parsed_content("network_def", lazy=False)
+    parser.update({"network_def#attention": "pam", "network_def#atention": "pam"})
+    with raises_user_error(match=r"network_def#atention: AXUNet has no argument 'atention'; did you mean .*#attention"):
+        parser.get_parsed_content("network_def", lazy=False)
