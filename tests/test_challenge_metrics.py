@@ -245,7 +245,8 @@ def test_score_matches_cases_by_id_and_warns_about_the_unmatched(scored, tmp_pat
     with caplog.at_level(logging.WARNING):
         rows = score_folders(pred, root / "ref", tmp_path / "out", challenge="none")
     assert [r["case_id"] for r in rows] == [c.name for c in cases]
-    assert set(rows[0]) == {"case_id", *report_columns(challenge=False)}
+    metrics = {"case_id", *report_columns(challenge=False)}
+    assert metrics <= set(rows[0]) and all(c.endswith("_mL") for c in set(rows[0]) - metrics)  # + the volumes
     assert "BraTS2021_99999.nii.gz has no reference" in caplog.text
     assert f"case {cases[1].name} has no prediction" in caplog.text
     with raises_user_error(ReportExistsError, match="metrics.csv exists"):
