@@ -56,10 +56,12 @@ class VariantScores:
 
 
 def read_case_scores(path: Path) -> tuple[list[str], dict[str, dict[str, float]]]:
-    """The numeric columns of an evaluation report (``metrics.csv``) and its rows by case id."""
+    """The numeric metric columns of an evaluation report (``metrics.csv``; not its volume columns, which describe
+    the cases rather than score the network) and its rows by case id."""
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    header = [c for c in (rows[0] if rows else {}) if c != CASE_ID]
+    metrics = set(report_columns())
+    header = [c for c in (rows[0] if rows else {}) if c in metrics]
 
     def number(cell: str | None) -> float | None:
         try:
