@@ -229,7 +229,7 @@ def test_inference_on_dotted_case_names_writes_only_inside(tiny_dataset, tmp_pat
     wf.finalize()
 
     written = {p.name for p in assert_only_written_inside(tmp_path, before, out)}
-    assert written == {"x.._seg.nii.gz", "y.._seg.nii.gz", "a..b_seg.nii.gz"}
+    assert written == {"x.._seg.nii.gz", "y.._seg.nii.gz", "a..b_seg.nii.gz", "volumes.csv"}
 
 
 def test_resuming_training_refuses_a_crafted_checkpoint(evil, tiny_dataset, tmp_path):
