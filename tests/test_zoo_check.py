@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import BUNDLE_ROOT, SCHEMA
 
-from scripts.zoo_check import CHECKS, FAIL, PASS, SKIP, WARN, find_schema, main, run_zoo_checks
+from scripts.zoo_check import CHECKS, FAIL, NOT_IN_BUNDLE, PASS, SKIP, WARN, find_schema, main, run_zoo_checks
 
 #: what a bundle copy needs for the cheap checks (no code, no weights)
 COPIED = ("configs", "LICENSE", "large_files.yml", ".gitignore")
@@ -241,3 +241,11 @@ def test_nested_weights_fail_the_export_checks(tmp_path):
     for name in ("torchscript", "onnx"):
         assert results[name].status == FAIL
         assert "not a plain state dict" in results[name].detail
+
+
+def test_the_code_check_leaves_out_exactly_what_the_zoo_bundle_does_not_carry():
+    from axunet_bundle.cli.zoo_bundle import COMMAND_LINE_ONLY
+
+    carried_elsewhere = {"tests/", "scripts/"}
+    left_out = {f"axunet_bundle/{part}" + ("" if part.endswith(".py") else "/") for part in COMMAND_LINE_ONLY}
+    assert set(NOT_IN_BUNDLE) == left_out | carried_elsewhere
