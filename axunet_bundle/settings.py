@@ -27,6 +27,7 @@ from . import outputs
 from .errors import ConfigurationError
 
 __all__ = [
+    "AUTO_GRID",
     "LIMITS",
     "MIN_SLICE_SIZE",
     "RUN_KEYS",
@@ -39,6 +40,7 @@ __all__ = [
     "latest_checkpoint",
     "network_record",
     "read_model_settings",
+    "resolve_grid_modality",
     "run_identity",
     "trained_setting",
 ]
@@ -47,6 +49,10 @@ logger = logging.getLogger(__name__)
 
 #: the smallest slice whose stride-32 feature map is still 2 x 2 (Xception's valid-padded stem)
 MIN_SLICE_SIZE = 64
+#: the grid_modality setting's default: T1CE where the run reads it, else the run's first modality
+AUTO_GRID = "auto"
+#: the modality whose grid AUTO_GRID picks where the run reads it
+PREFERRED_GRID_MODALITY = "t1ce"
 #: what identifies a training run: a checkpoint resumes only the run whose values these are
 RUN_KEYS = ("dataset_dir", "datalist", "folds", "fold", "modalities", "roi_size", "network")
 
@@ -99,6 +105,7 @@ LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "threshold": fraction(True, True),
     "roi_size": (_slice_size, f"two integers >= {MIN_SLICE_SIZE}, e.g. [224,224]"),
     "modalities": (_names, "a list of modality names, e.g. ['t1ce','t2','flair']"),
+    "grid_modality": ((lambda v: isinstance(v, str) and bool(v)), "auto or a modality name, e.g. 't1ce'"),
     "output_ext": ((lambda v: v in outputs.SEGMENTATION_EXTENSIONS), ", ".join(outputs.SEGMENTATION_EXTENSIONS)),
 }
 
@@ -146,9 +153,36 @@ def check_setting(name: str, value: Any, default: Any = None, option: str | None
         raise ConfigurationError(f"{option or name}: got {value!r}, expected {rule[1]}")
 
 
+def resolve_grid_modality(grid_modality: str, modalities: Any) -> str:
+    """The modality whose grid is a run's reference (the ``grid_modality`` setting: the others are resampled onto its
+    grid, labels must lie on it, segmentations are written on it): :data:`AUTO_GRID` is T1CE where the run reads it
+    (the 1 mm series of a clinical protocol, beside thick-slice T2 and FLAIR), else the run's first modality.
+
+    Args:
+        grid_modality: the setting, :data:`AUTO_GRID` or one of ``modalities``.
+        modalities: the run's modalities, in channel order.
+
+    Returns:
+        the modality.
+
+    Raises:
+        ConfigurationError: ``"grid_modality: got 't1', expected auto or one of the modalities t1ce, t2, flair"``.
+    """
+    mods = list(modalities)
+    if grid_modality == AUTO_GRID and mods:
+        return PREFERRED_GRID_MODALITY if PREFERRED_GRID_MODALITY in mods else mods[0]
+    if grid_modality not in mods:
+        names = ", ".join(map(str, mods))
+        raise ConfigurationError(
+            f"grid_modality: got {grid_modality!r}, expected {AUTO_GRID} or one of the modalities {names}"
+        )
+    return grid_modality
+
+
 def check_settings(**values: Any) -> None:
-    """Check the resolved values of bundle ids (:data:`LIMITS`) and that ``fold`` is one of ``folds``: the configs'
-    ``initialize`` calls it, so ``python -m monai.bundle run`` refuses what the command line refuses.
+    """Check the resolved values of bundle ids (:data:`LIMITS`), that ``fold`` is one of ``folds`` and that
+    ``grid_modality`` is one of ``modalities``: the configs' ``initialize`` calls it, so ``python -m monai.bundle
+    run`` refuses what the command line refuses.
 
     Raises:
         ConfigurationError: one line naming the first id whose value is not allowed.
@@ -158,6 +192,8 @@ def check_settings(**values: Any) -> None:
     folds, fold = values.get("folds"), values.get("fold")
     if _integer(folds) and _integer(fold) and fold >= folds:
         raise ConfigurationError(f"fold: got {fold}, expected a fold number in [0, {folds - 1}] (folds={folds})")
+    if "grid_modality" in values and "modalities" in values:
+        resolve_grid_modality(values["grid_modality"], values["modalities"])
 
 
 def latest_checkpoint(ckpt_dir: str | os.PathLike) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import itk
@@ -108,11 +109,81 @@ def test_other_collections_names_give_their_label_and_ignore_their_other_files(
     assert dataset_problems(found) == [] and check_case(case) == []
 
 
-def test_a_case_file_that_may_be_a_misnamed_label_is_named_with_what_to_do(generated, tmp_path):
+@pytest.mark.parametrize("where", ["", "../other_folder/"])
+@pytest.mark.parametrize("ending", ["_seg_old", "_mask", "_Segmentation-v2"])
+def test_a_case_file_that_may_be_a_misnamed_label_is_named_with_what_to_do(generated, tmp_path, ending, where):
+    """Beside the case's images or in another folder of the dataset: the label is never guessed."""
     case = collection_case(generated[0], tmp_path, "UPENN-GBM-00001_11", UPENN)
-    odd = write_as(source(generated[0], "seg"), case / "UPENN-GBM-00001_11_automated_approx_segm.nii.gz")
+    odd = write_as(source(generated[0], "seg"), case / where / f"UPENN-GBM-00001_11{ending}.nii.gz").resolve()
     (problem,) = dataset_problems(discover(tmp_path))
-    assert (problem.case_id, problem.file, problem.reason) == ("UPENN-GBM-00001_11", odd, UNPLACED_REASON)
+    assert (problem.case_id, problem.file.resolve(), problem.reason) == ("UPENN-GBM-00001_11", odd, UNPLACED_REASON)
+
+
+@pytest.mark.parametrize("ending", ["_seg_final", "_final_seg", "-Segm-Manual", "_tumor_segmentation", "_segmentation"])
+def test_a_label_named_as_the_final_or_manual_one_is_the_label(generated, tmp_path, ending):
+    names = {**UPENN, "seg": ending}
+    case = collection_case(generated[0], tmp_path, "P-01", names)
+    (found,) = find_cases(tmp_path)
+    assert found.label == case / f"P-01{ending}.nii.gz" and check_case(found) == []
+
+
+def upenn_as_tcia_ships_it(generated: list[Path], root: Path, labelled: int) -> list[str]:
+    """TCIA's UPenn-GBM NIfTI download: one folder per kind of file, side by side; manual labels for the first
+    ``labelled`` cases only, an automated segmentation for every case."""
+    ids = []
+    for i, case_dir in enumerate(generated, 1):
+        case_id = f"UPENN-GBM-0000{i}_11"
+        ids.append(case_id)
+        collection_case(case_dir, root / "images_structural", case_id, {k: v for k, v in UPENN.items() if k != "seg"})
+        folder = root / "images_structural_unstripped" / case_id
+        write_as(source(case_dir, "t1"), folder / f"{case_id}_T1_unstripped.nii.gz")
+        write_as(source(case_dir, "t2"), root / "images_DTI" / case_id / f"{case_id}_DTI_FA.nii.gz")
+        write_as(source(case_dir, "seg"), root / "automated_segm" / f"{case_id}_automated_approx_segm.nii.gz")
+        if i <= labelled:
+            write_as(source(case_dir, "seg"), root / "images_segm" / f"{case_id}_segm.nii.gz")
+    return ids
+
+
+def test_upenn_gbm_labels_in_their_own_folder_are_found_by_every_step(generated, tmp_path, capsys):
+    """check, datalist (training), evaluation and score find the labels of images_segm/; the automated
+    segmentations and the other folders' files are the cases' ignored files; a case with only an automated
+    segmentation is a warning (the collection labels a subset by hand), not a broken case."""
+    from axunet_bundle.cli.score import label_map_files
+    from axunet_bundle.data.datalist import evaluation_cases
+
+    root = tmp_path / "UPENN-GBM"
+    ids = upenn_as_tcia_ships_it(generated, root, labelled=2)
+    found = discover(root)
+    assert [c.case_id for c in found.cases] == ids and dataset_problems(found) == []
+    labels = {c.case_id: c.label for c in found.cases}
+    assert labels == {**{i: root / "images_segm" / f"{i}_segm.nii.gz" for i in ids[:2]}, ids[2]: None}
+    assert run_check(root) == 0
+    automated = root / "automated_segm" / f"{ids[2]}_automated_approx_segm.nii.gz"
+    assert capsys.readouterr().out.splitlines() == [
+        f"warning: {ids[2]}: {automated.name}: no label (this file is a program's segmentation, no reference): the "
+        "case cannot train or be evaluated",
+        "ignored files (the model does not read them): 3 automated_approx_segm, 3 dti_fa, 3 t1, 3 t1_unstripped",
+        "3 cases checked, 0 with problems, 1 warnings",
+    ]
+    datalist = make_datalist(root, folds=2)
+    assert sorted(item["label"] for item in datalist["training"] + datalist["validation"]) == sorted(
+        str(labels[i]) for i in ids[:2]
+    )
+    assert [item["case_id"] for item in datalist["testing"]] == [ids[2]]
+    assert sorted(item["reference"] for item in evaluation_cases(root).items) == sorted(str(labels[i]) for i in ids[:2])
+    assert {i: path for i, (path, _) in label_map_files(root).items()} == {i: labels[i] for i in ids[:2]}
+
+
+def test_a_second_label_in_another_folder_is_named(generated, tmp_path):
+    case = collection_case(generated[0], tmp_path / "images", "UPENN-GBM-00001_11", UPENN)
+    other = write_as(source(generated[0], "seg"), tmp_path / "images_segm" / "UPENN-GBM-00001_11_segm.nii.gz")
+    found = discover(tmp_path)
+    assert found.cases[0].label == case / "UPENN-GBM-00001_11_segm.nii.gz"
+    (problem,) = dataset_problems(found)
+    assert (problem.file, problem.reason) == (
+        other,
+        "a second label of the case, which has UPENN-GBM-00001_11_segm.nii.gz beside its images: keep one",
+    )
 
 
 @pytest.mark.parametrize("formats", [(".nrrd", ".mha", ".nii.gz", ".nrrd"), (".mha", ".nhdr", ".mhd", ".nii")])
@@ -178,7 +249,10 @@ def test_modalities_on_a_coarser_grid_are_resampled_onto_t1ce_and_the_log_says_s
         assert check_case(case, mods) == []
     x, y, z = TINY_SHAPE
     grids = f"{x}x{y}x{z // 4} voxels of 1x1x4 mm -> {x}x{y}x{z} voxels of 1x1x1 mm"
-    assert f"case study: flair resampled onto t1ce's grid ({grids})" in caplog.messages
+    apart = 4 / 2 - 1 / 2  # both series start at one slice centre: their first voxels' faces lie half a slice out
+    assert f"case study: flair resampled onto t1ce's grid ({grids}; fields of view {apart:g} mm apart at most)" in (
+        caplog.messages
+    )
     item = LoadCased(["image", "label"])({"image": case.image_files(mods), "label": case.label})
     assert item["image"].shape == (3, *TINY_SHAPE) and item["label"].shape == (1, *TINY_SHAPE)
     t1ce = nib.load(case.images["t1ce"])
@@ -209,9 +283,77 @@ def test_grids_without_common_space_a_broken_affine_or_a_label_on_another_grid_a
     x, y, z = TINY_SHAPE
     assert problems["label_apart"][0] == (
         "label_apart_seg.nii.gz",
-        f"shape {(x, y, z // 4)} differs from t1ce's {TINY_SHAPE}",
+        f"shape {(x, y, z // 4)} differs from t1ce's {TINY_SHAPE} (a label must lie on the reference modality's grid: "
+        "labels are never interpolated)",
     )
     assert problems["broken"][0] == ("broken_t2.mha", "invalid affine (non-finite or zero voxel size)")
+
+
+def test_the_grid_modality_setting_chooses_the_reference_grid_of_check_loading_and_labels(generated, tmp_path, caplog):
+    """grid_modality flair: the 1 mm T1CE is resampled onto the 4 mm FLAIR's grid (the log says so), the stack keeps
+    the FLAIR's grid, and the 1 mm label, on the T1CE's grid, is refused (labels are never interpolated)."""
+    thick_slice_case(generated[0], tmp_path, "study")
+    (case,) = find_cases(tmp_path)
+    mods = ("t1ce", "t2", "flair")
+    with caplog.at_level(logging.INFO, logger="axunet_bundle.data.integrity"):
+        problems = check_case(case, mods, grid_modality="flair")
+    x, y, z = TINY_SHAPE
+    assert any(m.startswith("case study: t1ce resampled onto flair's grid (") for m in caplog.messages)
+    assert not any("t2 resampled" in m for m in caplog.messages)  # T2 lies on the FLAIR's grid
+    never = " (a label must lie on the reference modality's grid: labels are never interpolated)"
+    assert [(p.file.name, p.reason) for p in problems] == [
+        ("study_seg.nii.gz", f"shape {TINY_SHAPE} differs from flair's {(x, y, z // 4)}{never}"),
+        ("study_seg.nii.gz", f"affine differs from flair's (largest difference {4 - 1}){never}"),  # 1 mm vs 4 mm
+    ]
+    assert check_case(replace(case, label=None), mods, grid_modality="flair") == []
+    item = LoadCased("image", mods, "flair")({"image": case.image_files(mods)})
+    flair = nib.load(case.images["flair"])
+    assert item["image"].shape == (3, x, y, z // 4)
+    np.testing.assert_allclose(item["image"].affine.numpy(), flair.affine, atol=1e-5)
+    t1ce = np.asarray(nib.load(case.images["t1ce"]).dataobj, dtype=np.float32)
+    # the FLAIR's slice centres are T1CE voxel centres: the resampled T1CE holds its own voxels there
+    np.testing.assert_allclose(item["image"][0].numpy(), t1ce[..., ::4], atol=1e-3)
+
+
+def test_a_grid_modality_that_is_no_modality_of_the_run_is_refused_in_one_line(generated, tmp_path):
+    from test_command_line import axunet, one_line
+
+    from axunet_bundle.settings import check_settings
+
+    collection_case(generated[0], tmp_path, "c", {k: f"_{k}" for k in KINDS})
+    (case,) = find_cases(tmp_path)
+    mods = ["t1ce", "t2", "flair"]
+    message = "grid_modality: got 't1', expected auto or one of the modalities t1ce, t2, flair"
+    for refuse in (
+        lambda: check_settings(modalities=mods, grid_modality="t1"),
+        lambda: LoadCased("image", mods, "t1"),
+        lambda: check_case(case, mods, grid_modality="t1"),
+    ):
+        with raises_user_error(match=message):
+            refuse()
+    assert one_line(axunet("check", tmp_path, "--grid_modality", "t1")) == f"error: {message}"
+
+
+def test_training_and_evaluation_take_a_thick_slice_study_on_the_grid_modality(generated, tmp_path):
+    """The training's volume chain (train.json) stacks the resampled T2/FLAIR with the T1CE and the label, on the
+    T1CE's grid; with grid_modality flair, the datalist leaves the case out (its label lies on the T1CE's grid)."""
+    from monai.bundle import ConfigParser
+    from monai.transforms import Compose
+
+    from axunet_bundle.data.datalist import evaluation_cases
+
+    for i, case_dir in enumerate(generated):
+        thick_slice_case(case_dir, tmp_path, f"study{i}")
+    datalist = make_datalist(tmp_path, folds=2)
+    parser = ConfigParser()
+    parser.read_config(str(Path(__file__).resolve().parents[1] / "configs" / "train.json"))
+    loading = Compose(parser.get_parsed_content("volume_transforms")[:3])  # load, select, check
+    item = loading(datalist["training"][0])
+    assert item["image"].shape == (3, *TINY_SHAPE) and item["label"].shape == (1, *TINY_SHAPE)
+    with raises_user_error(match="too few labelled patients"):  # every case left out: its label is on T1CE's grid
+        make_datalist(tmp_path, folds=2, grid_modality="flair")
+    selection = evaluation_cases(tmp_path, grid_modality="flair")
+    assert selection.items == [] and {p.case_id for p in selection.left_out} == {"study0", "study1", "study2"}
 
 
 def test_a_broken_file_the_model_does_not_use_is_a_warning_of_check(generated, tmp_path, capsys):
@@ -229,11 +371,13 @@ def test_a_broken_file_the_model_does_not_use_is_a_warning_of_check(generated, t
     ]
 
 
-@pytest.mark.parametrize("output_ext", [".nii.gz", ".nrrd"])
-def test_inference_segments_a_thick_slice_nrrd_study_on_its_t1ce_grid(generated, tmp_path, output_ext):
+@pytest.mark.parametrize("output_ext, grid_modality", [(".nii.gz", "auto"), (".nrrd", "t1ce"), (".nii.gz", "flair")])
+def test_inference_segments_a_thick_slice_nrrd_study_on_its_grid_modality(
+    generated, tmp_path, output_ext, grid_modality
+):
     """The bundle's inference.json on a study whose T1CE is NRRD and whose T2 and FLAIR are 4 mm series: one label
-    map, on the T1CE's grid (the grid its overlay needs), as NIfTI or, on request, NRRD for 3D Slicer; a second run
-    finds it and skips the case."""
+    map, on the grid modality's grid (T1CE by default: the grid its overlay needs), as NIfTI or, on request, NRRD for
+    3D Slicer; a second run finds it and skips the case."""
     from test_bundle_workflows import INFERENCE, save_untrained_axunet, workflow
 
     from axunet_bundle.evaluation.report import read_label_map
@@ -244,14 +388,15 @@ def test_inference_segments_a_thick_slice_nrrd_study_on_its_t1ce_grid(generated,
     out = tmp_path / "segs"
     ckpt = save_untrained_axunet(tmp_path / "model.pt")
     settings = dict(dataset_dir=str(tmp_path / "data"), output_dir=str(out), ckpt_path=str(ckpt), output_ext=output_ext)
+    settings["grid_modality"] = grid_modality
     wf = workflow(INFERENCE, **settings)
     wf.run()
     wf.finalize()
     assert [p.name for p in out.glob("study_*")] == [f"study_seg{output_ext}"]
     seg, affine = read_label_map(out / f"study_seg{output_ext}", "study")
-    t1ce = nib.load(source(generated[0], "t1ce"))
-    assert seg.shape == t1ce.shape and set(np.unique(seg)) <= {0, 1, 2, 4}
-    np.testing.assert_allclose(affine, t1ce.affine, atol=1e-4)
+    grid = nib.load(folder / "study_flair.nii.gz" if grid_modality == "flair" else source(generated[0], "t1ce"))
+    assert seg.shape == grid.shape and set(np.unique(seg)) <= {0, 1, 2, 4}
+    np.testing.assert_allclose(affine, grid.affine, atol=1e-4)
     again = workflow(INFERENCE, **settings)
     assert again.parser.get_parsed_content("cases").items == []  # already segmented
 

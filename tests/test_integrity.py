@@ -122,15 +122,15 @@ def _break_cases(root: Path) -> dict[str, tuple[str, str]]:
 
     d = write_case(root, "BraTS2021_00006")
     far = np.eye(4)
-    far[0, 3] = 1000.0  # another grid (it would be resampled) whose field of view has nothing in common with t1's
+    far[0, 3] = 1000.0  # another grid (it would be resampled) whose field of view has nothing in common with t1ce's
     save(file_of(d, "t2"), np.ones((16, 16, 9), dtype=np.float32), affine=far)
-    expected[d.name] = (file_of(d, "t2").name, "its field of view does not overlap t1's")
+    expected[d.name] = (file_of(d, "t2").name, "its field of view does not overlap t1ce's")
 
     d = write_case(root, "BraTS2021_00007")
     moved = np.eye(4)
     moved[2, 3] = 0.5
     save(file_of(d, "seg"), valid_label("2021"), affine=moved)
-    expected[d.name] = (file_of(d, "seg").name, "affine differs from t1's (largest difference 0.5)")
+    expected[d.name] = (file_of(d, "seg").name, "affine differs from t1ce's (largest difference 0.5)")
 
     d = write_case(root, "BraTS2021_00008")
     data = np.ones(SHAPE, dtype=np.float32)

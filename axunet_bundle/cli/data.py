@@ -13,6 +13,7 @@ from ..data.integrity import check_case, dataset_problems, ignored_file_problems
 from ..data.labels import AUTO
 from ..errors import CaseError
 from ..progress import progress as show_progress
+from ..settings import AUTO_GRID
 from .configs import config_path, read_config
 
 __all__ = [
@@ -58,7 +59,9 @@ def synth(output_dir: str, n: int = 4, seed: int = 0, layout: str = "2021", size
     print(f"wrote {len(paths)} cases to {output_dir}")
 
 
-def check(dataset_dir: str, modalities: str = "t1ce,t2,flair", label_convention: str = "auto") -> None:
+def check(
+    dataset_dir: str, modalities: str = "t1ce,t2,flair", label_convention: str = "auto", grid_modality: str = "auto"
+) -> None:
     """Check every case of a dataset folder (BraTS 2018-2025 names, a Decathlon Task01 folder, one multi-channel
     NIfTI per case) and the folder itself (stray NIfTI files, unlabelled cases among labelled ones); one line per
     problem (case, file, reason); exit 0 only when clean.
@@ -67,11 +70,13 @@ def check(dataset_dir: str, modalities: str = "t1ce,t2,flair", label_convention:
         dataset_dir: the dataset folder.
         modalities: comma-separated modalities every case must have (default: the model's).
         label_convention: how to read the labels: auto (each dataset's own), brats2021, brats2023, brats2024, msd.
+        grid_modality: the modality whose grid the others are resampled onto and the label must lie on (auto: t1ce
+            where read, else the first modality).
 
     Example:
         axunet check /data/BraTS2021
     """
-    sys.exit(run_check(dataset_dir, modalities=split_names(modalities), convention=label_convention))
+    sys.exit(run_check(dataset_dir, split_names(modalities), label_convention, grid_modality))
 
 
 def datalist(
@@ -84,6 +89,7 @@ def datalist(
     seed: int = 0,
     modalities: str = "t1ce,t2,flair",
     label_convention: str = "auto",
+    grid_modality: str = "auto",
 ) -> None:
     """Write a MONAI decathlon-style datalist (training / validation / testing), split by patient, seeded; the cases
     `axunet check` refuses are left out, with the same lines.
@@ -98,6 +104,8 @@ def datalist(
         seed: split seed.
         modalities: comma-separated image channels, in order.
         label_convention: how to read the labels: auto (each dataset's own), brats2021, brats2023, brats2024, msd.
+        grid_modality: the modality whose grid the others are resampled onto and the label must lie on (auto: t1ce
+            where read, else the first modality).
 
     Example:
         axunet datalist /data/BraTS2021 --output datalist.json --folds 5 --fold 0
@@ -114,6 +122,7 @@ def datalist(
         test_fraction=test_fraction,
         seed=seed,
         label_convention=label_convention,
+        grid_modality=grid_modality,
     )
     sizes = ", ".join(f"{len(v)} {k}" for k, v in result.items())
     print(f"wrote {output}: {sizes}")
@@ -145,7 +154,12 @@ def prepare(dataset_dir: str, output: str, workers: int = 2, config_file: str | 
     parser = read_config(config, dataset_dir=dataset_dir, **overrides)
     modalities = parser.get_parsed_content("modalities")
     # the cases the training can use: those `axunet check` passes, refused with the same lines
-    selection = labelled_cases(dataset_dir, modalities, label_convention=parser.get_parsed_content("label_convention"))
+    selection = labelled_cases(
+        dataset_dir,
+        modalities,
+        label_convention=parser.get_parsed_content("label_convention"),
+        grid_modality=parser.get_parsed_content("grid_modality"),
+    )
     incomplete = [str(problem) for problem in selection.left_out]
     report = prepare_slice_cache(
         selection.items,
@@ -167,6 +181,7 @@ def check_dataset(
     read_voxels: bool = True,
     progress: bool = True,
     convention: str = AUTO,
+    grid_modality: str = AUTO_GRID,
 ) -> tuple[list[Case], list[CaseError]]:
     """
     Find and check every case under `root` (:func:`~axunet_bundle.data.integrity.check_case`) and the dataset as a whole
@@ -178,6 +193,7 @@ def check_dataset(
         read_voxels: see :func:`~axunet_bundle.data.integrity.check_case`.
         progress: show a tqdm progress bar, but only when stderr is a terminal.
         convention: the label convention setting, see :func:`~axunet_bundle.data.integrity.check_case`.
+        grid_modality: the reference grid's modality, see :func:`~axunet_bundle.data.integrity.check_case`.
 
     Returns:
         ``(cases, problems)``: all cases found (sorted by case id) and all problems, case by case, then the
@@ -192,12 +208,15 @@ def check_dataset(
     # a bar on a terminal; no log lines otherwise: the report itself is the check's output
     cases = show_progress(found.cases, desc="checking cases", unit="case", enabled=progress and sys.stderr.isatty())
     for case in cases:
-        problems.extend(check_case(case, modalities, read_voxels=read_voxels, convention=convention))
+        problems.extend(check_case(case, modalities, read_voxels, convention, grid_modality))
     return found.cases, problems + dataset_problems(found)
 
 
 def run_check(
-    dataset_dir: str | os.PathLike, modalities: Sequence[str] = DEFAULT_MODALITIES, convention: str = AUTO
+    dataset_dir: str | os.PathLike,
+    modalities: Sequence[str] = DEFAULT_MODALITIES,
+    convention: str = AUTO,
+    grid_modality: str = AUTO_GRID,
 ) -> int:
     """
     Check a dataset fully (headers and voxels) and print the result, for ``axunet check DIR``: one line per problem
@@ -209,6 +228,7 @@ def run_check(
         dataset_dir: dataset directory.
         modalities: canonical modalities every case must have (default: the model's).
         convention: the label convention setting, see :func:`~axunet_bundle.data.integrity.check_case`.
+        grid_modality: the reference grid's modality, see :func:`~axunet_bundle.data.integrity.check_case`.
 
     Returns:
         exit code: :data:`EXIT_OK` (0) when clean, :data:`EXIT_PROBLEMS` (1) when any problem was found.
@@ -217,7 +237,7 @@ def run_check(
         DatasetError: when the directory cannot be used at all (missing, not a directory, no case, duplicated case
             ids); the command line prints its one line and exits with status 2.
     """
-    cases, problems = check_dataset(dataset_dir, modalities, read_voxels=True, progress=True, convention=convention)
+    cases, problems = check_dataset(dataset_dir, modalities, True, True, convention, grid_modality)
     warnings = [warning for case in cases for warning in ignored_file_problems(case)]
     for problem in problems:
         print(problem)

@@ -49,7 +49,7 @@ import math
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -67,6 +67,7 @@ __all__ = [
     "LAYOUT_2021",
     "LAYOUT_2023",
     "LABEL_SUFFIX",
+    "automated_segmentation",
     "MODALITY_ALIASES",
     "Case",
     "CaseError",
@@ -112,8 +113,19 @@ LABEL_NAMES = frozenset(
     + ("tumoursegmentation", "tumorlabel", "tumorlabels", "tumormask", "tumourmask", "lesionmask", "glistrboost")
     + ("glistrboostmanuallycorrected",)
 )
+#: words that, before or after a label name, say a label is the final, manually corrected one (``_seg_final``,
+#: ``_manual_segm``): it is the case's label
+REFERENCE_WORDS = ("final", "manual", "corrected", "revised", "refined", "gt", "groundtruth")
+#: every ending (lower case, without ``_``/``-``) that names a case's label: LABEL_NAMES, alone or with a
+#: REFERENCE_WORDS word before or after
+LABEL_ENDINGS = LABEL_NAMES | frozenset(
+    ending for name in LABEL_NAMES for word in REFERENCE_WORDS for ending in (name + word, word + name)
+)
 #: parts of a name that say a file is a segmentation: a case's file with one, not named by LABEL_NAMES, is a problem
 LABEL_WORDS = ("seg", "label", "mask")
+#: parts of a name that say a segmentation is a program's, no reference (UPenn-GBM's ``automated_segm/`` folder of
+#: ``_automated_approx_segm`` files): an ignored file
+AUTOMATED_WORDS = ("automated", "auto", "approx", "predict", "pred")
 #: parts of a name that say a segmentation or mask is of no tumour (brain masks, tissue maps): an ignored file
 NON_TUMOUR_WORDS = ("brain", "parenchyma", "skull", "tissue", "csf", "head")
 
@@ -152,8 +164,10 @@ STRAY_REASON = (
 )
 UNPLACED_REASON = (
     "may be a label, but its name is none of the label names (seg, segm, label, ...): name the case's label "
-    "<case id>_seg.nii.gz, and move this file out of the case folder"
+    "<case id>_seg.nii.gz, and move this file out of the dataset folder"
 )
+#: why discovery names a second label of a case, found in another folder than the label beside its images
+SECOND_LABEL_REASON = "a second label of the case, which has {} beside its images: keep one"
 
 # a case id names a folder or file inside an output directory, so it must not hold a path: no separator (either
 # OS's), no NUL, and not a name that points at a directory itself
@@ -239,7 +253,7 @@ def _split_file_name(name: str) -> tuple[str | None, str, str] | None:
         return None
     for cut in (-1, *(m.start() for m in _SEPARATOR_RE.finditer(stem))):  # the longest suffix first
         suffix = _normalised(stem[cut + 1 :])
-        kind = LABEL_SUFFIX if suffix in LABEL_NAMES else MODALITY_ALIASES.get(suffix)
+        kind = LABEL_SUFFIX if suffix in LABEL_ENDINGS else MODALITY_ALIASES.get(suffix)
         if kind is not None and cut != 0:
             return (stem[:cut] if cut > 0 else None), kind, suffix
     return None
@@ -437,6 +451,56 @@ def _owner(stem: str, prefixes: Sequence[str | None]) -> tuple[str | None, str] 
     return (None, stem) if None in prefixes else None
 
 
+def _may_be_label(rest: str) -> bool:
+    """Whether what follows a case id in a file's name (``seg_old``, ``automated_approx_segm``, ``brain_mask``) says a
+    tumour segmentation that is no label name: neither a mask of no tumour nor a program's segmentation."""
+    rest = _normalised(rest)
+    return (
+        any(w in rest for w in LABEL_WORDS)
+        and not any(w in rest for w in NON_TUMOUR_WORDS)
+        and not any(w in rest for w in AUTOMATED_WORDS)
+    )
+
+
+def _place_in_other_folders(found: Discovery) -> None:
+    """The files no folder's cases took, named ``<case id>_<what it holds>`` after a case found in another folder
+    (TCIA's UPenn-GBM keeps ``images_structural/<case>/``, ``images_segm/<case>_segm.nii.gz``,
+    ``automated_segm/``, ``images_DTI/<case>/`` side by side): a label name is the case's label (unless one lies
+    beside its images), any other name one of its ignored files, or a problem when it may be a label
+    (:func:`_may_be_label`). Changes ``found`` in place."""
+    by_id = {case.case_id: i for i, case in enumerate(found.cases) if not case.multichannel}
+    extra: dict[int, list[tuple[str, Path]]] = {}
+    strays = []
+    for owner, path, reason in found.strays:
+        stem = image_stem(path.name) or ""
+        cuts = [m.start() for m in _SEPARATOR_RE.finditer(stem)]
+        case_index = next((by_id[stem[:c]] for c in reversed(cuts) if stem[:c] in by_id), None)  # the longest id
+        if reason != STRAY_REASON or case_index is None:
+            strays.append((owner, path, reason))
+            continue
+        case, rest = found.cases[case_index], stem[len(found.cases[case_index].case_id) + 1 :]
+        parsed = _split_file_name(path.name)
+        if parsed is not None and parsed[0] == case.case_id and parsed[1] == LABEL_SUFFIX:
+            if case.label is None:
+                found.cases[case_index] = replace(found.cases[case_index], label=path)
+                case = found.cases[case_index]
+            else:
+                strays.append((case.case_id, path, SECOND_LABEL_REASON.format(case.label.name)))
+        elif _may_be_label(rest):
+            strays.append((case.case_id, path, UNPLACED_REASON))
+        else:
+            extra.setdefault(case_index, []).append((rest.lower(), path))
+    for index, files in extra.items():
+        found.cases[index] = replace(found.cases[index], ignored=found.cases[index].ignored + tuple(files))
+    found.strays = strays
+
+
+def automated_segmentation(case: Case) -> Path | None:
+    """A program's segmentation among the case's ignored files (UPenn-GBM's ``_automated_approx_segm``), ``None``
+    when there is none: what tells an unlabelled case of a collection that labels a subset by hand."""
+    return next((path for kind, path in case.ignored if any(w in _normalised(kind) for w in AUTOMATED_WORDS)), None)
+
+
 def _cases_in_directory(
     directory: Path, file_names: Iterable[str], modalities: tuple[str, ...]
 ) -> tuple[list[Case], list[tuple[Path, str]]]:
@@ -459,8 +523,7 @@ def _cases_in_directory(
     ignored: dict[str | None, list[tuple[str, Path]]] = {p: [] for p in groups}
     for path in unparsed:
         owner = _owner(image_stem(path.name) or "", list(groups))
-        rest = _normalised(owner[1]) if owner else ""
-        if owner is not None and any(w in rest for w in LABEL_WORDS) and not any(w in rest for w in NON_TUMOUR_WORDS):
+        if owner is not None and _may_be_label(owner[1]):
             strays.append((path, UNPLACED_REASON))
         elif owner is not None:
             ignored[owner[0]].append((owner[1].lower(), path))
@@ -683,6 +746,7 @@ def discover(root: str | os.PathLike, modalities: Sequence[str] = MODALITIES) ->
             found.cases.extend(cases)
             owner = cases[0].case_id if len(cases) == 1 else None
             found.strays.extend((owner, path, reason) for path, reason in strays)
+        _place_in_other_folders(found)
         labels = {case.label for case in found.cases if case.label is not None}
         found.strays = [stray for stray in found.strays if stray[1] not in labels]
     if not found.cases:

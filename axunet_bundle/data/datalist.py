@@ -31,6 +31,7 @@ from monai.utils import ensure_tuple
 from ..atomic import write_json_atomic
 from ..errors import CaseError, ConfigurationError, DatasetError, LeftOutCasesError, user_error
 from ..outputs import segmentation_path
+from ..settings import AUTO_GRID
 from .cases import DEFAULT_MODALITIES, Case, case_id_from_path, check_case_id, discover, validate_modalities
 from .integrity import check_case, dataset_problems, read_problem
 from .labels import AUTO, resolve_convention
@@ -95,13 +96,13 @@ def _discover(dataset_dir: str | os.PathLike, modalities: tuple[str, ...], label
 
 
 def _sound_cases(
-    cases: Sequence[Case], modalities: tuple[str, ...], read_voxels: bool, convention: str
+    cases: Sequence[Case], modalities: tuple[str, ...], read_voxels: bool, convention: str, grid_modality: str
 ) -> tuple[list[Case], list[CaseError]]:
     """The cases with no problem, and the problems of the others, each logged in one line: the lines ``axunet
     check`` prints, so that every step refuses the same cases for the same reasons."""
     sound, problems = [], []
     for case in cases:
-        found = check_case(case, modalities, read_voxels=read_voxels, convention=convention)
+        found = check_case(case, modalities, read_voxels, convention, grid_modality)
         for problem in found:
             logger.warning("leaving out case %s", problem)
         problems.extend(found)
@@ -121,6 +122,7 @@ def make_datalist(
     test_fraction: float = 0.0,
     seed: int = 0,
     label_convention: str = AUTO,
+    grid_modality: str = AUTO_GRID,
 ) -> dict[str, list[dict[str, Any]]]:
     """
     Build a decathlon-style datalist ``{"training": [...], "validation": [...], "testing": [...]}``.
@@ -143,6 +145,7 @@ def make_datalist(
         test_fraction: fraction of the labelled patients held out into ``"testing"`` (with their labels).
         seed: seed of the patient shuffle; the same seed gives the same split.
         label_convention: the label convention setting (``"auto"``: each case's dataset's).
+        grid_modality: the modality whose grid the others are resampled onto and labels must lie on.
 
     Returns:
         the datalist; each list is sorted by case id.
@@ -166,7 +169,7 @@ def make_datalist(
             )
 
     # the full check (voxels too): every step that uses the dataset refuses the same cases, for the same reasons
-    usable, _ = _sound_cases(_discover(dataset_dir, mods, True), mods, read_voxels=True, convention=label_convention)
+    usable, _ = _sound_cases(_discover(dataset_dir, mods, True), mods, True, label_convention, grid_modality)
 
     patients: dict[str, list[Case]] = {}
     for case in usable:
@@ -361,9 +364,11 @@ class CaseLoader(DataLoader):
                 yield batch
 
 
-def _select(cases: Sequence[Case], modalities: tuple[str, ...], read_voxels: bool, convention: str) -> CaseSelection:
+def _select(
+    cases: Sequence[Case], modalities: tuple[str, ...], read_voxels: bool, convention: str, grid_modality: str
+) -> CaseSelection:
     """The sound cases as items, and the problems of the others."""
-    sound, problems = _sound_cases(cases, modalities, read_voxels, convention)
+    sound, problems = _sound_cases(cases, modalities, read_voxels, convention, grid_modality)
     return CaseSelection([case_item(case, modalities) for case in sound], problems)
 
 
@@ -374,6 +379,7 @@ def inference_cases(
     read_voxels: bool = False,
     label_convention: str = AUTO,
     output_ext: str = ".nii.gz",
+    grid_modality: str = AUTO_GRID,
 ) -> CaseSelection:
     """
     Every case of a folder as an inference item ``{"image": [files], "case_id": id, "label_convention": ...}`` (labels
@@ -390,6 +396,7 @@ def inference_cases(
             voxels are checked once, as the chain loads them (:class:`CaseLoader`).
         label_convention: the convention to write the segmentations in: ``"auto"`` for each case's dataset's.
         output_ext: the segmentations' file-name ending (which ones exist in ``output_dir``).
+        grid_modality: the modality whose grid the others are resampled onto (and the segmentation written on).
     """
     mods = validate_modalities(modalities)
     cases = [replace(case, label=None) for case in _discover(dataset_dir, mods, labels_needed=False)]
@@ -402,7 +409,7 @@ def inference_cases(
             len(cases) - len(todo),
             output_dir,
         )
-    return _select(todo, mods, read_voxels, label_convention)  # labels were dropped: items hold no label
+    return _select(todo, mods, read_voxels, label_convention, grid_modality)  # labels were dropped: items hold no label
 
 
 def labelled_cases(
@@ -410,6 +417,7 @@ def labelled_cases(
     modalities: Sequence[str] = DEFAULT_MODALITIES,
     read_voxels: bool = False,
     label_convention: str = AUTO,
+    grid_modality: str = AUTO_GRID,
 ) -> CaseSelection:
     """Every sound labelled case of a folder as an item (the cases a training or a slice cache can use), and the
     problems of the others: the lines ``axunet check`` prints.
@@ -421,7 +429,7 @@ def labelled_cases(
     labelled = [case for case in _discover(dataset_dir, mods, labels_needed=True) if case.label is not None]
     if not labelled:
         raise DatasetError(f"no labelled cases found in {dataset_dir}")
-    return _select(labelled, mods, read_voxels, label_convention)
+    return _select(labelled, mods, read_voxels, label_convention, grid_modality)
 
 
 def evaluation_cases(
@@ -431,6 +439,7 @@ def evaluation_cases(
     modalities: Sequence[str] = DEFAULT_MODALITIES,
     read_voxels: bool = False,
     label_convention: str = AUTO,
+    grid_modality: str = AUTO_GRID,
 ) -> CaseSelection:
     """
     The labelled cases to evaluate: the ``split`` section of a datalist file when one is given (taken as it is),
@@ -445,6 +454,7 @@ def evaluation_cases(
         modalities: image channels, in order.
         read_voxels: check the voxel data too, not only the headers (see :func:`inference_cases`).
         label_convention: the label convention setting (``"auto"``: each case's dataset's).
+        grid_modality: the modality whose grid the others are resampled onto and labels must lie on.
 
     Raises:
         ConfigurationError: for an unknown split, or neither a folder nor a datalist.
@@ -458,7 +468,7 @@ def evaluation_cases(
     else:
         if dataset_dir is None:
             raise ConfigurationError("give dataset_dir (a BraTS folder) or datalist (a datalist JSON file)")
-        selection = labelled_cases(dataset_dir, modalities, read_voxels, label_convention)
+        selection = labelled_cases(dataset_dir, modalities, read_voxels, label_convention, grid_modality)
     unlabelled = [item[CASE_ID_KEY] for item in selection.items if "label" not in item]
     if unlabelled:
         raise DatasetError(f"datalist {split} items without a label to evaluate against: {unlabelled[0]}")

@@ -28,7 +28,8 @@ from monai.utils import convert_to_numpy
 from nibabel.filebasedimages import ImageFileError
 
 from ..errors import CaseError
-from .cases import LABEL_SUFFIX, LAYOUT_MSD, MODALITIES, Case, Discovery, validate_modalities
+from ..settings import AUTO_GRID, resolve_grid_modality
+from .cases import LABEL_SUFFIX, LAYOUT_MSD, MODALITIES, Case, Discovery, automated_segmentation, validate_modalities
 from .formats import ItkImage, is_nifti
 from .labels import AUTO, RC_OR_ET, invalid_label_values, label_values, resolve_convention, validate_convention
 
@@ -266,8 +267,9 @@ def _extent(shape: Sequence[int], affine: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def _grid_problems(geometry: _Geometry, reference: _Geometry) -> tuple[list[str], str]:
-    """Why a file's grid cannot be used with the reference file's, and, for a modality that will be resampled onto
-    the reference's grid (by :class:`~axunet_bundle.data.pipeline.LoadCased`), the log line that says so."""
+    """Why a file's grid cannot be used with the reference modality's, and, for a modality that will be resampled onto
+    the reference's grid (by :class:`~axunet_bundle.data.pipeline.LoadCased`), the log line that says so: both grids
+    and how far apart their fields of view end (the largest distance between their boxes' faces, mm)."""
     (kind, shape, affine), (ref_kind, ref_shape, ref_affine) = geometry, reference
     if same_grid(shape, affine, ref_shape, ref_affine):
         return [], ""
@@ -276,12 +278,15 @@ def _grid_problems(geometry: _Geometry, reference: _Geometry) -> tuple[list[str]
         reasons = [f"shape {shape} differs from {ref_kind}'s {ref_shape}"] if shape != ref_shape else []
         if max_diff > AFFINE_TOLERANCE:
             reasons.append(f"affine differs from {ref_kind}'s (largest difference {max_diff:.4g})")
-        return reasons, ""
+        return [
+            r + " (a label must lie on the reference modality's grid: labels are never interpolated)" for r in reasons
+        ], ""
     (low, high), (ref_low, ref_high) = _extent(shape, affine), _extent(ref_shape, ref_affine)
     if not np.all(np.maximum(low, ref_low) < np.minimum(high, ref_high)):
         return [f"its field of view does not overlap {ref_kind}'s: nothing to resample onto {ref_kind}'s grid"], ""
+    apart = float(np.max(np.abs(np.concatenate([low - ref_low, high - ref_high]))))
     grids = f"{grid_of(shape, affine)} -> {grid_of(ref_shape, ref_affine)}"
-    return [], f"{kind} resampled onto {ref_kind}'s grid ({grids})"
+    return [], f"{kind} resampled onto {ref_kind}'s grid ({grids}; fields of view {apart:.3g} mm apart at most)"
 
 
 def _spatial_and_channels(shape: tuple[int, ...], multichannel: bool) -> tuple[tuple[int, ...] | None, int, str]:
@@ -367,18 +372,24 @@ def _check_file(
 
 
 def check_case(
-    case: Case, modalities: Sequence[str] = MODALITIES, read_voxels: bool = True, convention: str = AUTO
+    case: Case,
+    modalities: Sequence[str] = MODALITIES,
+    read_voxels: bool = True,
+    convention: str = AUTO,
+    grid_modality: str = AUTO_GRID,
 ) -> list[CaseError]:
     """
     Check one case's files; every problem is reported, none is raised.
 
     Header checks (always): missing modality (or named channel); unreadable, empty, truncated or non-NIfTI file; an
     image that is not 3D (a trailing singleton dimension such as 240x240x155x1 counts as 3D) or, for a multi-channel
-    file, that lacks the channels its modalities need; shape or affine differing from the case's first readable file
-    (images: ``np.allclose``, as MONAI requires to stack them; label: within :data:`AFFINE_TOLERANCE`), geometry read
-    as MONAI's ``NibabelReader`` reads it; a header that claims more voxels than the file holds is refused before any
-    voxel is read. With `read_voxels`, also the voxels: damaged compressed data, non-finite voxels, an all-zero
-    modality, label values outside the case's convention (resolved with the label, as the chain resolves it).
+    file, that lacks the channels its modalities need; the grids (geometry read as MONAI's ``NibabelReader`` reads
+    it), each file's against the reference modality's (`grid_modality`): a modality on another grid is resampled onto
+    it (logged: both grids, how far apart their fields of view end) unless their fields of view share no space or its
+    affine is broken; the label must lie on it (within :data:`AFFINE_TOLERANCE`: labels are never interpolated); a
+    header that claims more voxels than the file holds is refused before any voxel is read. With `read_voxels`, also
+    the voxels: damaged compressed data, non-finite voxels, an all-zero modality, label values outside the case's
+    convention (resolved with the label, as the chain resolves it).
 
     Args:
         case: the case to check.
@@ -386,14 +397,19 @@ def check_case(
         read_voxels: read the voxel data too. ``False`` reads the headers and the files' lengths only (a
             ``.nii.gz``'s from its gzip trailer): how the runs select their cases, leaving the voxels to the chain.
         convention: the label convention setting: ``"auto"`` (the case's dataset's) or a convention name.
+        grid_modality: the modality whose grid is the reference: one of `modalities`, or ``"auto"`` (T1CE where
+            `modalities` hold it, else the first; see :func:`~axunet_bundle.settings.resolve_grid_modality`). The
+            one file of a multi-channel case is its own reference.
 
     Returns:
         the problems found, in file order (modalities in the given order, then the label); empty if none.
 
     Raises:
-        ConfigurationError: for unknown modality or convention names (a usage error, not a data problem).
+        ConfigurationError: for unknown modality or convention names, or a `grid_modality` not among `modalities`
+            (a usage error, not a data problem).
     """
     mods = validate_modalities(modalities)
+    grid_modality = resolve_grid_modality(grid_modality, mods)
     validate_convention(convention, allow_auto=True)
     what = "channel" if case.channels is not None else "image"
     problems = [
@@ -409,24 +425,28 @@ def check_case(
         files = [(m, case.images[m], None) for m in mods if m in case.images]
     if case.label is not None:
         files.append((LABEL_SUFFIX, case.label, None))
-    reference: _Geometry | None = None
-    for kind, path, channels in files:
-        reasons, geometry = _check_file(path, kind, read_voxels, convention, case.convention, channels)
-        if reference is not None and geometry is not None:
+    checked = [
+        (path, *_check_file(path, kind, read_voxels, convention, case.convention, channels))
+        for kind, path, channels in files
+    ]
+    # the reference grid: the grid modality's file (a multi-channel case's one file); unreadable, it is the problem
+    reference = next((g for g in (c[2] for c in checked) if g is not None and g[0] in (grid_modality, "image")), None)
+    for path, reasons, geometry in checked:
+        if reference is not None and geometry is not None and geometry is not reference:
             grid_reasons, resampled = _grid_problems(geometry, reference)
             reasons = grid_reasons + reasons
             if resampled:
                 logger.info("case %s: %s", case.case_id, resampled)
         problems.extend(CaseError(case.case_id, path, reason) for reason in reasons)
-        if reference is None:
-            reference = geometry  # later files are compared with the first readable one
     return problems
 
 
 def dataset_problems(found: Discovery, labels_needed: bool = True) -> list[CaseError]:
     """The problems of a dataset beyond its cases' files: every image file discovery could not place (a stray, or
     a case's file that may be a misnamed label: never silently ignored), and, when labels are needed and some cases
-    have one, every case without its label (not silently dropped from training)."""
+    have one, every case without its label (not silently dropped from training) but those with a program's
+    segmentation (:func:`~axunet_bundle.data.cases.automated_segmentation`: a collection that labels a subset by
+    hand, as UPenn-GBM; :func:`ignored_file_problems` warns of them)."""
     problems = [CaseError(owner or "-", path, reason) for owner, path, reason in found.strays]
     labelled = sum(case.label is not None for case in found.cases)
     if labelled and labels_needed:
@@ -438,7 +458,9 @@ def dataset_problems(found: Discovery, labels_needed: bool = True) -> list[CaseE
                 f"{labelled} of the dataset's {len(found.cases)} cases have one: it cannot train or be evaluated",
             )
             for case in found.cases
-            if case.label is None and case.layout != LAYOUT_MSD  # dataset.json lists its test cases as such
+            if case.label is None
+            and case.layout != LAYOUT_MSD  # dataset.json lists its test cases as such
+            and automated_segmentation(case) is None
         ]
     return problems
 
@@ -447,7 +469,8 @@ def ignored_file_problems(case: Case, read_voxels: bool = True) -> list[CaseErro
     """
     The problems of a case's ignored files (:attr:`Case.ignored`): warnings, as the model does not read them (an
     80-byte ``t1`` file where the model reads T1CE, T2, FLAIR). A modality's file is checked as a case's (the whole
-    volume with `read_voxels`); another file (diffusion, perfusion, masks: any shape) by its header.
+    volume with `read_voxels`); another file (diffusion, perfusion, masks: any shape) by its header. A case without
+    a label but with a program's segmentation (UPenn-GBM's cases without a manual one) is a warning too.
 
     Args:
         case: the case.
@@ -456,7 +479,11 @@ def ignored_file_problems(case: Case, read_voxels: bool = True) -> list[CaseErro
     Returns:
         one :class:`CaseError` per broken file; empty when none is.
     """
+    automated = automated_segmentation(case)
     problems = []
+    if case.label is None and automated is not None:
+        reason = "no label (this file is a program's segmentation, no reference): the case cannot train or be evaluated"
+        problems.append(CaseError(case.case_id, automated, reason))
     for kind, path in case.ignored:
         if kind in MODALITIES:
             reasons = _check_file(path, kind, read_voxels, AUTO, case.convention)[0]

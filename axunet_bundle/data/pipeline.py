@@ -1,11 +1,11 @@
 # Copyright (c) AXUNet bundle developers. Licensed under the Apache License, Version 2.0.
 """
 The transforms that put a case into the bundle's chains: its files loaded (:class:`LoadCased`, MONAI's
-``LoadImaged`` with each modality's file read apart and resampled onto the first's grid where it lies on another),
-the model's modalities
-taken out of a multi-channel image (:class:`SelectModalitiesd`), then the voxels checked, the one read of them that
-checks (:class:`ValidateCased`), each failure a :class:`~axunet_bundle.errors.CaseError` naming case and file; and
-the label maps <-> region masks in each item's label convention (:class:`LabelsToRegionsd`, :class:`RegionsToLabelsd`).
+``LoadImaged`` with each modality's file read apart and resampled onto the reference modality's grid where it lies
+on another), the model's modalities taken out of a multi-channel image (:class:`SelectModalitiesd`), then the
+voxels checked, the one read of them that checks (:class:`ValidateCased`), each failure a
+:class:`~axunet_bundle.errors.CaseError` naming case and file; and the label maps <-> region masks in each item's
+label convention (:class:`LabelsToRegionsd`, :class:`RegionsToLabelsd`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from monai.transforms import LoadImaged, MapTransform, ResampleToMatch
 from monai.utils import ImageMetaKey, TransformBackends, convert_to_numpy, ensure_tuple
 
 from ..errors import CaseError
+from ..settings import AUTO_GRID, resolve_grid_modality
 from .cases import DEFAULT_MODALITIES, case_id_from_path, convention_for_names, parse_file_name, validate_modalities
 from .integrity import image_problems, label_problems, same_grid
 from .labels import AUTO, labels_to_regions, regions_to_labels, resolve_convention, validate_convention
@@ -88,39 +89,62 @@ def _channel_file(files: list[str], channel: int, modality: str) -> str | None:
 class LoadCased(LoadImaged):
     """
     MONAI's ``LoadImaged`` (channel first) that reads each file of an item's list apart, with the reader its format
-    needs (NIfTI, NRRD and MetaImage may mix in a case), and stacks them as channels on the first file's grid: a file
-    on another grid (a thick-slice FLAIR beside a 1 mm T1CE) is resampled onto it with MONAI's ``ResampleToMatch``
-    (trilinear, in the scanner's space; zero outside its field of view), as SlicerMONAIAuto3DSeg does. The case check
-    (:func:`~axunet_bundle.data.integrity.check_case`) has refused the grids that share no space and logged the
-    others; a single file (a label, a multi-channel image) is loaded as it is: a label is never interpolated.
-    MONAI's own ``LoadImaged`` stacks a list only when every file is on one grid; MONAI Label finds this class as
-    the ``LoadImaged`` it adapts.
+    needs (NIfTI, NRRD and MetaImage may mix in a case), and stacks them as channels on the grid of the reference
+    modality's file (`grid_modality`, T1CE by default), whose metadata the stack keeps (so the segmentation is written
+    on that grid): a file on another grid (a thick-slice FLAIR beside a 1 mm T1CE) is resampled onto it with MONAI's
+    ``ResampleToMatch`` (trilinear, in the scanner's space; zero outside its field of view), as SlicerMONAIAuto3DSeg
+    does. The case check (:func:`~axunet_bundle.data.integrity.check_case`) has refused the grids that share no space
+    and logged the others; a single file (a label, a multi-channel image) is loaded as it is: a label is never
+    interpolated. MONAI's own ``LoadImaged`` stacks a list only when every file is on one grid; MONAI Label finds this
+    class as the ``LoadImaged`` it adapts.
 
     Args:
-        keys: keys of the files to load (a path, or a list of paths to stack).
+        keys: keys of the files to load (a path, or a list of paths to stack, one per modality of `modalities`).
+        modalities: the modality of each file of a list, in order.
+        grid_modality: the modality whose file's grid the others are resampled onto: one of `modalities`, or
+            ``"auto"`` (:func:`~axunet_bundle.settings.resolve_grid_modality`: T1CE where read, else the first).
         kwargs: ``LoadImaged``'s; ``ensure_channel_first`` and ``image_only`` default to ``True``.
+
+    Raises:
+        ConfigurationError: for unknown modalities, or a `grid_modality` not among them.
     """
 
-    def __init__(self, keys: KeysCollection, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection,
+        modalities: Sequence[str] = DEFAULT_MODALITIES,
+        grid_modality: str = AUTO_GRID,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(keys, **{"ensure_channel_first": True, "image_only": True, **kwargs})
+        self.modalities = validate_modalities(modalities)
+        self.reference = self.modalities.index(resolve_grid_modality(grid_modality, self.modalities))
         self.resample = ResampleToMatch(mode="bilinear", padding_mode="zeros")
 
-    def _stack(self, files: Sequence[Any], reader: Any) -> Any:
+    def _stack(self, d: Mapping[Hashable, Any], files: Sequence[Any], reader: Any) -> Any:
+        if len(files) != len(self.modalities):
+            names = ", ".join(self.modalities)
+            raise CaseError(
+                _case_id(d, [str(f) for f in files]),
+                None,
+                f"{len(files)} image files where one per modality ({names}) is expected",
+            )
         loaded = [self._loader(f, reader) for f in files]
         images = [x[0] if isinstance(x, (tuple, list)) else x for x in loaded]
-        first = images[0]
-        for i, image in enumerate(images[1:], 1):
-            if not same_grid(image.shape[1:], image.affine, first.shape[1:], first.affine):
-                images[i] = self.resample(image, img_dst=first)
-        stacked = MetaTensor(torch.cat([torch.as_tensor(x) for x in images]), meta=first.meta)
-        return (stacked, loaded[0][1]) if isinstance(loaded[0], (tuple, list)) else stacked
+        grid = images[self.reference]
+        for i, image in enumerate(images):
+            if not same_grid(image.shape[1:], image.affine, grid.shape[1:], grid.affine):
+                images[i] = self.resample(image, img_dst=grid)
+        stacked = MetaTensor(torch.cat([torch.as_tensor(x) for x in images]), meta=grid.meta)
+        first = loaded[self.reference]
+        return (stacked, first[1]) if isinstance(first, (tuple, list)) else stacked
 
     def __call__(self, data: Mapping[Hashable, Any], reader: Any = None) -> dict[Hashable, Any]:
         d = dict(data)
         for key, meta_key, meta_key_postfix in self.key_iterator(d, self.meta_keys, self.meta_key_postfix):
             files = d[key]
             several = isinstance(files, (list, tuple)) and len(files) > 1
-            loaded = self._stack(files, reader) if several else self._loader(files, reader)
+            loaded = self._stack(d, files, reader) if several else self._loader(files, reader)
             if self._loader.image_only:
                 d[key] = loaded
             else:  # as LoadImaged: MONAI Label asks for the metadata apart
