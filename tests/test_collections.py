@@ -18,7 +18,7 @@ from conftest import TINY_SHAPE, raises_user_error
 from axunet_bundle.cli.data import run_check
 from axunet_bundle.data.cases import MODALITIES, UNPLACED_REASON, discover, find_cases
 from axunet_bundle.data.datalist import make_datalist
-from axunet_bundle.data.integrity import check_case, dataset_problems, ignored_file_problems
+from axunet_bundle.data.integrity import INVALID_AFFINE, check_case, dataset_problems, ignored_file_problems
 from axunet_bundle.data.pipeline import LoadCased
 from axunet_bundle.synthetic import write_synthetic_dataset
 
@@ -220,6 +220,42 @@ def test_a_cut_or_garbage_nrrd_or_metaimage_file_is_refused_in_one_line(generate
     assert all("\n" not in reason for reason in problems.values())
 
 
+@pytest.mark.parametrize("ext", [".nhdr", ".mhd"])
+def test_a_detached_header_whose_voxel_file_is_cut_or_missing_is_refused_in_one_line(generated, tmp_path, ext):
+    """An .nhdr or .mhd keeps its voxels in a .raw file beside it: a cut or missing one is named from the header,
+    before any voxel is read, as a cut .nii is."""
+    case_dir = collection_case(generated[0], tmp_path, "c", {k: f"_{k}" for k in KINDS}, ext)
+    t2_raw, flair_raw = case_dir / "c_t2.raw", case_dir / "c_flair.raw"
+    t2_raw.write_bytes(t2_raw.read_bytes()[:-300])
+    flair_raw.unlink()
+    (case,) = find_cases(tmp_path)
+    assert [(p.file.name, p.reason.split(":")[0]) for p in check_case(case, ("t1ce", "t2", "flair"))] == [
+        (f"c_t2{ext}", "truncated file (its voxel file c_t2.raw)"),
+        (f"c_flair{ext}", "cannot read its voxel file c_flair.raw (No such file or directory)"),
+    ]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.float64])
+def test_labels_of_any_integer_valued_dtype_and_a_4d_single_volume_modality_are_read(generated, tmp_path, dtype):
+    """A label map stored as uint8, int16 or float64, and a T2 saved as X, Y, Z, 1 (a 4D file of one volume): a
+    clean case, whose loaded label and T2 equal the generated ones."""
+    folder = tmp_path / "case"
+    for kind in ("t1ce", "flair"):
+        write_as(source(generated[0], kind), folder / f"case_{kind}.nii.gz")
+    t2, seg = nib.load(source(generated[0], "t2")), nib.load(source(generated[0], "seg"))
+    nib.save(nib.Nifti1Image(np.asarray(t2.dataobj)[..., None], t2.affine), folder / "case_t2.nii.gz")
+    label = nib.Nifti1Image(np.asarray(seg.dataobj).astype(dtype), seg.affine)
+    label.set_data_dtype(dtype)
+    nib.save(label, folder / "case_seg.nii.gz")
+    (case,) = find_cases(tmp_path)
+    mods = ("t1ce", "t2", "flair")
+    assert check_case(case, mods) == []
+    item = LoadCased(["image", "label"], mods)({"image": case.image_files(mods), "label": case.label})
+    assert item["image"].shape == (3, *TINY_SHAPE)
+    np.testing.assert_array_equal(item["image"][1].numpy(), np.asarray(t2.dataobj, dtype=np.float32))
+    np.testing.assert_array_equal(item["label"][0].numpy(), np.asarray(seg.dataobj))
+
+
 def resliced(src: Path, target: Path, step: int, shift_mm: float = 0.0) -> Path:
     """Every ``step``-th axial slice of ``src``, the affine saying so (a thick-slice series in the same space)."""
     img = nib.load(src)
@@ -286,7 +322,13 @@ def test_grids_without_common_space_a_broken_affine_or_a_label_on_another_grid_a
         f"shape {(x, y, z // 4)} differs from t1ce's {TINY_SHAPE} (a label must lie on the reference modality's grid: "
         "labels are never interpolated)",
     )
-    assert problems["broken"][0] == ("broken_t2.mha", "invalid affine (non-finite or zero voxel size)")
+    assert problems["broken"] == [("broken_t2.mha", INVALID_AFFINE)]
+    t2.write_bytes(re.sub(rb"ElementSpacing = [^\n]*", b"ElementSpacing = 1 1 1", t2.read_bytes(), count=1))
+    t2.write_bytes(
+        re.sub(rb"TransformMatrix = [^\n]*", b"TransformMatrix = 0 0 0 0 0 0 0 0 0", t2.read_bytes(), count=1)
+    )
+    (case,) = find_cases(tmp_path / "broken")
+    assert [(p.file.name, p.reason) for p in check_case(case, mods)] == [("broken_t2.mha", INVALID_AFFINE)]
 
 
 def test_the_grid_modality_setting_chooses_the_reference_grid_of_check_loading_and_labels(generated, tmp_path, caplog):

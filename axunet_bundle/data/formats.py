@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from monai.utils import optional_import
 
-__all__ = ["IMAGE_SUFFIXES", "NIFTI_SUFFIXES", "ItkImage", "image_stem", "is_nifti"]
+__all__ = ["IMAGE_SUFFIXES", "NIFTI_SUFFIXES", "ItkImage", "image_stem", "is_nifti", "voxel_location"]
 
 #: NIfTI file-name endings (nibabel reads them)
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -93,20 +93,46 @@ class ItkImage:
         order = [*reversed(range(spatial)), *range(spatial, array.ndim)]
         return np.transpose(array, order)
 
-    def raw_bytes_needed(self) -> int | None:
-        """The bytes the file must hold when its header says its voxels follow it uncompressed (an ``.nrrd`` of
-        ``encoding: raw``, an ``.mha`` of ``ElementDataFile = LOCAL`` not compressed): header plus voxels; ``None``
-        otherwise (compressed, or voxels in a file beside it), as ITK's header reader does not tell."""
-        with open(self.path, "rb") as f:
-            head = f.read(_HEADER_BYTES)
-        if self.path.lower().endswith(".nrrd"):
-            end = head.find(b"\n\n")
-            raw = (
-                re.search(rb"^encoding:\s*raw\s*$", head[:end], re.M | re.I) and b"data file" not in head[:end].lower()
-            )
-            return end + 2 + self.data_bytes if end > 0 and raw else None
-        if self.path.lower().endswith(".mha"):
-            local = re.search(rb"^ElementDataFile\s*=\s*LOCAL[ \t]*\r?\n", head, re.M | re.I)
-            if local and not re.search(rb"^CompressedData\s*=\s*True", head[: local.start()], re.M | re.I):
-                return local.end() + self.data_bytes
-        return None
+    def voxel_file(self) -> tuple[Path, int | None]:
+        """The file holding the voxels (:func:`voxel_location`) and the bytes it must hold when they are uncompressed
+        (for the header's own file, header plus voxels); ``None`` when that cannot be told from the header
+        (compressed voxels, skipped bytes, a list of files), as ITK's header reader does not tell."""
+        path, offset = voxel_location(self.path)
+        return path, None if offset is None else offset + self.data_bytes
+
+
+def voxel_location(header: str | os.PathLike) -> tuple[Path, int | None]:
+    """Where an NRRD or MetaImage file's voxels lie, from its header text: ``(file, offset)``, the file being the
+    header's own or the one it names (an ``.nhdr``'s ``data file``, an ``.mhd``'s ``ElementDataFile``, relative to
+    its folder) and ``offset`` where uncompressed voxels start in it; ``None`` when they are not plain bytes at a known
+    place (compressed, skipped bytes, a list or pattern of files: ITK's to read)."""
+    path = Path(header)
+    with open(path, "rb") as f:
+        head = f.read(_HEADER_BYTES)
+    if path.name.lower().endswith((".nrrd", ".nhdr")):
+        end = head.find(b"\n\n")
+        fields = head[: end if end >= 0 else len(head)]
+        raw = re.search(rb"^encoding:\s*raw\s*$", fields, re.M | re.I) and not re.search(rb"skip:", fields, re.I)
+        detached = re.search(rb"^data ?file:[ \t]*(\S[^\r\n]*?)[ \t]*\r?$", fields, re.M | re.I)
+        if detached:
+            return _beside(path, detached[1], 0 if raw else None)
+        return path, end + 2 if end > 0 and raw else None
+    local = re.search(rb"^ElementDataFile\s*=[ \t]*(\S[^\r\n]*?)[ \t]*\r?$", head, re.M | re.I)
+    if local is None:
+        return path, None
+    fields = head[: local.start()]
+    raw = not re.search(rb"^CompressedData\s*=\s*True", fields, re.M | re.I) and not re.search(
+        rb"^HeaderSize\s*=", fields, re.M | re.I
+    )
+    if local[1].upper() != b"LOCAL":
+        return _beside(path, local[1], 0 if raw else None)
+    return path, local.end() + 1 if raw else None
+
+
+def _beside(header: Path, name: bytes, offset: int | None) -> tuple[Path, int | None]:
+    """The voxel file a detached header names (relative to the header's folder); a list or a pattern of files
+    (``LIST``, ``%03d``) is ITK's to read: the header's own path, nothing to tell."""
+    text = name.decode("utf-8", "replace")
+    if text.upper().startswith("LIST") or "%" in text or " " in text:
+        return header, None
+    return header.parent / text, offset

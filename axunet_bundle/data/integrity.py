@@ -30,11 +30,12 @@ from nibabel.filebasedimages import ImageFileError
 from ..errors import CaseError
 from ..settings import AUTO_GRID, resolve_grid_modality
 from .cases import LABEL_SUFFIX, LAYOUT_MSD, MODALITIES, Case, Discovery, automated_segmentation, validate_modalities
-from .formats import ItkImage, is_nifti
+from .formats import ItkImage, is_nifti, voxel_location
 from .labels import AUTO, RC_OR_ET, invalid_label_values, label_values, resolve_convention, validate_convention
 
 __all__ = [
     "AFFINE_TOLERANCE",
+    "INVALID_AFFINE",
     "check_case",
     "dataset_problems",
     "grid_of",
@@ -48,6 +49,8 @@ __all__ = [
 #: Largest absolute difference between two files' affine entries (mm) that still counts as the same grid; a modality on
 #: another grid is resampled onto the reference modality's, a label on another grid is refused.
 AFFINE_TOLERANCE = 1e-3
+#: why a file whose orientation cannot be read is refused
+INVALID_AFFINE = "unreadable orientation: its affine is non-finite or singular (a zero voxel size or direction)"
 logger = logging.getLogger(__name__)
 LOADED_DTYPE = np.dtype(np.float32)  # what the bundle's LoadImaged gives the network
 
@@ -137,13 +140,22 @@ def _itk_reason(exc: BaseException) -> str:
 
 def _open_itk_header(path: Path, size: int) -> tuple[Any, str | None]:
     """:func:`_open_header` for the formats ITK reads (NRRD, MetaImage)."""
+    voxels = path
+    try:
+        voxels = voxel_location(path)[0]
+        if voxels != path:  # a detached header (.nhdr, .mhd): its voxels lie in the file it names
+            size = voxels.stat().st_size
+    except OSError as exc:
+        what = "file" if voxels == path else f"its voxel file {voxels.name}"
+        return None, f"cannot read {what} ({exc.strerror or _first_line(exc)})"
     try:
         img = ItkImage(path)
-        needed = img.raw_bytes_needed()
+        voxels, needed = img.voxel_file()
     except Exception as exc:  # never raise for a bad file
         return None, f"unreadable image header ({_itk_reason(exc)})"
     if needed is not None and size < needed:
-        return None, f"truncated file: {size} bytes where the header needs {needed}"
+        where = "" if voxels == path else f" (its voxel file {voxels.name})"
+        return None, f"truncated file{where}: {size} bytes where the header needs {needed}"
     return img, None
 
 
@@ -345,7 +357,6 @@ def _check_file(
         reasons += _channel_problems(n_channels, needed, list(channels))
         if reasons:
             return reasons, None
-    geometry = None
     try:
         # the geometry MONAI's NibabelReader will use: it swaps a sform that disagrees with pixdim for the qform
         img = img if isinstance(img, ItkImage) else correct_nifti_header_if_necessary(img)
@@ -353,9 +364,8 @@ def _check_file(
         return [f"inconsistent NIfTI geometry header ({_first_line(exc)})"], None
     affine = np.asarray(img.affine, dtype=np.float64)
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:SPATIAL_DIMS, :SPATIAL_DIMS])) == 0:
-        reasons.append("invalid affine (non-finite or zero voxel size)")
-    else:
-        geometry = (kind, shape, affine)
+        return [INVALID_AFFINE], None  # its voxels cannot be placed (ITK refuses to read them): one line says so
+    geometry = (kind, shape, affine)
     if read_voxels:
         data, reason = _read_voxels(img)
         if data is None:
