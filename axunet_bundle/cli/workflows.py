@@ -155,6 +155,7 @@ def train(**overrides) -> None:
 
     Any bundle id can be overridden: --dataset_dir DIR (a BraTS folder), --datalist FILE, --epochs 40,
     --batch_size 64, --learning_rate 1e-4, --roi_size "[224,224]", --modalities "['t1ce','t2','flair']",
+    --grid_modality auto (the modality whose grid the others are resampled onto and labels lie on: T1CE where read),
     --slice_cache_dir DIR (from `axunet prepare`), --pretrained False or --pretrained_path FILE (ImageNet weights),
     --resume True, --device "$torch.device('cpu')", --amp False. Weights go to ./models/model.pt (best validation
     Dice) and ./models/checkpoint_epoch=N.pt (resumable); TensorBoard logs (loss, validation Dice, a validation
@@ -179,6 +180,7 @@ def evaluate(**overrides) -> None:
     Overrides: --dataset_dir DIR (every labelled case) or --datalist FILE with --datalist_split validation,
     --output_dir DIR, --ckpt_path FILE, --threshold 0.5, --et_min_voxels N, --flip_tta True, --overwrite True
     (replace an earlier evaluation's files in output_dir; without it an existing metrics.csv stops the run),
+    --grid_modality auto (the modality whose grid the others are resampled onto and labels lie on: T1CE where read),
     --challenge auto (the brats-evaluation config: gli when installed; gli, ped, mets, MenPre, GoAT, or none).
 
     Example:
@@ -196,7 +198,8 @@ def evaluate(**overrides) -> None:
 
 def infer(report: bool = False, **overrides) -> None:
     """Segment every case of a folder (BraTS, Decathlon Task01, multi-channel NIfTI files; = monai.bundle run
-    inference with configs/inference.json): one <case_id>_seg.nii.gz label map per case, on the input's grid, in the
+    inference with configs/inference.json): one <case_id>_seg.nii.gz label map per case, on the input's grid (the
+    grid of --grid_modality, T1CE by default, where the modalities lie on several: the others are resampled), in the
     case's own dataset's labels (BraTS 2021 names 0/1/2/4, 2023+ names 0/1/2/3, Decathlon its dataset.json's;
     --label_convention brats2021|brats2023|brats2024|msd for one). Cases already segmented are skipped unless
     --overwrite True.
