@@ -211,6 +211,7 @@ def test_onnx_without_the_export_extra_is_one_line_naming_it(missing, weights, t
     [
         ("training", "train.json", ["--epochs", "two"], "epochs: got 'two', expected an integer >= 1"),
         ("inference", "inference.json", ["--roi_size", "[32,32]"], "roi_size: got [32, 32], expected two integers"),
+        ("training", "train.json", ["--grid_modality", "t1"], "grid_modality: got 't1', expected auto or one of"),
     ],
 )
 def test_monai_bundle_run_refuses_the_same_values_in_one_line(workflow, configs, option, words, tmp_path):

@@ -100,7 +100,8 @@ class LoadCased(LoadImaged):
 
     Args:
         keys: keys of the files to load (a path, or a list of paths to stack, one per modality of `modalities`).
-        modalities: the modality of each file of a list, in order.
+        modalities: the modality of each file of a list, in order; ``None``: not known, the first file's grid is the
+            reference.
         grid_modality: the modality whose file's grid the others are resampled onto: one of `modalities`, or
             ``"auto"`` (:func:`~axunet_bundle.settings.resolve_grid_modality`: T1CE where read, else the first).
         kwargs: ``LoadImaged``'s; ``ensure_channel_first`` and ``image_only`` default to ``True``.
@@ -112,17 +113,19 @@ class LoadCased(LoadImaged):
     def __init__(
         self,
         keys: KeysCollection,
-        modalities: Sequence[str] = DEFAULT_MODALITIES,
+        modalities: Sequence[str] | None = None,
         grid_modality: str = AUTO_GRID,
         **kwargs: Any,
     ) -> None:
         super().__init__(keys, **{"ensure_channel_first": True, "image_only": True, **kwargs})
-        self.modalities = validate_modalities(modalities)
-        self.reference = self.modalities.index(resolve_grid_modality(grid_modality, self.modalities))
+        self.modalities = None if modalities is None else validate_modalities(modalities)
+        self.reference = 0  # modalities not known: the first file's grid
+        if self.modalities is not None:
+            self.reference = self.modalities.index(resolve_grid_modality(grid_modality, self.modalities))
         self.resample = ResampleToMatch(mode="bilinear", padding_mode="zeros")
 
     def _stack(self, d: Mapping[Hashable, Any], files: Sequence[Any], reader: Any) -> Any:
-        if len(files) != len(self.modalities):
+        if self.modalities is not None and len(files) != len(self.modalities):
             names = ", ".join(self.modalities)
             raise CaseError(
                 _case_id(d, [str(f) for f in files]),
