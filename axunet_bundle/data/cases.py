@@ -32,10 +32,17 @@ of the file name winning (``UCSF-PDGM-0004_tumor_segmentation``: case ``UCSF-PDG
 - a modality, by :data:`MODALITY_ALIASES` (``T1GD`` of TCIA's UPenn-GBM, ``T1c`` of UCSF-PDGM, ``t1c`` of BraTS
   2023, ...);
 - the label, by :data:`LABEL_NAMES` (``seg`` of BraTS, ``segm`` of UPenn-GBM, ``tumor_segmentation`` of UCSF-PDGM,
-  ``label``, ``labels``, ``tumorMask``, ...); a file of the case with a word of :data:`LABEL_WORDS` that is not a label
-  name (``_seg_old``, ``_automated_approx_segm``, ``_mask``) is named as a problem: the label is never guessed;
+  ``label``, ``labels``, ``tumorMask``, ...), alone or with a word of :data:`REFERENCE_WORDS` (``_seg_final``); a file
+  of the case with a word of :data:`LABEL_WORDS` that is not a label name (``_seg_old``, ``_mask``) is named as a
+  problem: the label is never guessed;
 - anything else sharing the case's id (diffusion, perfusion, susceptibility, ``_brain_mask``, ``_brain_segmentation``,
-  a modality the run does not use) is an *ignored* file of the case (:attr:`Case.ignored`): not a problem.
+  a program's segmentation, :data:`AUTOMATED_WORDS`: ``_automated_approx_segm``, a modality the run does not use) is
+  an *ignored* file of the case (:attr:`Case.ignored`): not a problem.
+
+A file named ``<case id>_<what it holds>`` in another folder of the dataset than the case's images is the case's too,
+as collections keep each kind of file in a folder of its own (TCIA's UPenn-GBM: ``images_structural/<case>/``,
+``images_segm/<case>_segm.nii.gz``, ``automated_segm/``, ``images_DTI/``): the case's label when it has none beside
+its images (a second one is named), else one of its ignored files or, by the rules above, a problem.
 
 Files of every format of :data:`~axunet_bundle.data.formats.IMAGE_SUFFIXES` (NIfTI, NRRD, MetaImage) are read, mixed
 within a case too. An image file that is none of these is a *stray*: :func:`discover` names it, so that a misnamed
@@ -125,7 +132,7 @@ LABEL_ENDINGS = LABEL_NAMES | frozenset(
 LABEL_WORDS = ("seg", "label", "mask")
 #: parts of a name that say a segmentation is a program's, no reference (UPenn-GBM's ``automated_segm/`` folder of
 #: ``_automated_approx_segm`` files): an ignored file
-AUTOMATED_WORDS = ("automated", "auto", "approx", "predict", "pred")
+AUTOMATED_WORDS = ("automated", "auto", "approx", "pred")
 #: parts of a name that say a segmentation or mask is of no tumour (brain masks, tissue maps): an ignored file
 NON_TUMOUR_WORDS = ("brain", "parenchyma", "skull", "tissue", "csf", "head")
 
@@ -482,8 +489,7 @@ def _place_in_other_folders(found: Discovery) -> None:
         parsed = _split_file_name(path.name)
         if parsed is not None and parsed[0] == case.case_id and parsed[1] == LABEL_SUFFIX:
             if case.label is None:
-                found.cases[case_index] = replace(found.cases[case_index], label=path)
-                case = found.cases[case_index]
+                found.cases[case_index] = replace(case, label=path)
             else:
                 strays.append((case.case_id, path, SECOND_LABEL_REASON.format(case.label.name)))
         elif _may_be_label(rest):
