@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from conftest import CONFIGS, TINY_ROI
 from monai.bundle import ConfigParser
 from monai.transforms import Compose
@@ -177,3 +178,24 @@ def test_loader_workers_follow_the_cpus_each_process_may_use(monkeypatch, cpus, 
         monkeypatch.setenv("LOCAL_WORLD_SIZE", local_processes)
     assert loader_workers() == workers
     assert train_parser(".").get_parsed_content("num_workers") == workers  # the training's default
+
+
+def test_augmented_slices_are_plain_tensors_with_the_augmentations_values(tmp_path, chain):
+    """The slice cache serves augmented slices without MONAI's metadata (nothing follows that could invert them): the
+    values are those the same augmentations give with metadata, and the global setting is left as it was."""
+    from monai.data import MetaTensor, get_track_meta
+
+    items, transform, params = chain
+    prepare_slice_cache(items[:1], tmp_path, transform, params, workers=1, progress=False)
+    augmentation = Compose(train_parser(".").get_parsed_content("train#augmentation"))
+    dataset = SliceCacheDataset(tmp_path, params=params, transform=augmentation)
+    plain = SliceCacheDataset(tmp_path, params=params)
+    for seed in range(4):
+        augmentation.set_random_state(seed)
+        served = dataset[seed]
+        augmentation.set_random_state(seed)
+        expected = augmentation(plain[seed])
+        assert type(served["image"]) is torch.Tensor and isinstance(expected["image"], MetaTensor)
+        for key in ("image", "label"):
+            assert torch.equal(served[key], expected[key].as_tensor())
+    assert get_track_meta()

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.data import get_track_meta, set_track_meta
 from torch.utils.data import Dataset
 
 from ..atomic import atomic_directory, remove_partials, write_json_atomic
@@ -284,4 +285,13 @@ class SliceCacheDataset(Dataset):
             "case_id": case_id,
             "slice": z,
         }
-        return self.transform(item) if self.transform is not None else item
+        if self.transform is None:
+            return item
+        # A served slice has nothing to invert: MONAI's metadata tracking (MetaTensor, applied operations) would
+        # double the augmentations' cost (4.0-4.6 -> 1.9 ms CPU per 224² slice, 2-core AMD EPYC) and keep nothing.
+        tracking = get_track_meta()
+        set_track_meta(False)
+        try:
+            return self.transform(item)
+        finally:
+            set_track_meta(tracking)
