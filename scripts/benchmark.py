@@ -334,8 +334,15 @@ def _machine_info(settings: BenchmarkSettings) -> dict[str, str]:
         ort_version = ort.__version__
     import monai
 
+    # the default path follows the CPU: bf16 autocast (guarded) where it has native bf16, else float32 ONNX Runtime
+    native_bf16 = autocast_dtype("cpu", "auto") is not None
+    path = (
+        "native bfloat16: AXUNet's default runs bf16 autocast"
+        if native_bf16
+        else "no native bfloat16: AXUNet's default runs float32"
+    )
     info = {
-        "CPU": f"{cpu}, {os.cpu_count()} logical cores",
+        "CPU": f"{cpu}, {os.cpu_count()} logical cores, {path}",
         "threads": f"{settings.threads} (torch and ONNX Runtime intra-op, in every measuring process)",
         "device": settings.device,
         "versions": f"python {platform.python_version()}, torch {torch.__version__}, monai {monai.__version__}, "
@@ -986,6 +993,7 @@ def _run_benchmark(
         _log(f"writing {s.cases} generated case(s) of {s.shape}")
         case_dirs = [str(p) for p in write_synthetic_dataset(data_dir, n=s.cases, seed=0, shape=s.shape, progress=True)]
         results: dict[str, Any] = {"settings": s, "machine": _machine_info(s)}
+        _log(f"CPU: {results['machine']['CPU']}")
         _section(s, f"matmul {s.matmul_size}²")
         results["matmul_gflops"] = measure_matmul(s.matmul_size, s.device)
         for model in ("axunet", "segresnet"):
@@ -1013,6 +1021,7 @@ def _run_benchmark(
             results["bundle_runs"] = bundle_run_rows(
                 s.zoo_bundle, bundle_cases, Path(tmp) / "bundle_runs", repeats=s.bundle_repeats
             )
+            _log(f"AXUNet bundle ran: {results['bundle_runs']['axunet_ran']} (its log's backend line)")
     whole_run.__exit__(None, None, None)
     results["load_average"] = (load_before, os.getloadavg()[0])
     results["other_cpu"] = whole_run.share

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from conftest import CONFIGS, TINY_ROI
 from monai.bundle import ConfigParser
 from monai.transforms import Compose
@@ -41,7 +42,7 @@ def test_prepare_writes_compact_arrays_and_serves_slices(tmp_path, chain):
     image = np.load(tmp_path / items[0]["case_id"] / "image.npy", mmap_mode="r")
     label = np.load(tmp_path / items[0]["case_id"] / "label.npy", mmap_mode="r")
     assert image.dtype == np.float16 and label.dtype == np.uint8
-    assert image.shape[:3] == (3, *TINY_ROI) and label.shape[:3] == (3, *TINY_ROI)
+    assert image.shape[1:] == (3, *TINY_ROI) and label.shape[1:] == (3, *TINY_ROI)  # axial slices first
     every = SliceCacheDataset(tmp_path, params=params)
     tumour_only = SliceCacheDataset(tmp_path, tumour_slice_ratio=1.0, params=params)
     assert 0 < len(tumour_only) < len(every)
@@ -135,3 +136,66 @@ def test_on_the_fly_path_samples_2d_slices_from_3d_volumes(tiny_dataset):
     for sample in samples:
         assert sample["image"].shape == (3, *TINY_ROI) and sample["label"].shape == (3, *TINY_ROI)
         assert sample["label"][0].sum() > 0  # tumour_slice_ratio 1: every sampled slice holds tumour
+
+
+def test_a_served_slice_is_the_preprocessed_volume_s_axial_slice(tmp_path, chain):
+    """The cache stores slices first (a served slice is one contiguous read); what it serves is still the
+    preprocessing's (C, H, W, D) volume at that z, in float16."""
+    items, transform, params = chain
+    prepare_slice_cache(items[:1], tmp_path, transform, params, workers=1, progress=False)
+    volume = transform(dict(items[0]))
+    dataset = SliceCacheDataset(tmp_path, params=params)
+    for i in (0, len(dataset) // 2, len(dataset) - 1):
+        sample = dataset[i]
+        expected_image = np.asarray(volume["image"][..., sample["slice"]], dtype=np.float16).astype(np.float32)
+        assert np.array_equal(sample["image"].numpy(), expected_image)
+        assert np.array_equal(sample["label"].numpy(), np.asarray(volume["label"][..., sample["slice"]]))
+
+
+def test_a_cache_of_the_former_layout_is_refused_with_a_line_saying_to_prepare_again(tmp_path, chain):
+    items, transform, params = chain
+    prepare_slice_cache(items[:1], tmp_path, transform, params, workers=1, progress=False)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    (tmp_path / "manifest.json").write_text(json.dumps({**manifest, "format": 1}))
+    with pytest.raises(DatasetError, match="format 1.*re-run prepare"):
+        SliceCacheDataset(tmp_path, params=params)
+    report = prepare_slice_cache(items[:1], tmp_path, transform, params, workers=1, progress=False)
+    assert report.invalidated and report.prepared == [items[0]["case_id"]]  # prepare rebuilds it
+    assert len(SliceCacheDataset(tmp_path, params=params)) > 0
+
+
+@pytest.mark.parametrize(
+    "cpus, local_processes, workers",
+    [(2, None, 2), (16, None, 15), (16, "2", 7), (8, "8", 2), (128, None, 32)],  # 2 cores: as before (2)
+)
+def test_loader_workers_follow_the_cpus_each_process_may_use(monkeypatch, cpus, local_processes, workers):
+    from axunet_bundle.data.slices import loader_workers
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    if local_processes is None:
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local_processes)
+    assert loader_workers() == workers
+    assert train_parser(".").get_parsed_content("num_workers") == workers  # the training's default
+
+
+def test_augmented_slices_are_plain_tensors_with_the_augmentations_values(tmp_path, chain):
+    """The slice cache serves augmented slices without MONAI's metadata (nothing follows that could invert them): the
+    values are those the same augmentations give with metadata, and the global setting is left as it was."""
+    from monai.data import MetaTensor, get_track_meta
+
+    items, transform, params = chain
+    prepare_slice_cache(items[:1], tmp_path, transform, params, workers=1, progress=False)
+    augmentation = Compose(train_parser(".").get_parsed_content("train#augmentation"))
+    dataset = SliceCacheDataset(tmp_path, params=params, transform=augmentation)
+    plain = SliceCacheDataset(tmp_path, params=params)
+    for seed in range(4):
+        augmentation.set_random_state(seed)
+        served = dataset[seed]
+        augmentation.set_random_state(seed)
+        expected = augmentation(plain[seed])
+        assert type(served["image"]) is torch.Tensor and isinstance(expected["image"], MetaTensor)
+        for key in ("image", "label"):
+            assert torch.equal(served[key], expected[key].as_tensor())
+    assert get_track_meta()

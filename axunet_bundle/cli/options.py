@@ -253,6 +253,8 @@ def _setting(value: Any) -> str | None:
     """How help shows a config id's default; ``None`` for the workflow's components (the network, the loaders)."""
     if isinstance(value, dict) and value.get("_target_", "").endswith(".trained_setting"):
         return f"(the weights' {MODEL_SETTINGS}, else {_show(value.get('default'))})"
+    if isinstance(value, dict) and value.get("_target_", "").endswith(".loader_workers"):
+        return "(from the CPUs: their number less one, 2 to 32)"
     if isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value)):
         return None
     return _show(value)
