@@ -4,7 +4,7 @@ model trained alone for the same epochs (``axunet train``), every model evaluate
 Dice) on every site's held-out cases. Writes ``OUT/comparison.md`` with the simulator's command and wall time, the
 per-round validation Dice of the global model per site, and the federated-versus-local table.
 
-    python federated/compare.py --output_dir fl_compare --sites 3 --rounds 3 --local_epochs 1
+    python federated/compare.py --output_dir fl_compare --sites 2 --rounds 3 --local_epochs 1
 """
 
 from __future__ import annotations
@@ -53,10 +53,11 @@ def mean_dice(summary: Path) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output_dir", default="fl_compare")
-    parser.add_argument("--sites", type=int, default=3)
+    parser.add_argument("--sites", type=int, default=2)
     parser.add_argument("--cases", type=int, default=6, help="training cases per site (validation included)")
     parser.add_argument("--holdout", type=int, default=3, help="held-out cases per site")
-    parser.add_argument("--shape", default="64,64,24", help="generated volume shape")
+    parser.add_argument("--folds", type=int, default=3, help="a site's cases / folds validate, the rest train")
+    parser.add_argument("--shape", default="64,64,16", help="generated volume shape")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--local_epochs", type=int, default=1)
     parser.add_argument(
@@ -70,13 +71,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     out = Path(args.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    # the demo's fast-learning setting (axunet_bundle/cli/demo.py): 64 x 64 slices, lr 3e-3
     overrides = args.overrides or [
         "roi_size=[64,64]",
         "pretrained=false",
         "num_workers=0",
         "batch_size=16",
-        "slices_per_volume=8",
-        "folds=3",
+        "slices_per_volume=16",
+        "learning_rate=0.003",
+        f"folds={args.folds}",
     ]
     python = sys.executable
     sites = write_sites(out / "data", args.sites, args.cases, args.holdout, [int(s) for s in args.shape.split(",")])
@@ -115,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         ]
         for o in overrides:
             key, _, value = o.partition("=")
-            command += [f"--{key}", value]
+            command += [f"--{key}", {"true": "True", "false": "False"}.get(value, value)]  # the CLI's bools
         local_seconds[site] = run(command, out / f"local_{site}.log")
         models[f"local {site}"] = root / "models" / "model.pt"
 

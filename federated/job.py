@@ -3,7 +3,7 @@
 
     python federated/job.py --site site-1=/data/hospital_a --site site-2=/data/hospital_b --rounds 5 \\
         --workspace /tmp/axunet_fl [--local_epochs 1] [--percentile_privacy 10] [--set roi_size=[64,64] ...]
-    python federated/job.py --site ... --export jobs/axunet_fedavg     # a job folder for `nvflare job submit`
+    python federated/job.py --site ... --job_dir jobs/axunet     # a job folder for `nvflare job submit`
 
 FedAvg is FLARE's (``FedAvgRecipe``: its controller, aggregation and model persistor); each site runs
 ``client.py`` (MONAI's ``MonaiAlgo`` over the bundle's ``train.json``). Before the simulator starts, every site's
@@ -32,6 +32,8 @@ from federated.client import ERROR_FILE, FEDERATED_CONFIG, FEDERATION_FILE, METR
 
 #: the job's name: the simulator's workspace folder under ``--workspace``
 JOB_NAME = "axunet_fedavg"
+#: bundle ids for the initial global model only: the encoder's ImageNet weights load once, into it
+INITIAL_MODEL_ONLY = ("pretrained", "pretrained_path")
 #: where the simulator's server keeps the last global model (FLARE's PTFileModelPersistor)
 SERVER_MODEL = Path(JOB_NAME) / "server" / "simulate_job" / "app_server" / "FL_global_model.pt"
 
@@ -78,6 +80,23 @@ def parse_overrides(values: list[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             overrides[key] = raw
     return overrides
+
+
+def site_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
+    """The bundle ids the sites get: ``overrides`` without the encoder's (:data:`INITIAL_MODEL_ONLY`).
+
+    Raises:
+        ConfigurationError: ``overrides`` sets an id that ``federated.json`` fixes for every site (``resume``).
+    """
+    from axunet_bundle.errors import ConfigurationError
+
+    fixed = json.loads(FEDERATED_CONFIG.read_text())
+    for key in sorted(set(overrides) & set(fixed) - set(INITIAL_MODEL_ONLY)):
+        raise ConfigurationError(
+            f"--set {key}: every site runs with {key}={json.dumps(fixed[key])} ({FEDERATED_CONFIG.name}): "
+            "each round starts from the global weights"
+        )
+    return {key: value for key, value in overrides.items() if key not in INITIAL_MODEL_ONLY}
 
 
 def check_sites(sites: dict[str, str], overrides: dict[str, Any], bundle_root: str | None = None) -> dict[str, int]:
@@ -143,9 +162,10 @@ def build_recipe(args: argparse.Namespace, sites: dict[str, str], overrides: dic
     federation = {
         "rounds": args.rounds,
         "local_epochs": args.local_epochs,
-        "output_dir": args.site_output_dir or str(workdir.parent / "sites"),
+        # an exported job's sites write into their own working folder unless told where
+        "output_dir": args.site_output_dir or ("axunet_federated" if args.job_dir else str(workdir.parent / "sites")),
         "bundle_root": args.bundle_root,
-        "overrides": {k: v for k, v in overrides.items() if k not in ("pretrained", "pretrained_path")},
+        "overrides": site_overrides(overrides),
         "sites": sites,
     }
     (workdir / FEDERATION_FILE).write_text(json.dumps(federation, indent=4) + "\n")
@@ -189,6 +209,15 @@ def write_global_model(workspace: Path, sites: dict[str, str], output_dir: Path)
     return output_dir / "model.pt"
 
 
+def site_failure(sites_dir: Path, sites: dict[str, str]) -> str | None:
+    """The one line the first site that could not start wrote (``client.py``), or ``None``."""
+    for site in sites:
+        failed = sites_dir / site / ERROR_FILE
+        if failed.is_file():
+            return failed.read_text().strip()
+    return None
+
+
 def read_validation(sites_dir: Path, sites: dict[str, str]) -> list[dict[str, Any]]:
     """Every site's validation records (``validation.jsonl``), in site and round order."""
     records = []
@@ -211,7 +240,7 @@ def dice_table(records: list[dict[str, Any]], model: str = "global") -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="AXUNet FedAvg with NVIDIA FLARE: run in the simulator, or --export the job for real sites.",
+        description="AXUNet FedAvg with NVIDIA FLARE: run in the simulator, or write the job (--job_dir) for real sites.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--site", action="append", default=[], metavar="NAME=DATASET_DIR", help="a site and its folder")
@@ -246,7 +275,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="where each site writes (OUT/<site>); default <workspace>/sites, for real sites a "
         "folder of the site's machine",
     )
-    parser.add_argument("--export", default=None, metavar="JOB_DIR", help="write the job folder instead of simulating")
+    parser.add_argument("--job_dir", default=None, help="write the job folder (for real sites) instead of simulating")
     return parser.parse_args(argv)
 
 
@@ -258,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         sites = parse_sites(args.site)
         overrides = parse_overrides(args.overrides)
         workspace = Path(args.workspace).resolve()
-        export = None if args.export is None else Path(args.export).resolve()
+        export = None if args.job_dir is None else Path(args.job_dir).resolve()
         if export is None:  # folders of this machine: absolute before the working folder changes
             sites = {site: str(Path(folder).expanduser().resolve()) for site, folder in sites.items()}
         if args.bundle_root is not None:
@@ -269,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         os.chdir(HERE)
         workdir = workspace / "job_files"
         workdir.mkdir(parents=True, exist_ok=True)
-        if args.export is None:
+        if args.job_dir is None:
             counts = check_sites(sites, overrides, args.bundle_root)
             print("sites: " + ", ".join(f"{s} ({n} training cases, {sites[s]})" for s, n in counts.items()))
         recipe = build_recipe(args, sites, overrides, workdir)
@@ -289,11 +318,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         recipe.run(env)
     except RuntimeError:  # FLARE's "Simulation failed": a site that could not start left its line
-        for site in sites:
-            failed = workspace / "sites" / site / ERROR_FILE
-            if failed.is_file():
-                exit_with_message(DatasetError(failed.read_text().strip()))
-        raise
+        failure = site_failure(workspace / "sites", sites)
+        if failure is None:
+            raise
+        exit_with_message(DatasetError(failure))
     elapsed = time.monotonic() - started
     records = read_validation(workspace / "sites", sites)
     model = write_global_model(workspace, sites, workspace / "global_model")

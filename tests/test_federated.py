@@ -78,38 +78,18 @@ def test_initial_global_model_carries_the_encoder_weights_step(tmp_path, pretrai
     assert len(same) > 50 and all(same) == pretrained and any(same) == pretrained
 
 
-def test_site_algo_runs_the_bundles_wiring(tmp_path, two_sites):
-    """MonaiAlgo over train.json + federated.json: checkpoints, random states, settings, the schedule over the whole
-    federation and the validation metrics, all under the site's folder, with bundle_root the bundle's."""
-    from monai.fl.utils.constants import ExtraItems, WeightType
-    from monai.fl.utils.exchange_object import ExchangeObject
+def test_sites_run_train_json_with_the_federated_overrides(tmp_path):
+    from axunet_bundle.errors import ConfigurationError
 
-    algo = site_algo("site-1", two_sites["site-1"], tmp_path, rounds=3, local_epochs=1, overrides=SMALL)
-    algo.initialize(extra={ExtraItems.CLIENT_NAME: "site-1"})
-    parser = algo.train_workflow.parser
-    assert parser.get_parsed_content("bundle_root") == str(BUNDLE_ROOT)  # configs, code: the bundle's
-    assert parser.get_parsed_content("ckpt_dir") == str(tmp_path / "site-1" / "models")
-    assert parser.get_parsed_content("lr_scheduler").T_max == 3  # the cosine schedule spans all rounds
-    assert parser["resume"] is False and parser["pretrained"] is False  # federated.json
-    assert sys.excepthook.__module__ == "axunet_bundle.errors"  # train.json's initialize ran
-
-    start = job.initial_model(tmp_path / "initial.pt", SMALL)
-    assert start["path"] == "axunet_bundle.networks.AXUNet"
-    global_weights = torch.load(tmp_path / "initial.pt", weights_only=True)
-    metrics = algo.evaluate(ExchangeObject(weights=global_weights)).metrics
-    assert set(METRICS) <= set(metrics)
-    algo.train(ExchangeObject(weights=global_weights))
-    update = algo.get_weights()
-    assert update.weight_type == WeightType.WEIGHT_DIFF and set(update.weights) == set(global_weights)
-    assert any(v.abs().sum() > 0 for v in update.weights.values())
-
-    models = tmp_path / "site-1" / "models"
-    checkpoint = torch.load(next(models.glob("checkpoint_epoch=1.pt")), weights_only=True)
-    assert {"model", "optimizer", "lr_scheduler", "random_states", "trainer"} <= set(checkpoint)
-    assert json.loads((models / "model_settings.json").read_text())["roi_size"] == TINY_ROI
-    assert (models / "model.pt").is_file()  # the local model's validation ran after the round's training
-    assert (tmp_path / "site-1" / "global" / "model.pt").is_file()  # the global model's, by this site's cases
-    algo.finalize()
+    algo = site_algo("site-1", tmp_path / "data", tmp_path, rounds=3, local_epochs=2, overrides={"batch_size": 4})
+    expected = [str(BUNDLE_ROOT / "configs" / "train.json"), str(FEDERATED_CONFIG)]
+    assert algo.config_train_filename == algo.config_evaluate_filename == expected
+    assert algo.train_kwargs["epochs"] == 6 and algo.train_kwargs["val_interval"] == 2
+    assert algo.train_kwargs["ckpt_dir"] == str(tmp_path / "site-1" / "models") != algo.eval_kwargs["ckpt_dir"]
+    assert algo.train_kwargs["batch_size"] == algo.eval_kwargs["batch_size"] == 4
+    assert job.site_overrides({"pretrained": True, "pretrained_path": "x.pth", "batch_size": 4}) == {"batch_size": 4}
+    with pytest.raises(ConfigurationError, match="resume"):
+        job.site_overrides({"resume": True})
 
 
 def run_job(*args: str, cwd) -> subprocess.CompletedProcess:
@@ -130,20 +110,35 @@ def site_args(sites) -> list[str]:
 
 @pytest.mark.slow
 def test_simulator_trains_two_sites_end_to_end(tmp_path, two_sites):
-    done = run_job("--rounds", "1", "--workspace", str(tmp_path / "ws"), *site_args(two_sites), cwd=tmp_path)
+    """One FedAvg round in FLARE's simulator; MonaiAlgo drives the bundle's trainer at each site with train.json's
+    wiring intact (checkpoints with random states, run settings, validation, the schedule over the federation)."""
+    workspace = tmp_path / "ws"
+    done = run_job("--rounds", "1", "--workspace", str(workspace), *site_args(two_sites), cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    server_log = (workspace / job.JOB_NAME / "server" / "log.txt").read_text()
+    assert "Loading checkpoint from" in server_log and "initial_model.pt" in server_log  # the job's initial model
     for site in two_sites:
-        records = [json.loads(line) for line in (tmp_path / "ws" / "sites" / site / VALIDATION_LOG).open()]
+        out = workspace / "sites" / site
+        records = [json.loads(line) for line in (out / VALIDATION_LOG).open()]
         assert [(r["round"], r["model"]) for r in records] == [(0, "global"), (0, "local")]
         assert all(0 <= r[m] <= 1 for r in records for m in METRICS)
-    final = tmp_path / "ws" / "global_model"
+        checkpoint = torch.load(out / "models" / "checkpoint_epoch=1.pt", weights_only=True)
+        assert {"model", "optimizer", "lr_scheduler", "random_states", "trainer"} <= set(checkpoint)
+        assert checkpoint["lr_scheduler"]["T_max"] == 1  # rounds x local epochs, not train.json's 40
+        settings = json.loads((out / "models" / "model_settings.json").read_text())
+        assert settings["roi_size"] == TINY_ROI and settings["dataset_dir"] == str(two_sites[site])
+        assert (out / "models" / "model.pt").is_file()  # the local model's validation, after the round
+        assert (out / "global" / "model.pt").is_file()  # the global model's, by this site's validation
+    final = workspace / "global_model"
     AXUNet().load_state_dict(torch.load(final / "model.pt", weights_only=True))  # the bundle's plain weights
     assert json.loads((final / "model_settings.json").read_text())["roi_size"] == TINY_ROI
     assert "| 0 | site-1 |" in done.stdout and "| 0 | site-2 |" in done.stdout
 
 
 def test_exported_job_carries_the_client_and_the_privacy_filter(tmp_path, two_sites):
-    done = run_job("--export", str(tmp_path / "job"), "--percentile_privacy", "10", *site_args(two_sites), cwd=tmp_path)
+    done = run_job(
+        "--job_dir", str(tmp_path / "job"), "--percentile_privacy", "10", *site_args(two_sites), cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr
     app = next((tmp_path / "job").rglob("config_fed_client.json")).parent.parent
     client = json.loads((app / "config" / "config_fed_client.json").read_text())
@@ -168,3 +163,18 @@ def test_a_site_that_cannot_start_ends_the_run_in_one_line(tmp_path, two_sites, 
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: site site-2: ") and str(broken) in lines[0]
     assert not (tmp_path / "ws" / job.JOB_NAME).exists()  # refused before the simulator started
+
+
+def test_a_site_that_fails_at_its_start_names_itself(tmp_path, monkeypatch):
+    """On a real site job.py cannot look at the site's disk: the site's own start fails in one line naming it, which
+    it keeps in its folder, and which job.py reports after FLARE ended the simulation."""
+    import nvflare.client as flare
+
+    from federated.client import SiteFailed, run_site
+
+    monkeypatch.setattr(flare, "init", lambda *a, **k: None)
+    monkeypatch.setattr(flare, "get_site_name", lambda *a, **k: "site-3")
+    federation = {"rounds": 1, "local_epochs": 1, "output_dir": str(tmp_path), "sites": {"site-1": "/data/a"}}
+    with pytest.raises(SiteFailed, match=r"^site site-3: no dataset folder given for this site"):
+        run_site(federation)
+    assert job.site_failure(tmp_path, {"site-1": "/data/a", "site-3": "?"}).startswith("site site-3: no dataset")
