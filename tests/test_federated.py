@@ -110,14 +110,26 @@ def site_args(sites) -> list[str]:
 
 @pytest.mark.slow
 def test_simulator_trains_two_sites_end_to_end(tmp_path, two_sites):
-    """One FedAvg round in FLARE's simulator; MonaiAlgo drives the bundle's trainer at each site with train.json's
-    wiring intact (checkpoints with random states, run settings, validation, the schedule over the federation)."""
+    """One FedAvg round in FLARE's simulator, with the privacy filter; MonaiAlgo drives the bundle's trainer at each
+    site with train.json's wiring intact (checkpoints with random states, run settings, validation, the schedule
+    over the federation)."""
     workspace = tmp_path / "ws"
-    done = run_job("--rounds", "1", "--workspace", str(workspace), *site_args(two_sites), cwd=tmp_path)
+    done = run_job(
+        "--rounds",
+        "1",
+        "--workspace",
+        str(workspace),
+        "--percentile_privacy",
+        "10",
+        *site_args(two_sites),
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     server_log = (workspace / job.JOB_NAME / "server" / "log.txt").read_text()
     assert "Loading checkpoint from" in server_log and "initial_model.pt" in server_log  # the job's initial model
     for site in two_sites:
+        site_log = (workspace / job.JOB_NAME / site / "log.txt").read_text()
+        assert "PercentilePrivacy" in site_log and "cutoff" in site_log  # the filter saw the weight difference
         out = workspace / "sites" / site
         records = [json.loads(line) for line in (out / VALIDATION_LOG).open()]
         assert [(r["round"], r["model"]) for r in records] == [(0, "global"), (0, "local")]
@@ -126,7 +138,7 @@ def test_simulator_trains_two_sites_end_to_end(tmp_path, two_sites):
         assert {"model", "optimizer", "lr_scheduler", "random_states", "trainer"} <= set(checkpoint)
         assert checkpoint["lr_scheduler"]["T_max"] == 1  # rounds x local epochs, not train.json's 40
         settings = json.loads((out / "models" / "model_settings.json").read_text())
-        assert settings["roi_size"] == TINY_ROI and settings["dataset_dir"] == str(two_sites[site])
+        assert settings["roi_size"] == TINY_ROI and settings["run"]["dataset_dir"] == str(two_sites[site])
         assert (out / "models" / "model.pt").is_file()  # the local model's validation, after the round
         assert (out / "global" / "model.pt").is_file()  # the global model's, by this site's validation
     final = workspace / "global_model"
