@@ -47,6 +47,7 @@ COMMANDS = {
     "report": "pictures",
     "bundle": "zoo_bundle",
     "compare": "compare",
+    "monailabel-studies": "studies",
 }
 #: the workflows whose config ids a command takes as options (its ``**overrides``)
 COMMAND_WORKFLOWS = {
@@ -122,6 +123,11 @@ class Command:
     overrides: bool  # takes bundle ids (``**overrides``)
     override_help: str = ""
     settings: dict[str, Any] = field(default_factory=dict)  # the ids of its configs and their defaults
+
+    @property
+    def function(self) -> str:
+        """The command's function (``monailabel-studies`` -> ``monailabel_studies``)."""
+        return self.name.replace("-", "_")
 
     @property
     def summary(self) -> str:
@@ -200,7 +206,7 @@ def command_spec(name: str) -> Command:
     if name not in COMMANDS:
         raise UsageError(f"unknown command {name!r}{_closest(name, COMMANDS)}; the commands: {', '.join(COMMANDS)}")
     tree = ast.parse(Path(__file__).with_name(f"{COMMANDS[name]}.py").read_text(encoding="utf-8"))
-    function = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
+    function = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name.replace("-", "_"))
     constants = _constants(tree)
     text, helps, example = _sections(ast.get_docstring(function) or "")
     args = function.args
@@ -265,7 +271,8 @@ def overview() -> str:
         "",
         "commands:",
     ]
-    lines += [f"  {name:<10} {command_spec(name).summary}" for name in COMMANDS]
+    width = max(map(len, COMMANDS))
+    lines += [f"  {name:<{width}} {command_spec(name).summary}" for name in COMMANDS]
     return "\n".join(lines) + "\n"
 
 

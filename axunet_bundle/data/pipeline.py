@@ -23,7 +23,14 @@ from monai.transforms import LoadImaged, MapTransform, ResampleToMatch
 from monai.utils import ImageMetaKey, TransformBackends, convert_to_numpy, ensure_tuple
 
 from ..errors import CaseError
-from .cases import DEFAULT_MODALITIES, case_id_from_path, convention_for_names, parse_file_name, validate_modalities
+from .cases import (
+    DEFAULT_MODALITIES,
+    case_id_from_path,
+    case_of_file,
+    convention_for_names,
+    parse_file_name,
+    validate_modalities,
+)
 from .integrity import image_problems, label_problems, same_grid
 from .labels import AUTO, labels_to_regions, regions_to_labels, resolve_convention, validate_convention
 
@@ -96,14 +103,44 @@ class LoadCased(LoadImaged):
     MONAI's own ``LoadImaged`` stacks a list only when every file is on one grid; MONAI Label finds this class as
     the ``LoadImaged`` it adapts.
 
+    One modality's file stands for its case: given ``modalities``, a single per-modality file under ``case_key``
+    (``BraTS2021_00000_flair.nii.gz``: what MONAI Label's datastore sends when its studies are one modality's files)
+    is replaced by the case's files of ``modalities``, found beside it by the case discovery
+    (:func:`~axunet_bundle.data.cases.case_of_file`); a multi-channel file, or a name of no modality, loads as it is.
+
     Args:
         keys: keys of the files to load (a path, or a list of paths to stack).
+        modalities: the model's modalities, in channel order; ``None``: a single file is never read as its case.
+        case_key: the key whose single per-modality file stands for its case (the image; never the label).
         kwargs: ``LoadImaged``'s; ``ensure_channel_first`` and ``image_only`` default to ``True``.
+
+    Raises:
+        CaseError: (when called) a case file missing beside the given one, naming the case and the file.
     """
 
-    def __init__(self, keys: KeysCollection, **kwargs: Any) -> None:
+    def __init__(
+        self, keys: KeysCollection, modalities: Sequence[str] | None = None, case_key: str = "image", **kwargs: Any
+    ) -> None:
         super().__init__(keys, **{"ensure_channel_first": True, "image_only": True, **kwargs})
         self.resample = ResampleToMatch(mode="bilinear", padding_mode="zeros")
+        self.modalities = None if modalities is None else validate_modalities(modalities)
+        self.case_key = case_key
+
+    def _case_files(self, files: Any) -> Any:
+        """The case's files of :attr:`modalities` when ``files`` is one modality's file of a case, else ``files``."""
+        single = files[0] if isinstance(files, (list, tuple)) and len(files) == 1 else files
+        if self.modalities is None or not isinstance(single, (str, os.PathLike)):
+            return files
+        case = case_of_file(single, self.modalities)
+        if case is None or case.multichannel:
+            return files
+        missing = case.missing_modalities(self.modalities)
+        if missing:
+            expected = case.directory / case.expected_file_name(missing[0])
+            raise CaseError(
+                case.case_id, expected, f"missing {missing[0]} image beside {Path(single).name} in {case.directory}"
+            )
+        return case.image_files(self.modalities)
 
     def _stack(self, files: Sequence[Any], reader: Any) -> Any:
         loaded = [self._loader(f, reader) for f in files]
@@ -118,7 +155,7 @@ class LoadCased(LoadImaged):
     def __call__(self, data: Mapping[Hashable, Any], reader: Any = None) -> dict[Hashable, Any]:
         d = dict(data)
         for key, meta_key, meta_key_postfix in self.key_iterator(d, self.meta_keys, self.meta_key_postfix):
-            files = d[key]
+            files = self._case_files(d[key]) if key == self.case_key else d[key]
             several = isinstance(files, (list, tuple)) and len(files) > 1
             loaded = self._stack(files, reader) if several else self._loader(files, reader)
             if self._loader.image_only:
