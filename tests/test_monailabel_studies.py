@@ -18,10 +18,10 @@ from conftest import CONFIGS, raises_user_error
 
 from axunet_bundle.cli import main
 from axunet_bundle.cli.studies import LABELS_FINAL, lay_out_studies
-from axunet_bundle.data.cases import DEFAULT_MODALITIES, convention_for_names, find_cases
+from axunet_bundle.data.cases import DEFAULT_MODALITIES, find_cases
 from axunet_bundle.data.integrity import label_problems
-from axunet_bundle.data.labels import labels_to_regions
-from axunet_bundle.data.pipeline import CHANNELS_KEY, LoadCased, SelectModalitiesd
+from axunet_bundle.data.labels import AUTO, labels_to_regions
+from axunet_bundle.data.pipeline import CHANNELS_KEY, LoadCased, SelectModalitiesd, item_convention
 from axunet_bundle.errors import CaseError
 from axunet_bundle.synthetic import write_synthetic_dataset
 
@@ -33,7 +33,7 @@ SHAPE = (32, 32, 8)
 def layouts(tmp_path_factory) -> dict[str, Path]:
     """Two generated cases in each layout the generator writes."""
     root = tmp_path_factory.mktemp("layouts")
-    for layout in ("2021", "2023", "msd"):
+    for layout in ("2021", "2023", "2024", "msd"):
         write_synthetic_dataset(root / layout, n=2, seed=1, layout=layout, shape=SHAPE, progress=False)
     return {p.name: p for p in root.iterdir()}
 
@@ -106,11 +106,11 @@ def listed(studies: Path, patterns) -> list[Path]:
     return sorted(p for p in studies.iterdir() if p.is_file() and any(fnmatch.fnmatch(p.name, g) for g in patterns))
 
 
-@pytest.mark.parametrize("layout", ["2021", "2023", "msd"])
+@pytest.mark.parametrize("layout", ["2021", "2023", "2024", "msd"])
 def test_studies_folder_lists_one_image_per_case_that_loads_the_case_with_its_label(layouts, layout, tmp_path):
     """Each case: one listed image whose name less the pattern's tail is the case id; loading it gives the source
-    case's modalities; its label lies in labels/final under the image's name, in the values its name implies, and
-    holds the source's regions."""
+    case's modalities; its label lies in labels/final under the image's name, valid in the convention the bundle
+    reads it in, and holds the source's regions."""
     sources = {c.case_id: c for c in find_cases(layouts[layout], MODS)}
     found = lay_out_studies(layouts[layout], tmp_path / "studies")
     images = listed(found.root, found.patterns)
@@ -124,7 +124,7 @@ def test_studies_folder_lists_one_image_per_case_that_loads_the_case_with_its_la
         expected = load(source)
         np.testing.assert_array_equal(loaded["image"].numpy(), expected["image"].numpy())
         np.testing.assert_allclose(loaded["image"].affine.numpy(), expected["image"].affine.numpy(), atol=1e-5)
-        convention = convention_for_names(image.name)
+        convention = item_convention(loaded, AUTO, loaded["label"])  # how the bundle's chains read it
         assert label_problems(loaded["label"].numpy(), convention) == []
         np.testing.assert_array_equal(
             labels_to_regions(loaded["label"].numpy(), convention),

@@ -25,7 +25,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ..data.cases import DEFAULT_MODALITIES, LAYOUT_2023, Case, discover, validate_modalities
+from ..data.cases import DEFAULT_MODALITIES, Case, convention_for_names, discover, validate_modalities
 from ..data.formats import ItkImage, image_stem, is_nifti
 from ..data.integrity import same_grid
 from ..data.labels import labels_to_regions, regions_to_labels
@@ -37,8 +37,6 @@ __all__ = ["LABELS_FINAL", "StudiesFolder", "lay_out_studies", "monailabel_studi
 
 #: where MONAI Label's local datastore keeps the finished labels, relative to the studies folder
 LABELS_FINAL = "labels/final"
-#: the label convention MONAI Label's label names are in (metadata.json's output channel_def: 1 NCR, 2 ED, 4 ET)
-MONAILABEL_CONVENTION = "brats2021"
 #: the ``monailabel start_server`` settings the bundle needs besides the app and studies: the one bundle to serve;
 #: no preloading; the sample app's SAM2 model off (it downloads its weights); the zoo source that lists local bundles
 #: first (the default, monaihosting, asks the online model zoo first)
@@ -107,28 +105,27 @@ def _split_case(case: Case, modalities: tuple[str, ...], study: str, out: Path, 
     channels = case.channel_indices(modalities) or list(range(len(modalities)))
     if max(channels) >= data.shape[-1]:
         raise CaseError(case.case_id, case.images[modalities[0]], f"{data.shape[-1]} channels, {modalities} expected")
-    names = {}
-    for modality in dict.fromkeys((*modalities, study)):
-        index = channels[modalities.index(modality)]
-        names[modality] = f"{case.case_id}_{modality}.nii.gz"
-        target = out / names[modality]
+    for modality, index in zip(modalities, channels):
+        target = out / f"{case.case_id}_{modality}.nii.gz"
         if not target.exists():
             nib.save(nib.Nifti1Image(data[..., index], image.affine, image.header), target)
             found.counts["written"] += 1
-    return names[study]
+    return f"{case.case_id}_{study}.nii.gz"
 
 
 def _label(case: Case, study_name: str, labels: Path, found: StudiesFolder) -> str:
-    """The case's label as ``labels/final/<study file's stem><ext>``: a link, or a copy in MONAI Label's values;
-    returns its name."""
-    ext = _extension(case.label)
-    target = labels / f"{image_stem(study_name)}{ext}"
-    if case.convention in (MONAILABEL_CONVENTION, "brats2023", "brats2024") or case.layout == LAYOUT_2023:
-        _place(case.label, target, found)  # read back in the same convention: its names say it
-    else:  # the Decathlon's (1 edema, 2 non-enhancing, 3 enhancing): the split files' names say brats2021
+    """The case's label as ``labels/final/<study file's stem><ext>``: a link, read as in the dataset where the
+    study keeps the case's names; a split case's label in other values than its new names imply (a Decathlon label:
+    1 edema, 2 non-enhancing, 3 enhancing, beside files named as BraTS 2021's) is a NIfTI copy in those values.
+    Returns its name."""
+    convention = convention_for_names(study_name)
+    target = labels / f"{image_stem(study_name)}{_extension(case.label)}"
+    if not case.multichannel or case.convention == convention:
+        _place(case.label, target, found)
+    else:
         label = nib.load(case.label)
         regions = labels_to_regions(np.asarray(label.dataobj)[None], case.convention)
-        values = regions_to_labels(regions, MONAILABEL_CONVENTION)[0].astype(np.uint8)
+        values = regions_to_labels(regions, convention)[0].astype(np.uint8)
         target = labels / f"{image_stem(study_name)}.nii.gz"
         if not target.exists():
             labels.mkdir(parents=True, exist_ok=True)
