@@ -11,6 +11,7 @@ import re
 import shutil
 from pathlib import Path
 
+import itk
 import nibabel as nib
 import numpy as np
 import pytest
@@ -35,6 +36,12 @@ def layouts(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("layouts")
     for layout in ("2021", "2023", "2024", "msd"):
         write_synthetic_dataset(root / layout, n=2, seed=1, layout=layout, shape=SHAPE, progress=False)
+    # another collection's way: case folders of NRRD files named by what they hold alone (what 3D Slicer saves)
+    for case in find_cases(root / "2021"):
+        for kind, path in [*((m, case.images[m]) for m in MODS), ("seg", case.label)]:
+            target = root / "nrrd" / f"patient{case.case_id[-1]}" / f"{kind}.nrrd"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            itk.imwrite(itk.imread(str(path)), str(target))
     return {p.name: p for p in root.iterdir()}
 
 
@@ -106,7 +113,7 @@ def listed(studies: Path, patterns) -> list[Path]:
     return sorted(p for p in studies.iterdir() if p.is_file() and any(fnmatch.fnmatch(p.name, g) for g in patterns))
 
 
-@pytest.mark.parametrize("layout", ["2021", "2023", "2024", "msd"])
+@pytest.mark.parametrize("layout", ["2021", "2023", "2024", "msd", "nrrd"])
 def test_studies_folder_lists_one_image_per_case_that_loads_the_case_with_its_label(layouts, layout, tmp_path):
     """Each case: one listed image whose name less the pattern's tail is the case id; loading it gives the source
     case's modalities; its label lies in labels/final under the image's name, valid in the convention the bundle
