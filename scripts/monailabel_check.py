@@ -161,19 +161,16 @@ def label_summary(data: np.ndarray) -> str:
 
 
 def read_label_map(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The voxels (``X, Y, Z``) and RAS affine of a NIfTI or NRRD label map (NRRD: what 3D Slicer asks for)."""
+    """The voxels (``X, Y, Z``) and RAS affine of a NIfTI or NRRD label map (NRRD: what 3D Slicer asks for), read by
+    MONAI's ``LoadImage`` (ITK for NRRD; a downloaded file may have no suffix, so NRRD is told by its magic)."""
+    from monai.transforms import LoadImage
+
     with path.open("rb") as f:
         nrrd = f.read(4) == b"NRRD"
-    if not nrrd:
-        img = nib.load(str(path))
-        return np.asarray(img.dataobj), img.affine
-    import SimpleITK
-
-    img = SimpleITK.ReadImage(str(path))
-    affine = np.eye(4)
-    affine[:3, :3] = np.reshape(img.GetDirection(), (3, 3)) * np.asarray(img.GetSpacing())
-    affine[:3, 3] = img.GetOrigin()
-    return SimpleITK.GetArrayFromImage(img).transpose(2, 1, 0), np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine  # LPS -> RAS
+    if nrrd and not path.name.endswith(".nrrd"):
+        path = path.rename(path.with_name(path.name + ".nrrd"))
+    image = LoadImage(image_only=True)(str(path))
+    return np.asarray(image), np.asarray(image.affine)
 
 
 def check_label_file(path: Path, image_path: Path, what: str) -> np.ndarray:

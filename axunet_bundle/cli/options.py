@@ -126,13 +126,18 @@ class Command:
 
     @property
     def function(self) -> str:
-        """The command's function (``monailabel-studies`` -> ``monailabel_studies``)."""
-        return self.name.replace("-", "_")
+        """The name of the command's function."""
+        return function_name(self.name)
 
     @property
     def summary(self) -> str:
         first = self.text.split(". ")[0].split("\n\n")[0].replace("\n", " ").rstrip(".")
         return first if len(first) <= 90 else first[:87] + "..."
+
+
+def function_name(command: str) -> str:
+    """The function a command runs: its name with ``_`` for ``-`` (``monailabel-studies`` -> ``monailabel_studies``)."""
+    return command.replace("-", "_")
 
 
 def _constants(tree: ast.Module) -> dict[str, Any]:
@@ -206,7 +211,7 @@ def command_spec(name: str) -> Command:
     if name not in COMMANDS:
         raise UsageError(f"unknown command {name!r}{_closest(name, COMMANDS)}; the commands: {', '.join(COMMANDS)}")
     tree = ast.parse(Path(__file__).with_name(f"{COMMANDS[name]}.py").read_text(encoding="utf-8"))
-    function = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name.replace("-", "_"))
+    function = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == function_name(name))
     constants = _constants(tree)
     text, helps, example = _sections(ast.get_docstring(function) or "")
     args = function.args

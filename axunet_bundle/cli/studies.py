@@ -20,6 +20,7 @@ import os
 import shlex
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
@@ -43,16 +44,18 @@ LABELS_FINAL = "labels/final"
 SERVER_CONF = (("models", BUNDLE_NAME), ("preload", "false"), ("sam2", "false"), ("zoo_source", "ngc"))
 
 
+@dataclass
 class StudiesFolder:
     """What :func:`lay_out_studies` made: the studies folder, MONAI Label's image ids (the case ids), the
     datastore's file patterns, the counts of links, copies, written files and labels, and the cases left out."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.ids: list[str] = []
-        self.patterns: set[str] = set()
-        self.counts = {"linked": 0, "copied": 0, "written": 0, "labels": 0, "kept labels": 0}
-        self.skipped: list[CaseError] = []
+    root: Path
+    ids: list[str] = field(default_factory=list)
+    patterns: set[str] = field(default_factory=set)
+    counts: dict[str, int] = field(
+        default_factory=lambda: {"linked": 0, "copied": 0, "written": 0, "labels": 0, "kept labels": 0}
+    )
+    skipped: list[CaseError] = field(default_factory=list)
 
 
 def _extension(path: Path) -> str:
@@ -97,8 +100,8 @@ def _saved_label(labels: Path, image_id: str) -> bool:
 
 
 def _split_case(case: Case, modalities: tuple[str, ...], study: str, out: Path, found: StudiesFolder) -> str:
-    """A multi-channel case written as one 3D NIfTI per modality (and its label, in MONAI Label's values); returns
-    the study file's name."""
+    """A multi-channel case written as one 3D NIfTI per modality, ``<case id>_<modality>.nii.gz`` (the channels
+    ``dataset.json`` names, else the model's order); returns the study file's name."""
     image = nib.load(case.images[modalities[0]])
     data = np.asarray(image.dataobj)
     data = data.reshape(*data.shape[:3], -1)  # X, Y, Z, C (ITK's vector layout X, Y, Z, 1, C too)
