@@ -16,7 +16,7 @@ model-zoo bundle folder that ``axunet bundle OUT`` writes::
 
     axunet synth cases --n 3 --size 64 --depth 16
     .venv-monailabel/bin/python scripts/monailabel_check.py --bundle OUT/brats_axunet_2d_segmentation --brats cases \
-        [--workdir DIR]
+        [--workdir DIR] [--studies STUDIES --file-ext '["*_t1ce.nii.gz"]']
 
 That environment has MONAI Label and the packages the bundle's ``metadata.json`` requires, but not the
 ``axunet_bundle`` package: the bundle's own code runs, from the app's model folder, as it would for a MONAI Label
@@ -47,7 +47,15 @@ What it does, in a temporary folder (nothing in the repository or the given fold
       ``models/model.pt`` changes, stays a plain state dict, and moved only a little from the previous weights
       (so MONAI Label's CheckpointLoader did start training from them).
 
-   (c) runs before (b) because training changes ``model.pt``.
+   d. with ``--studies`` (a flat folder of per-modality studies that ``axunet monailabel-studies`` laid out from a
+      copy of ``--brats`` whose one case has no label) and ``--file-ext`` (the ``MONAI_LABEL_DATASTORE_FILE_EXT`` it
+      printed): 3D Slicer's loop over REST with MONAI Label's own client: ``/info`` names the model, its labels and
+      trainer; ``/datastore`` lists one image per case; ``/infer`` with Slicer's params returns an NRRD label map on
+      the study's grid in the bundle's values; ``PUT /datastore/label`` stores the unlabelled case's label;
+      ``/train`` runs one small epoch (the bundle copy's train.json gets the small sizes) and changes
+      ``models/model.pt``; the next ``/infer`` differs. Each call and its answer is printed (``REST: ...``).
+
+   (c) runs before (b) because training changes ``model.pt``; (d) runs last.
 
 Exit status 0 when every check passed, 1 otherwise.
 """
@@ -152,19 +160,31 @@ def label_summary(data: np.ndarray) -> str:
     return ", ".join(f"{int(v)}: {int(c)}" for v, c in zip(values, counts))
 
 
+def read_label_map(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The voxels (``X, Y, Z``) and RAS affine of a NIfTI or NRRD label map (NRRD: what 3D Slicer asks for), read by
+    MONAI's ``LoadImage`` (ITK for NRRD; a downloaded file may have no suffix, so NRRD is told by its magic)."""
+    from monai.transforms import LoadImage
+
+    with path.open("rb") as f:
+        nrrd = f.read(4) == b"NRRD"
+    if nrrd and not path.name.endswith(".nrrd"):
+        path = path.rename(path.with_name(path.name + ".nrrd"))
+    image = LoadImage(image_only=True)(str(path))
+    return np.asarray(image), np.asarray(image.affine)
+
+
 def check_label_file(path: Path, image_path: Path, what: str) -> np.ndarray:
     """A 3D label map on the input's grid (shape and affine) with BraTS values only; returns its voxels."""
     require(path.is_file(), f"{what}: no label file at {path}")
     ref = nib.load(str(image_path))
-    img = nib.load(str(path))
-    data = np.asarray(img.dataobj)
+    data, affine = read_label_map(path)
     require(data.ndim == 3, f"{what}: label map has shape {data.shape}, expected 3D")
     require(
         tuple(data.shape) == tuple(ref.shape[:3]), f"{what}: label shape {data.shape} != image shape {ref.shape[:3]}"
     )
     require(
-        np.allclose(img.affine, ref.affine, atol=1e-3),
-        f"{what}: label affine differs from the image's:\n{img.affine}\nvs\n{ref.affine}",
+        np.allclose(affine, ref.affine, atol=1e-3),
+        f"{what}: label affine differs from the image's:\n{affine}\nvs\n{ref.affine}",
     )
     require(np.allclose(data, np.round(data)), f"{what}: label map holds non-integer values")
     values = {int(v) for v in np.unique(data)}
@@ -479,7 +499,9 @@ def check_train_task(ctx: dict) -> None:
     )
 
 
-def start_server(ctx: dict, port: int) -> subprocess.Popen:
+def start_server(ctx: dict, port: int, studies: Path | None = None, env_extra: dict | None = None) -> subprocess.Popen:
+    """``monailabel start_server`` on the sample app with the bundle, serving ``studies`` (default: the 4D studies),
+    its log in ``<root>/server.log`` (``server_<n>.log`` for a later server)."""
     cmd = [
         sys.executable,
         "-m",
@@ -488,7 +510,7 @@ def start_server(ctx: dict, port: int) -> subprocess.Popen:
         "--app",
         str(ctx["app"]),
         "--studies",
-        str(ctx["studies"]),
+        str(studies or ctx["studies"]),
         "--conf",
         "models",
         ctx["name"],
@@ -515,8 +537,9 @@ def start_server(ctx: dict, port: int) -> subprocess.Popen:
         MONAI_LABEL_TRACKING_ENABLED="false",
         MONAI_LABEL_SESSIONS="false",
         MONAI_LABEL_AUTO_UPDATE_SCORING="false",
+        **(env_extra or {}),
     )
-    log_path = ctx["root"] / "server.log"
+    log_path = ctx["root"] / ("server.log" if "server_log" not in ctx else f"server_{port}.log")
     ctx["server_log"] = log_path
     log.info("server: %s", " ".join(cmd))
     return subprocess.Popen(
@@ -574,29 +597,31 @@ def server_error(ctx: dict) -> str:
     return ""
 
 
+def wait_for_server(ctx: dict, proc: subprocess.Popen, base: str, startup_timeout: float) -> dict:
+    """``GET /info/`` once the server answers; fails when it exits or does not answer in time."""
+    t0 = time.time()
+    while time.time() - t0 < startup_timeout:
+        if proc.poll() is not None:
+            raise CheckFailed(
+                f"server exited with {proc.returncode} while starting: {server_error(ctx) or '?'}\n{server_tail(ctx)}"
+            )
+        try:
+            status, _, body = http("GET", f"{base}/info/", timeout=10)
+            if status == 200:
+                log.info("server: up on %s after %.1f s", base, time.time() - t0)
+                return json.loads(body)
+        except (urllib.error.URLError, ConnectionError, TimeoutError, socket.timeout):
+            pass
+        time.sleep(2)
+    raise CheckFailed(f"server not up after {startup_timeout:.0f} s:\n{server_tail(ctx)}")
+
+
 def check_server(ctx: dict, startup_timeout: float, infer_timeout: float) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = start_server(ctx, port)
     try:
-        t0 = time.time()
-        info = None
-        while time.time() - t0 < startup_timeout:
-            if proc.poll() is not None:
-                raise CheckFailed(
-                    f"server exited with {proc.returncode} while starting: {server_error(ctx) or '?'}\n"
-                    f"{server_tail(ctx)}"
-                )
-            try:
-                status, _, body = http("GET", f"{base}/info/", timeout=10)
-                if status == 200:
-                    info = json.loads(body)
-                    break
-            except (urllib.error.URLError, ConnectionError, TimeoutError, socket.timeout):
-                pass
-            time.sleep(2)
-        require(info is not None, f"server not up after {startup_timeout:.0f} s:\n{server_tail(ctx)}")
-        log.info("server: up on %s after %.1f s", base, time.time() - t0)
+        info = wait_for_server(ctx, proc, base, startup_timeout)
         models = info.get("models", {})
         require(ctx["name"] in models, f"server /info/ lists models {list(models)}, not {ctx['name']!r}")
         labels = models[ctx["name"]].get("labels")
@@ -635,6 +660,121 @@ def check_server(ctx: dict, startup_timeout: float, infer_timeout: float) -> Non
         stop_server(proc)
 
 
+#: what 3D Slicer's MONAI Label module asks ``/infer`` for (its client sends these params): an NRRD label map
+SLICER_INFER_PARAMS = {"result_extension": ".nrrd", "result_dtype": "uint8", "result_compress": False, "device": "cpu"}
+
+
+def rest(ctx: dict, call: str, answer: str) -> None:
+    """Logs a REST call and what it answered, and keeps it for the summary."""
+    ctx.setdefault("rest_calls", []).append(f"{call} -> {answer}")
+    log.info("REST %s -> %s", call, answer)
+
+
+def check_slicer_loop(ctx: dict, startup_timeout: float, infer_timeout: float, train_timeout: float) -> None:
+    """
+    The loop a 3D Slicer user runs, over REST with MONAI Label's own client (the one Slicer's module carries), on the
+    flat studies folder ``axunet monailabel-studies`` laid out (``--studies``, served with its
+    ``MONAI_LABEL_DATASTORE_FILE_EXT``): ``/info`` names the model, its labels and trainer; ``/datastore`` lists one
+    image per case; ``/infer`` on the case without a label returns a label map on the study's grid in the bundle's
+    values, as NRRD (Slicer's request; NIfTI is (c)'s); its label (the BraTS folder's, standing for the user's
+    correction) saved through ``PUT /datastore/label`` is stored; ``/train`` runs one small epoch on the labelled
+    cases and changes ``models/model.pt``; the next ``/infer`` uses the new weights (its label map changes).
+    """
+    from monailabel.client import MONAILabelClient
+
+    name, patterns = ctx["name"], ctx["file_ext"]
+    studies = ctx["root"] / "slicer_studies"
+    shutil.copytree(ctx["slicer_source"], studies, symlinks=True)  # the server writes into its studies folder
+    # small sizes for a CPU run, as an app would set them: the server's BundleTrainTask runs the bundle's train.json
+    train_json = ctx["bundle"] / "configs" / "train.json"
+    config = json.loads(train_json.read_text())
+    config.update(TRAIN_OVERRIDES)
+    train_json.write_text(json.dumps(config, indent=4) + "\n")
+    weights = ctx["bundle"] / "models" / "model.pt"
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = start_server(ctx, port, studies, {"MONAI_LABEL_DATASTORE_FILE_EXT": json.dumps(patterns)})
+    try:
+        wait_for_server(ctx, proc, base, startup_timeout)
+        client = MONAILabelClient(base, tmpdir=str(ctx["root"] / "client"))
+        info = client.info()
+        require(name in info.get("models", {}), f"/info/ lists models {list(info.get('models', {}))}, not {name}")
+        require(name in info.get("trainers", {}), f"/info/ lists trainers {list(info.get('trainers', {}))}")
+        labels = info["models"][name].get("labels")
+        rest(ctx, "GET /info/", f"200; model {name} (labels {labels}), trainer {name}")
+
+        objects = client.datastore().get("objects", {})
+        expected = sorted(d.name for d in Path(ctx["slicer_dataset"]).iterdir() if d.is_dir())
+        require(sorted(objects) == expected, f"/datastore lists images {sorted(objects)}, not one per case {expected}")
+        unlabelled = sorted(i for i, o in objects.items() if "final" not in o.get("labels", {}))
+        require(len(unlabelled) == 1, f"/datastore: expected one case without a label, got {unlabelled}")
+        image_id = unlabelled[0]
+        study = studies / objects[image_id]["image"]["info"]["name"]
+        rest(
+            ctx,
+            f"GET /datastore/?output=all (MONAI_LABEL_DATASTORE_FILE_EXT={json.dumps(patterns)})",
+            f"200; images {sorted(objects)} ({len(objects) - 1} labelled; {image_id} is {study.name})",
+        )
+
+        t0 = time.time()
+        result, params = client.infer(name, image_id, dict(SLICER_INFER_PARAMS))
+        seconds = time.time() - t0
+        require(result is not None, f"/infer/{name}?image={image_id} returned no label map (params {params})")
+        with open(result, "rb") as f:
+            require(f.read(4) == b"NRRD", f"/infer with result_extension .nrrd: {result} is no NRRD file")
+        first = check_label_file(Path(result), study, "Slicer's /infer (.nrrd)")
+        check_label_names(labels, first, "/info/ labels")
+        rest(
+            ctx,
+            f"POST /infer/{name}?image={image_id} params {json.dumps(SLICER_INFER_PARAMS)}",
+            f"200; NRRD label map {first.shape} on {study.name}'s grid, values {{{label_summary(first)}}}, "
+            f"{seconds:.1f} s; WT {float(params.get('WT_region_mL', float('nan'))):.2f} mL",
+        )
+
+        correction = ctx["brats"] / image_id / f"{image_id}_seg.nii.gz"  # the user's corrected label
+        response = client.save_label(image_id, str(correction), tag="final")
+        stored = [p for p in (studies / "labels" / "final").iterdir() if p.name.startswith(f"{image_id}.")]
+        require(len(stored) == 1, f"PUT /datastore/label: no label {image_id}.* in labels/final ({response})")
+        require(stored[0].read_bytes() == correction.read_bytes(), f"{stored[0]} is not the label sent")
+        labelled = client.datastore()["objects"][image_id].get("labels", {})
+        require("final" in labelled, f"/datastore does not list the saved label of {image_id}: {labelled}")
+        rest(ctx, f"PUT /datastore/label?image={image_id}&tag=final", f"200 {response}; stored as {stored[0].name}")
+
+        digest = sha256(weights)
+        request = {"max_epochs": 1, "val_split": 1.0 / len(objects) + 0.01, "device": "cpu", "multi_gpu": False}
+        t0 = time.time()
+        task = client.train_start(name, {**request, "pretrained": True})
+        state = task
+        while time.time() - t0 < train_timeout:
+            state = client.train_status()
+            if state.get("status") not in ("SUBMITTED", "RUNNING"):
+                break
+            time.sleep(2)
+        seconds = time.time() - t0
+        details = "\n".join(state.get("details") or [])
+        require(state.get("status") == "DONE", f"/train/{name}: {state.get('status')} after {seconds:.0f} s\n{details}")
+        require(sha256(weights) != digest, f"/train/{name} finished but models/model.pt did not change")
+        rest(
+            ctx,
+            f"POST /train/{name} {json.dumps(request)}",
+            f"200 (task {task.get('status')}); GET /train/ -> {state['status']} after {seconds:.1f} s "
+            f"({len(objects)} labelled cases: {len(objects) - 1} train, 1 validates); models/model.pt changed",
+        )
+
+        result, _ = client.infer(name, image_id, dict(SLICER_INFER_PARAMS))
+        require(result is not None, f"/infer/{name}?image={image_id} after training returned no label map")
+        after = check_label_file(Path(result), study, "Slicer's /infer after training")
+        changed = int(np.count_nonzero(after != first))
+        require(changed > 0, "/infer after training returned the same label map: the new weights were not used")
+        rest(
+            ctx,
+            f"POST /infer/{name}?image={image_id} (after training, the same params)",
+            f"200; NRRD, values {{{label_summary(after)}}}; {changed} of {after.size} voxels changed",
+        )
+    finally:
+        stop_server(proc)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
@@ -647,6 +787,13 @@ def main(argv: list[str] | None = None) -> int:
         help="a folder of labelled BraTS 2021-named case folders (e.g. `axunet synth DIR --n 3 --size 64 --depth 16`;\n"
         "this environment has no axunet_bundle package to generate them): the first ones train, the last validates",
     )
+    p.add_argument(
+        "--studies",
+        help="a flat studies folder that `axunet monailabel-studies DATASET OUT` laid out, all its cases labelled but\n"
+        "one, DATASET's case folders being those of --brats: runs (d), the 3D Slicer loop over REST",
+    )
+    p.add_argument("--file-ext", help="the MONAI_LABEL_DATASTORE_FILE_EXT the command printed (a JSON list)")
+    p.add_argument("--train-timeout", type=float, default=600.0)
     p.add_argument("--skip-train", action="store_true", help="skip the BundleTrainTask check")
     p.add_argument("--skip-server", action="store_true", help="skip the start_server + REST check")
     p.add_argument("--startup-timeout", type=float, default=300.0)
@@ -705,6 +852,16 @@ def main(argv: list[str] | None = None) -> int:
         )
     if not args.skip_train:
         checks.append(("(b) BundleTrainTask runs one epoch and updates model.pt", check_train_task))
+    if args.studies:  # last: it trains, and sets the bundle copy's training sizes
+        ctx["slicer_source"] = Path(args.studies).resolve()
+        ctx["slicer_dataset"] = Path(args.brats).resolve()
+        ctx["file_ext"] = json.loads(args.file_ext or '["*_t1ce.nii.gz"]')
+        checks.append(
+            (
+                "(d) 3D Slicer's loop over REST on per-modality studies: info, datastore, infer, save label, train",
+                lambda c: check_slicer_loop(c, args.startup_timeout, args.infer_timeout, args.train_timeout),
+            )
+        )
 
     results: list[tuple[str, bool, str]] = []
     try:
@@ -748,6 +905,8 @@ def main(argv: list[str] | None = None) -> int:
             log.info("kept %s", tmp)
 
     print()
+    for call in ctx.get("rest_calls", []):
+        print(f"REST: {call}")
     for title, ok, note in results:
         print(f"{'PASS' if ok else 'FAIL'}: {title} ({note})")
     n_pass = sum(ok for _, ok, _ in results)

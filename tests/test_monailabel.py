@@ -10,8 +10,9 @@
 # limitations under the License.
 """
 The model-zoo bundle that ``axunet bundle`` writes, unzipped, under the real MONAI Label: BundleInferTask,
-BundleTrainTask and ``monailabel start_server`` + REST ``/infer`` from ``<app>/model/<bundle folder>`` (see
-``scripts/monailabel_check.py``).
+BundleTrainTask and ``monailabel start_server`` + REST ``/infer`` from ``<app>/model/<bundle folder>`` on 4D studies, and
+3D Slicer's loop over REST (info, datastore, infer as NRRD, save a label, train, infer again) on the per-modality
+studies folder ``axunet monailabel-studies`` lays out (see ``scripts/monailabel_check.py``).
 
 MONAI Label lives in its own environment, ``.venv-monailabel`` (``bash scripts/setup_monailabel_env.sh``), because
 its dependencies conflict with this package's (pydicom-seg pins jsonschema<4 and numpy<2); that environment has the
@@ -22,13 +23,16 @@ CI cannot pass without running it.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from axunet_bundle.cli.studies import lay_out_studies
 from axunet_bundle.synthetic import write_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,7 +60,12 @@ def test_bundle_under_monailabel(monailabel_python: Path, unzipped_bundle: Path,
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)  # the MONAI Label venv has its own packages
     # generated cases, written here: the MONAI Label environment has the bundle's code only, not this package
-    write_synthetic_dataset(tmp_path / "brats", n=3, seed=0, shape=(64, 64, 16), progress=False)
+    cases = write_synthetic_dataset(tmp_path / "brats", n=3, seed=0, shape=(64, 64, 16), progress=False)
+    # the same cases as a BraTS folder whose last case has no label yet, laid out as `axunet monailabel-studies` does:
+    # check (d) labels that case over REST, as a 3D Slicer user would, then trains
+    dataset = shutil.copytree(tmp_path / "brats", tmp_path / "dataset")
+    (dataset / cases[-1].name / f"{cases[-1].name}_seg.nii.gz").unlink()
+    studies = lay_out_studies(dataset, tmp_path / "studies")
     command = [
         str(monailabel_python),
         str(SCRIPT),
@@ -64,6 +73,10 @@ def test_bundle_under_monailabel(monailabel_python: Path, unzipped_bundle: Path,
         str(unzipped_bundle),
         "--brats",
         str(tmp_path / "brats"),
+        "--studies",
+        str(studies.root),
+        "--file-ext",
+        json.dumps(sorted(studies.patterns)),
     ]
     proc = subprocess.run(
         [*command, "--workdir", str(tmp_path / "work")],
@@ -78,4 +91,4 @@ def test_bundle_under_monailabel(monailabel_python: Path, unzipped_bundle: Path,
     print(output[-20000:])
     if proc.returncode != 0:
         pytest.fail(f"MONAI Label check failed (exit {proc.returncode}):\n" + "\n".join(summary), pytrace=False)
-    assert len(summary) == 3 and all(line.startswith("PASS:") for line in summary), "\n".join(summary)
+    assert len(summary) == 4 and all(line.startswith("PASS:") for line in summary), "\n".join(summary)

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(0)
         args, options = parse_command(command, argv[1:])
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-        function = getattr(importlib.import_module(f".{command.module}", __name__), command.name)
+        function = getattr(importlib.import_module(f".{command.module}", __name__), command.function)
         function(*args, **options)
     except Exception as err:
         error = user_error(err)

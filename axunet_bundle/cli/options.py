@@ -47,6 +47,7 @@ COMMANDS = {
     "report": "pictures",
     "bundle": "zoo_bundle",
     "compare": "compare",
+    "monailabel-studies": "studies",
 }
 #: the workflows whose config ids a command takes as options (its ``**overrides``)
 COMMAND_WORKFLOWS = {
@@ -124,9 +125,19 @@ class Command:
     settings: dict[str, Any] = field(default_factory=dict)  # the ids of its configs and their defaults
 
     @property
+    def function(self) -> str:
+        """The name of the command's function."""
+        return function_name(self.name)
+
+    @property
     def summary(self) -> str:
         first = self.text.split(". ")[0].split("\n\n")[0].replace("\n", " ").rstrip(".")
         return first if len(first) <= 90 else first[:87] + "..."
+
+
+def function_name(command: str) -> str:
+    """The function a command runs: its name with ``_`` for ``-`` (``monailabel-studies`` -> ``monailabel_studies``)."""
+    return command.replace("-", "_")
 
 
 def _constants(tree: ast.Module) -> dict[str, Any]:
@@ -200,7 +211,7 @@ def command_spec(name: str) -> Command:
     if name not in COMMANDS:
         raise UsageError(f"unknown command {name!r}{_closest(name, COMMANDS)}; the commands: {', '.join(COMMANDS)}")
     tree = ast.parse(Path(__file__).with_name(f"{COMMANDS[name]}.py").read_text(encoding="utf-8"))
-    function = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
+    function = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == function_name(name))
     constants = _constants(tree)
     text, helps, example = _sections(ast.get_docstring(function) or "")
     args = function.args
@@ -267,7 +278,8 @@ def overview() -> str:
         "",
         "commands:",
     ]
-    lines += [f"  {name:<10} {command_spec(name).summary}" for name in COMMANDS]
+    width = max(map(len, COMMANDS))
+    lines += [f"  {name:<{width}} {command_spec(name).summary}" for name in COMMANDS]
     return "\n".join(lines) + "\n"
 
 

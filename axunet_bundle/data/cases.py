@@ -81,6 +81,7 @@ __all__ = [
     "DatasetPathError",
     "Discovery",
     "case_id_from_path",
+    "case_of_file",
     "check_case_id",
     "convention_for_names",
     "discover",
@@ -552,6 +553,37 @@ def _cases_in_directory(
         layout = _detect_layout(case_id, [files[0][0] for files in kinds.values()])
         cases.append(Case(case_id, layout, images, label, directory, ignored=tuple(unused + ignored[prefix])))
     return cases, strays
+
+
+def case_of_file(path: str | os.PathLike, modalities: Sequence[str] = MODALITIES) -> Case | None:
+    """
+    The case that a per-modality file belongs to, found by the discovery of the file's folder (no other folder is
+    read): what lets one modality's file stand for its case, as MONAI Label's datastore sends one file per study.
+
+    Args:
+        path: one modality's file of a case (``BraTS2021_00000_flair.nii.gz``, ``CASE/t2w.nrrd``, ...).
+        modalities: canonical modalities to collect into the case's :attr:`Case.images`.
+
+    Returns:
+        the case whose modality (or ignored modality) `path` is; ``None`` when the name is no modality file's (a
+        label, a multi-channel image, a name the bundle does not read) or its folder cannot be listed.
+
+    Raises:
+        CaseError: when the case has two files for one modality (as :func:`discover`).
+    """
+    path = Path(path).absolute()
+    parsed = _split_file_name(path.name)
+    if parsed is None or parsed[1] == LABEL_SUFFIX:
+        return None
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return None
+    cases, _ = _cases_in_directory(path.parent, names, validate_modalities(modalities))
+    for case in cases:
+        if path in case.images.values() or path in (p for _, p in case.ignored):
+            return case
+    return None
 
 
 # the Medical Segmentation Decathlon's task folders

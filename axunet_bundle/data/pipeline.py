@@ -24,7 +24,14 @@ from monai.utils import ImageMetaKey, TransformBackends, convert_to_numpy, ensur
 
 from ..errors import CaseError
 from ..settings import AUTO_GRID, resolve_grid_modality
-from .cases import DEFAULT_MODALITIES, case_id_from_path, convention_for_names, parse_file_name, validate_modalities
+from .cases import (
+    DEFAULT_MODALITIES,
+    case_id_from_path,
+    case_of_file,
+    convention_for_names,
+    parse_file_name,
+    validate_modalities,
+)
 from .integrity import image_problems, label_problems, same_grid
 from .labels import AUTO, labels_to_regions, regions_to_labels, resolve_convention, validate_convention
 
@@ -98,16 +105,23 @@ class LoadCased(LoadImaged):
     interpolated. MONAI's own ``LoadImaged`` stacks a list only when every file is on one grid; MONAI Label finds this
     class as the ``LoadImaged`` it adapts.
 
+    One modality's file stands for its case: given ``modalities``, a single per-modality file under ``case_key``
+    (``BraTS2021_00000_flair.nii.gz``: what MONAI Label's datastore sends when its studies are one modality's files)
+    is replaced by the case's files of ``modalities``, found beside it by the case discovery
+    (:func:`~axunet_bundle.data.cases.case_of_file`); a multi-channel file, or a name of no modality, loads as it is.
+
     Args:
         keys: keys of the files to load (a path, or a list of paths to stack, one per modality of `modalities`).
-        modalities: the modality of each file of a list, in order; ``None``: not known, the first file's grid is the
-            reference.
+        modalities: the model's modalities: the modality of each file of a list, in order; ``None``: not known, the
+            first file's grid is the reference, and a single file is never read as its case.
         grid_modality: the modality whose file's grid the others are resampled onto: one of `modalities`, or
             ``"auto"`` (:func:`~axunet_bundle.settings.resolve_grid_modality`: T1CE where read, else the first).
+        case_key: the key whose single per-modality file stands for its case (the image; never the label).
         kwargs: ``LoadImaged``'s; ``ensure_channel_first`` and ``image_only`` default to ``True``.
 
     Raises:
         ConfigurationError: for unknown modalities, or a `grid_modality` not among them.
+        CaseError: (when called) a case file missing beside the given one, naming the case and the file.
     """
 
     def __init__(
@@ -115,6 +129,7 @@ class LoadCased(LoadImaged):
         keys: KeysCollection,
         modalities: Sequence[str] | None = None,
         grid_modality: str = AUTO_GRID,
+        case_key: str = "image",
         **kwargs: Any,
     ) -> None:
         super().__init__(keys, **{"ensure_channel_first": True, "image_only": True, **kwargs})
@@ -123,6 +138,23 @@ class LoadCased(LoadImaged):
         if self.modalities is not None:
             self.reference = self.modalities.index(resolve_grid_modality(grid_modality, self.modalities))
         self.resample = ResampleToMatch(mode="bilinear", padding_mode="zeros")
+        self.case_key = case_key
+
+    def _case_files(self, files: Any) -> Any:
+        """The case's files of :attr:`modalities` when ``files`` is one modality's file of a case, else ``files``."""
+        single = files[0] if isinstance(files, (list, tuple)) and len(files) == 1 else files
+        if self.modalities is None or not isinstance(single, (str, os.PathLike)):
+            return files
+        case = case_of_file(single, self.modalities)
+        if case is None or case.multichannel:
+            return files
+        missing = case.missing_modalities(self.modalities)
+        if missing:
+            expected = case.directory / case.expected_file_name(missing[0])
+            raise CaseError(
+                case.case_id, expected, f"missing {missing[0]} image beside {Path(single).name} in {case.directory}"
+            )
+        return case.image_files(self.modalities)
 
     def _stack(self, d: Mapping[Hashable, Any], files: Sequence[Any], reader: Any) -> Any:
         if self.modalities is not None and len(files) != len(self.modalities):
@@ -145,7 +177,7 @@ class LoadCased(LoadImaged):
     def __call__(self, data: Mapping[Hashable, Any], reader: Any = None) -> dict[Hashable, Any]:
         d = dict(data)
         for key, meta_key, meta_key_postfix in self.key_iterator(d, self.meta_keys, self.meta_key_postfix):
-            files = d[key]
+            files = self._case_files(d[key]) if key == self.case_key else d[key]
             several = isinstance(files, (list, tuple)) and len(files) > 1
             loaded = self._stack(d, files, reader) if several else self._loader(files, reader)
             if self._loader.image_only:
