@@ -179,3 +179,16 @@ def test_a_study_modality_off_the_label_grid_is_refused_in_one_line(layouts, tmp
     nib.save(nib.Nifti1Image(np.asarray(image.dataobj)[:, :, ::2], image.affine @ np.diag([1, 1, 2, 1])), flair)
     with raises_user_error(CaseError, match=rf"^{case.case_id}: .*_flair.nii.gz: lies on another grid than t1ce"):
         lay_out_studies(dataset, tmp_path / "studies", study_modality="flair")
+
+
+def test_the_label_grid_is_the_grid_modality_not_the_first_modality(layouts, tmp_path):
+    # modalities in another channel order: T1CE (the grid the label maps are written on) stays the reference
+    dataset = shutil.copytree(layouts["2021"], tmp_path / "data")
+    case = find_cases(dataset)[0]
+    flair = case.directory / f"{case.case_id}_flair.nii.gz"
+    image = nib.load(flair)
+    nib.save(nib.Nifti1Image(np.asarray(image.dataobj)[:, :, ::2], image.affine @ np.diag([1, 1, 2, 1])), flair)
+    found = lay_out_studies(dataset, tmp_path / "studies", study_modality="t1ce", modalities=["flair", "t2", "t1ce"])
+    assert case.case_id in found.ids
+    with raises_user_error(CaseError, match=rf"^{case.case_id}: .*_flair.nii.gz: lies on another grid than t1ce"):
+        lay_out_studies(dataset, tmp_path / "studies2", study_modality="flair", modalities=["flair", "t2", "t1ce"])

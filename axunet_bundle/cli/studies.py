@@ -31,6 +31,7 @@ from ..data.formats import ItkImage, image_stem, is_nifti
 from ..data.integrity import same_grid
 from ..data.labels import labels_to_regions, regions_to_labels
 from ..errors import CaseError, ConfigurationError, DatasetError
+from ..settings import AUTO_GRID, resolve_grid_modality
 from .data import split_names
 from .zoo_bundle import BUNDLE_NAME
 
@@ -155,7 +156,8 @@ def lay_out_studies(
         dataset_dir: the dataset folder.
         output_dir: the studies folder (created; may hold an earlier run's links and MONAI Label's files).
         study_modality: the modality MONAI Label lists and 3D Slicer shows, one of ``modalities``. Its grid must be
-            the first modality's, the grid the bundle writes its label maps on, so that a label drawn on it trains.
+            that of the bundle's ``grid_modality`` (T1CE where read), which its label maps are written on, so that
+            a label drawn on it trains.
         modalities: the model's modalities, in channel order.
 
     Returns:
@@ -164,11 +166,12 @@ def lay_out_studies(
     Raises:
         ConfigurationError: for a study modality not among ``modalities``.
         DatasetError: no case, or a file in the way in ``output_dir``.
-        CaseError: a case whose study modality lies on another grid than its first modality.
+        CaseError: a case whose study modality lies on another grid than the grid modality's.
     """
     mods = validate_modalities(modalities)
     if study_modality not in mods:
         raise ConfigurationError(f"study modality {study_modality!r} is not one of the model's: {', '.join(mods)}")
+    grid = resolve_grid_modality(AUTO_GRID, mods)  # the bundle's default: its label maps lie on this grid
     out = Path(output_dir).absolute()
     labels = out / LABELS_FINAL
     found = StudiesFolder(out)
@@ -183,13 +186,13 @@ def lay_out_studies(
         if case.multichannel:
             study_name = _split_case(case, mods, study_modality, out, found)
         else:
-            if study_modality != mods[0]:
+            if study_modality != grid:
                 shape, affine = _header(case.images[study_modality])
-                if not same_grid(shape, affine, *_header(case.images[mods[0]])):
+                if not same_grid(shape, affine, *_header(case.images[grid])):
                     raise CaseError(
                         case.case_id,
                         case.images[study_modality],
-                        f"lies on another grid than {mods[0]}, the grid of the label maps: show {mods[0]} instead",
+                        f"lies on another grid than {grid}, the grid of the label maps: show {grid} instead",
                     )
             for modality in mods:
                 source = case.images[modality]
@@ -229,7 +232,7 @@ def monailabel_studies(
         dataset_dir: the dataset folder (BraTS 2018-2025 names, other collections, a Decathlon Task01 folder, ...).
         output_dir: the studies folder to lay out (new, or an earlier run's: MONAI Label's saved labels are kept).
         study_modality: the modality MONAI Label lists and 3D Slicer shows, one per case; its grid must be the
-            first modality's (T1CE: the grid the label maps are written on).
+            grid modality's (T1CE where read: the grid the label maps are written on).
         modalities: comma-separated model modalities, in channel order (default: the model's).
 
     Example:
