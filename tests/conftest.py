@@ -4,6 +4,7 @@ Python that has this environment's packages but not this project."""
 from __future__ import annotations
 
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -77,6 +78,28 @@ def unzipped_bundle(zoo_bundle, tmp_path_factory) -> Path:
     with zipfile.ZipFile(zip_path) as archive:
         archive.extractall(out)
     return out / folder.name
+
+
+def in_ci() -> bool:
+    """Whether the suite runs in CI (``CI`` set): a test that cannot find what it needs fails there instead of
+    skipping, so CI cannot pass without running it."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def require(module: str, how: str) -> None:
+    """Skip the calling test module when ``module`` cannot be imported, and fail it in CI (:func:`in_ci`).
+
+    Args:
+        module: the importable name (``"nvflare"``).
+        how: how to install it, for the message.
+    """
+    try:
+        __import__(module)
+    except ImportError:
+        message = f"{module} is not installed: {how}"
+        if in_ci():
+            pytest.fail(message + " (CI must run these tests)", pytrace=False)
+        pytest.skip(message, allow_module_level=True)
 
 
 @contextmanager

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
-from conftest import CONFIGS, SCHEMA, TINY_ROI
+from conftest import CONFIGS, SCHEMA, TINY_ROI, in_ci
 from ignite.engine import Events
 from monai.bundle import ConfigParser, ConfigWorkflow, verify_metadata
 from monai.transforms import Compose
@@ -60,7 +59,7 @@ def train_workflow(dataset_dir, bundle_root, **overrides) -> ConfigWorkflow:
 
 def test_metadata_follows_the_schema():
     if not SCHEMA.exists():
-        if os.environ.get("CI"):
+        if in_ci():
             pytest.fail(f"CI needs MONAI's schema at {SCHEMA}")
         pytest.skip("MONAI's metadata schema is not beside this checkout (../shared)")
     verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(SCHEMA))

@@ -11,13 +11,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import BUNDLE_ROOT, TINY_ROI
+from conftest import BUNDLE_ROOT, TINY_ROI, require
 from test_network import timm_weights
 
 from axunet_bundle.networks import AXUNet, TimmEncoder
 from axunet_bundle.synthetic import write_synthetic_dataset
 
-pytest.importorskip("nvflare", reason="the [federated] extra (pip install -e '.[test,federated]')")
+require("nvflare", "the [federated] extra (pip install -e '.[test,federated]')")
 
 from federated import job  # noqa: E402
 from federated.client import FEDERATED_CONFIG, METRICS, VALIDATION_LOG, site_algo  # noqa: E402

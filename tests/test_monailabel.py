@@ -31,6 +31,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import in_ci
 
 from axunet_bundle.cli.studies import lay_out_studies
 from axunet_bundle.synthetic import write_synthetic_dataset
@@ -42,15 +43,11 @@ SCRIPT = REPO / "scripts" / "monailabel_check.py"
 TIMEOUT_S = int(os.environ.get("MONAILABEL_CHECK_TIMEOUT", "1500"))
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
 @pytest.fixture(scope="module")
 def monailabel_python() -> Path:
     if not PYTHON.is_file():
         message = f"no MONAI Label environment at {VENV}: run `bash scripts/setup_monailabel_env.sh`"
-        if _in_ci():
+        if in_ci():
             pytest.fail(message + " (CI must run this test)")
         pytest.skip(message)
     return PYTHON

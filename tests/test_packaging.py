@@ -17,7 +17,7 @@ from pathlib import Path
 import nibabel as nib
 import pytest
 import torch
-from conftest import BUNDLE_ROOT, CONFIGS, SCHEMA, TINY_ROI, make_venv
+from conftest import BUNDLE_ROOT, CONFIGS, SCHEMA, TINY_ROI, in_ci, make_venv
 
 import axunet_bundle
 from axunet_bundle import AXUNet
@@ -281,7 +281,7 @@ def test_the_unzipped_bundle_passes_monai_property_checks_and_the_zoo_checks(
     result = run([bare_python, "-c", PROPERTIES_SCRIPT, unzipped_bundle, tiny_dataset], unzipped_bundle)
     assert "infer properties ok" in result.stdout and "train properties ok" in result.stdout
     command = [bare_python, BUNDLE_ROOT / "scripts" / "zoo_check.py", unzipped_bundle]
-    if SCHEMA.exists() or os.environ.get("CI"):
+    if SCHEMA.exists() or in_ci():
         command += ["--schema", SCHEMA]
     else:
         command += ["--checks", "large_files,necessary_files,preferred_files,version,net_in_out,torchscript,onnx"]

@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import BUNDLE_ROOT, SCHEMA
+from conftest import BUNDLE_ROOT, SCHEMA, in_ci
 
 from scripts.zoo_check import CHECKS, FAIL, NOT_IN_BUNDLE, PASS, SKIP, WARN, find_schema, main, run_zoo_checks
 
@@ -51,7 +50,7 @@ def test_the_bundle_passes_every_zoo_check(tmp_path):
     had_weights = weights.exists()
     checks = list(CHECKS)
     if not SCHEMA.exists():
-        if os.environ.get("CI"):
+        if in_ci():
             pytest.fail(f"CI needs MONAI's schema at {SCHEMA}")
         checks.remove("metadata")
     results = by_name(run_zoo_checks(BUNDLE_ROOT, work_dir=tmp_path, checks=checks))
