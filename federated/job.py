@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 HERE = Path(__file__).resolve().parent
 if str(HERE.parent) not in sys.path:  # `python federated/job.py` from a checkout
     sys.path.insert(0, str(HERE.parent))
@@ -138,8 +140,6 @@ def initial_model(path: Path, overrides: dict[str, Any], bundle_root: str | None
     Raises:
         PretrainedWeightsError: the ImageNet weights cannot be had.
     """
-    import torch
-
     from axunet_bundle.cli.configs import read_config
     from axunet_bundle.networks import load_encoder_weights
 
@@ -193,8 +193,6 @@ def build_recipe(args: argparse.Namespace, sites: dict[str, str], overrides: dic
 def write_global_model(workspace: Path, sites: dict[str, str], output_dir: Path) -> Path | None:
     """The simulation's last global model as the bundle's weights: ``output_dir/model.pt`` (a plain state dict) and
     the ``model_settings.json`` the sites' training wrote. ``None`` when the server saved no model."""
-    import torch
-
     saved = workspace / SERVER_MODEL
     if not saved.is_file():
         return None

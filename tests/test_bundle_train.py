@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from conftest import CONFIGS, SCHEMA, TINY_ROI, in_ci

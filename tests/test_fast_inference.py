@@ -325,7 +325,9 @@ def test_benchmark_quick_smoke(tmp_path, capfd):
         assert re.search(rf"\[benchmark\] {model} cases: {settings.cases}/{settings.cases} case .*ETA", log), log
     assert output.read_text().count(BEGIN_MARKER) == 1
     # the CPU model and the path AXUNet's default takes on it, printed as the run starts
-    assert re.search(r"\[benchmark\] CPU: .+, \d+ logical cores, (no )?native bfloat16: AXUNet's default runs", log), log
+    assert re.search(
+        r"\[benchmark\] CPU: .+, \d+ logical cores, (no )?native bfloat16: AXUNet's default runs", log
+    ), log
     for expected in (
         "benchmark --quick",
         "- CPU:",

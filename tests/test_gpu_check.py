@@ -45,7 +45,14 @@ def test_dry_run_runs_every_step_and_writes_the_table(tmp_path):
     (dice,) = results["dice"].values()
     assert len(dice) == len(REGIONS) and all(0 <= d <= 1 for d in dice)
     table = (out / "gpu_check.md").read_text()
-    for row in ("slices/s", "waited for data", "peak GPU memory", "s per later case", "40 epochs on BraTS 2021", "Dice"):
+    for row in (
+        "slices/s",
+        "waited for data",
+        "peak GPU memory",
+        "s per later case",
+        "40 epochs on BraTS 2021",
+        "Dice",
+    ):
         assert row in table, row
     assert {"train.log", "torchrun.log", "infer.log", "infer_cpu_float32.log"} <= {p.name for p in out.iterdir()}
 
