@@ -171,23 +171,26 @@ def test_the_command_prints_the_server_command_and_names_each_case_left_out(layo
     assert "--conf models brats_axunet_2d_segmentation" in command
 
 
-def test_a_study_modality_off_the_label_grid_is_refused_in_one_line(layouts, tmp_path):
+@pytest.fixture
+def thick_flair(layouts, tmp_path):
+    """A 2021 dataset whose first case's FLAIR has every second axial slice only (another grid than T1CE's)."""
     dataset = shutil.copytree(layouts["2021"], tmp_path / "data")
     case = find_cases(dataset)[0]
     flair = case.directory / f"{case.case_id}_flair.nii.gz"
     image = nib.load(flair)
     nib.save(nib.Nifti1Image(np.asarray(image.dataobj)[:, :, ::2], image.affine @ np.diag([1, 1, 2, 1])), flair)
+    return dataset, case
+
+
+def test_a_study_modality_off_the_label_grid_is_refused_in_one_line(thick_flair, tmp_path):
+    dataset, case = thick_flair
     with raises_user_error(CaseError, match=rf"^{case.case_id}: .*_flair.nii.gz: lies on another grid than t1ce"):
         lay_out_studies(dataset, tmp_path / "studies", study_modality="flair")
 
 
-def test_the_label_grid_is_the_grid_modality_not_the_first_modality(layouts, tmp_path):
+def test_the_label_grid_is_the_grid_modality_not_the_first_modality(thick_flair, tmp_path):
     # modalities in another channel order: T1CE (the grid the label maps are written on) stays the reference
-    dataset = shutil.copytree(layouts["2021"], tmp_path / "data")
-    case = find_cases(dataset)[0]
-    flair = case.directory / f"{case.case_id}_flair.nii.gz"
-    image = nib.load(flair)
-    nib.save(nib.Nifti1Image(np.asarray(image.dataobj)[:, :, ::2], image.affine @ np.diag([1, 1, 2, 1])), flair)
+    dataset, case = thick_flair
     found = lay_out_studies(dataset, tmp_path / "studies", study_modality="t1ce", modalities=["flair", "t2", "t1ce"])
     assert case.case_id in found.ids
     with raises_user_error(CaseError, match=rf"^{case.case_id}: .*_flair.nii.gz: lies on another grid than t1ce"):
