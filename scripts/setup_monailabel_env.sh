@@ -17,6 +17,8 @@
 # Environment knobs:
 #   MONAILABEL_SPEC   pip requirement for monailabel (default below)
 #   MONAILABEL_VENV   path of the venv (default: .venv-monailabel at the repository root)
+#   SHARED_VENV       an environment whose packages this one reads where their versions do (default: .venv at the
+#                     repository root, where it exists; empty: share nothing)
 #   PYTHON            interpreter that creates the venv (default: python3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +26,7 @@ cd "$(dirname "$0")/.."
 MONAILABEL_SPEC="${MONAILABEL_SPEC:-monailabel==0.8.5}"
 VENV="${MONAILABEL_VENV:-.venv-monailabel}"
 PYTHON="${PYTHON:-python3}"
+SHARED_VENV="${SHARED_VENV-.venv}"
 STAMP="$VENV/.axunet-setup-stamp"
 
 # What the venv was built from: a change to any of these re-runs pip.
@@ -32,6 +35,7 @@ want_stamp="$(
         echo "$MONAILABEL_SPEC"
         cat configs/metadata.json
         cat scripts/setup_monailabel_env.sh
+        echo "$SHARED_VENV"
     } | sha256sum | cut -d' ' -f1
 )"
 
@@ -60,6 +64,20 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
 rm -f "$STAMP"
+site_packages() { "$1/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'; }
+site="$(site_packages "$VENV")"
+# Disk: torch with its CUDA libraries, triton and itk take ~7 GB in each environment. Where the shared environment
+# exists (the README's test command makes .venv first), a .pth file puts its site-packages after this one's, so pip
+# counts its packages as installed and adds here only what MONAI Label needs otherwise (its server packages, the
+# older numpy pydicom-seg pins), which then come first on sys.path. pip never removes a package outside this venv.
+rm -f "$site/axunet-shared-venv.pth"
+if [ -n "$SHARED_VENV" ] && [ -x "$SHARED_VENV/bin/python" ]; then
+    shared="$(site_packages "$(cd "$SHARED_VENV" && pwd)")"
+    if [ "$(basename "$(dirname "$shared")")" = "$(basename "$(dirname "$site")")" ]; then  # same pythonX.Y
+        echo "$shared" >"$site/axunet-shared-venv.pth"
+        echo "setup_monailabel_env: reads the packages it shares with $SHARED_VENV from $shared"
+    fi
+fi
 # pip alone first: the venv's pip 23.2 prints a spurious "ERROR: Exception" when it also upgrades packaging/wheel.
 "$VENV/bin/python" -m pip install --upgrade pip
 # pydicom<3: pydicom-seg 0.4.1 imports pydicom._storage_sopclass_uids, which pydicom 3 removed, and the server
@@ -72,8 +90,12 @@ rm -f "$STAMP"
 required=$("$VENV/bin/python" -c 'import json; print(" ".join(json.load(open("configs/metadata.json"))["required_packages_version"]))')
 # shellcheck disable=SC2086
 "$VENV/bin/python" -m pip install $required
-# An environment made by an earlier version of this script had this package installed: remove it.
-"$VENV/bin/python" -m pip uninstall -y axunet_bundle >/dev/null 2>&1 || true
+# An environment made by an earlier version of this script had this package installed: remove it (from this venv
+# only; the shared environment's editable install stays, and is not on this one's import path: a .pth file read
+# from a shared directory is not run).
+if compgen -G "$site/axunet_bundle-*.dist-info" >/dev/null; then
+    "$VENV/bin/python" -m pip uninstall -y axunet_bundle >/dev/null
+fi
 # (`pip check` is not run: it crashes on itk 5.4.7's wheel tag "cp311-abi3", InvalidTag.)
 
 if ! imports_ok; then
