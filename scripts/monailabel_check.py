@@ -85,6 +85,8 @@ import nibabel as nib
 import numpy as np
 
 BRATS_VALUES = {0, 1, 2, 4}
+#: the label values channel_def names: the BraTS 2021 ones and 3, the enhancing tumour of a BraTS 2023+ case
+NAMED_VALUES = {1, 2, 3, 4}
 DEFAULT_MODALITIES = ("t1ce", "t2", "flair")  # input channels, in order, when inference.json names none
 SAMPLE_APP = "monaibundle"
 
@@ -210,12 +212,9 @@ def check_label_names(labels: dict, written: np.ndarray, what: str) -> None:
         0 not in named,
         f"{what}: label {[k for k, v in labels.items() if int(v) == 0]} has value 0, the background; MONAI Label "
         f"takes label values from metadata.json network_data_format#outputs#pred#channel_def keys, which must be "
-        f"the values written (1, 2, 4), got {labels}",
+        f"the values written (1, 2, 4; 3 in BraTS 2023+ values), got {labels}",
     )
-    require(
-        named <= BRATS_VALUES - {0},
-        f"{what}: reported label values {sorted(named)} are not BraTS values 1/2/4 ({labels})",
-    )
+    require(named <= NAMED_VALUES, f"{what}: reported label values {sorted(named)} are not BraTS values 1-4 ({labels})")
     present = {int(v) for v in np.unique(written)} - {0}
     require(present <= named, f"{what}: the label map holds values {sorted(present - named)} with no name ({labels})")
     log.info("%s: label names %s", what, labels)

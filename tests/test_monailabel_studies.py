@@ -19,9 +19,9 @@ from conftest import CONFIGS, raises_user_error
 
 from axunet_bundle.cli import main
 from axunet_bundle.cli.studies import LABELS_FINAL, lay_out_studies
-from axunet_bundle.data.cases import DEFAULT_MODALITIES, find_cases
+from axunet_bundle.data.cases import DEFAULT_MODALITIES, case_of_file, discover, find_cases
 from axunet_bundle.data.integrity import label_problems
-from axunet_bundle.data.labels import AUTO, labels_to_regions
+from axunet_bundle.data.labels import AUTO, LABEL_CONVENTIONS, labels_to_regions, regions_to_labels
 from axunet_bundle.data.pipeline import CHANNELS_KEY, LoadCased, SelectModalitiesd, item_convention
 from axunet_bundle.errors import CaseError
 from axunet_bundle.synthetic import write_synthetic_dataset
@@ -195,3 +195,57 @@ def test_the_label_grid_is_the_grid_modality_not_the_first_modality(thick_flair,
     assert case.case_id in found.ids
     with raises_user_error(CaseError, match=rf"^{case.case_id}: .*_flair.nii.gz: lies on another grid than t1ce"):
         lay_out_studies(dataset, tmp_path / "studies2", study_modality="flair", modalities=["flair", "t2", "t1ce"])
+
+
+# --- the studies folder as a dataset, and the names Slicer shows ------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["2021", "2023", "msd"])
+def test_a_studies_folder_is_a_dataset_whose_saved_labels_are_its_cases_labels(layouts, layout, tmp_path, capsys):
+    """What 3D Slicer saved (labels/final/<study>) is the case's label for check, datalist and training; MONAI Label's
+    other tags are the case's ignored files, a label of no study is named."""
+    found = lay_out_studies(layouts[layout], tmp_path / "studies")
+    final = sorted((found.root / LABELS_FINAL).iterdir())
+    original = found.root / "labels" / "original" / final[0].name
+    original.parent.mkdir()
+    shutil.copy(final[0], original)
+    discovery = discover(found.root)
+    assert [c.case_id for c in discovery.cases] == sorted(found.ids)
+    assert sorted(c.label for c in discovery.cases) == final and not discovery.strays
+    assert [p for c in discovery.cases for _, p in c.ignored] == [original]
+    with pytest.raises(SystemExit) as clean:
+        main(["check", str(found.root)])
+    assert clean.value.code == 0, capsys.readouterr().out
+
+    stray = found.root / LABELS_FINAL / "BraTS2021_09999_t1ce.nii.gz"
+    shutil.copy(final[0], stray)
+    assert discover(found.root).strays == [(None, stray, discover(found.root).strays[0][2])]
+    with pytest.raises(SystemExit) as named:
+        main(["check", str(found.root)])
+    assert named.value.code != 0 and stray.name in capsys.readouterr().out
+
+
+def test_one_modality_file_finds_a_sibling_added_after_its_folder_was_read(layouts, tmp_path):
+    """case_of_file reads a folder once per change of it (a studies folder gives one file per item)."""
+    dataset = shutil.copytree(layouts["2021"], tmp_path / "data")
+    case = find_cases(dataset)[0]
+    t2 = case.images["t2"]
+    moved = t2.rename(tmp_path / t2.name)
+    assert "t2" not in case_of_file(case.images["t1ce"]).images
+    moved.rename(t2)
+    assert case_of_file(case.images["t1ce"]).images["t2"] == t2
+
+
+def test_channel_def_names_every_label_value_the_bundle_writes():
+    """MONAI Label's label names (3D Slicer's segments) come from the output channel_def: each value a label map of
+    any convention holds after inference has one."""
+    named = {
+        int(v)
+        for v in json.loads((CONFIGS / "metadata.json").read_text())["network_data_format"]["outputs"]["pred"][
+            "channel_def"
+        ]
+    }
+    every_region_combination = np.array(np.meshgrid([0, 1], [0, 1], [0, 1])).reshape(3, -1)[..., None, None]
+    for convention in LABEL_CONVENTIONS:
+        written = set(np.unique(regions_to_labels(every_region_combination, convention)).tolist()) - {0}
+        assert written <= named, convention

@@ -51,6 +51,7 @@ label (the BraTS 2020 release keeps case 355's as ``W39_1998.09.19_Segm.nii``) i
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -111,6 +112,9 @@ LAYOUT_MULTICHANNEL = "multichannel"
 LAYOUTS = (LAYOUT_2021, LAYOUT_2023, LAYOUT_MSD, LAYOUT_MULTICHANNEL)
 #: where MONAI Label's datastore keeps a study's label, relative to the study's folder
 LABEL_FOLDERS = ("labels", "labels/final")
+#: MONAI Label's local datastore keeps the labels of a study ``<studies>/<image id><ext>`` as
+#: ``<studies>/labels/<tag>/<image id><ext>``; the ``final`` tag's is the reference (Slicer's *Submit Label*)
+DATASTORE_LABELS, DATASTORE_REFERENCE_TAG = "labels", "final"
 
 LABEL_SUFFIX = "seg"
 #: what follows the case id in a label file's name (lower case, without ``_``/``-``): the names public collections
@@ -502,6 +506,37 @@ def _place_in_other_folders(found: Discovery) -> None:
     found.strays = strays
 
 
+def _place_datastore_labels(found: Discovery, directory: Path, file_names: Iterable[str]) -> bool:
+    """When ``directory`` is a label folder of MONAI Label's datastore (``<studies>/labels/<tag>/``, its files named
+    as studies of cases found in ``<studies>``, :data:`DATASTORE_LABELS`): the ``final`` tag's file of a case is its
+    label (unless another lies beside its images: then it is named), another tag's one of its ignored files, and a
+    file of no study a stray. Changes ``found`` in place; ``False`` (nothing changed) for any other folder."""
+    if directory.parent.name != DATASTORE_LABELS:
+        return False
+    studies = directory.parent.parent
+    by_stem = {
+        image_stem(file.name): i
+        for i, case in enumerate(found.cases)
+        if case.directory == studies
+        for file in (*case.images.values(), *(p for _, p in case.ignored))
+    }
+    names = [n for n in sorted(file_names) if not n.startswith(".") and image_stem(n) is not None]
+    if not any(image_stem(n) in by_stem for n in names):
+        return False
+    for name in names:
+        path, index = directory / name, by_stem.get(image_stem(name))
+        case = found.cases[index] if index is not None else None
+        if case is None:
+            found.strays.append((None, path, STRAY_REASON))
+        elif directory.name != DATASTORE_REFERENCE_TAG:
+            found.cases[index] = replace(case, ignored=case.ignored + ((f"{DATASTORE_LABELS}/{directory.name}", path),))
+        elif case.label is None or case.label == path:
+            found.cases[index] = replace(case, label=path)
+        else:
+            found.strays.append((case.case_id, path, SECOND_LABEL_REASON.format(case.label.name)))
+    return True
+
+
 def automated_segmentation(case: Case) -> Path | None:
     """A program's segmentation among the case's ignored files (UPenn-GBM's ``_automated_approx_segm``), ``None``
     when there is none: what tells an unlabelled case of a collection that labels a subset by hand."""
@@ -576,14 +611,22 @@ def case_of_file(path: str | os.PathLike, modalities: Sequence[str] = MODALITIES
     if parsed is None or parsed[1] == LABEL_SUFFIX:
         return None
     try:
-        names = os.listdir(path.parent)
+        listed = path.parent.stat().st_mtime_ns  # a file added to or removed from the folder changes it
     except OSError:
         return None
-    cases, _ = _cases_in_directory(path.parent, names, validate_modalities(modalities))
-    for case in cases:
-        if path in case.images.values() or path in (p for _, p in case.ignored):
-            return case
-    return None
+    return _cases_by_file(path.parent, listed, validate_modalities(modalities)).get(path)
+
+
+@functools.lru_cache(maxsize=16)
+def _cases_by_file(directory: Path, listed: int, modalities: tuple[str, ...]) -> dict[Path, Case]:
+    """Each file of the cases in ``directory`` -> its case, as the folder was at modification time ``listed`` (ns):
+    a MONAI Label studies folder gives one file per item, and training lists the folder once, not once per item."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return {}
+    cases, _ = _cases_in_directory(directory, names, modalities)
+    return {file: case for case in cases for file in (*case.images.values(), *(p for _, p in case.ignored))}
 
 
 # the Medical Segmentation Decathlon's task folders
@@ -780,6 +823,8 @@ def discover(root: str | os.PathLike, modalities: Sequence[str] = MODALITIES) ->
                 continue
             seen.add(real)
             dir_names[:] = sorted(d for d in dir_names if not d.startswith("."))  # deterministic, no hidden dirs
+            if _place_datastore_labels(found, Path(dir_path), file_names):
+                continue
             cases, strays = _cases_in_directory(Path(dir_path), file_names, mods)
             found.cases.extend(cases)
             owner = cases[0].case_id if len(cases) == 1 else None
