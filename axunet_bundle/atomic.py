@@ -24,7 +24,6 @@ __all__ = [
     "atomic_directory",
     "atomic_path",
     "remove_partials",
-    "write_bytes_atomic",
     "write_json_atomic",
     "write_text_atomic",
 ]
@@ -93,13 +92,6 @@ def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return umask
-
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically; returns ``path``."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-    return Path(path)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

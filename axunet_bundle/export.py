@@ -1,9 +1,7 @@
 # Copyright (c) AXUNet bundle developers. Licensed under the Apache License, Version 2.0.
-"""Export a network to TorchScript (by tracing) and ONNX, and measure how far each is from the eager network.
-
-timm's ``features_only`` encoders cannot be compiled by ``torch.jit.script``, so TorchScript export traces the
-network at a fixed spatial size (the bundle's ROI); ONNX export keeps the batch dimension dynamic.
-"""
+"""The network as ONNX: its export (MONAI's ``convert_to_onnx``, the batch dimension dynamic) and the exported model
+run by ONNX Runtime wherever the bundle expects the network. The command line's TorchScript export and its checks are
+:mod:`axunet_bundle.cli.exports`."""
 
 from __future__ import annotations
 
@@ -18,17 +16,7 @@ from torch import nn
 
 from .errors import ConfigurationError
 
-__all__ = [
-    "MissingExtraError",
-    "OnnxModelMissingError",
-    "require_onnx",
-    "export_torchscript",
-    "export_onnx",
-    "max_abs_diff_torchscript",
-    "max_abs_diff_onnx",
-    "OnnxNetwork",
-    "ONNX_OPSET",
-]
+__all__ = ["MissingExtraError", "OnnxModelMissingError", "require_onnx", "export_onnx", "OnnxNetwork", "ONNX_OPSET"]
 
 #: An opset that onnxruntime and the legacy TorchScript-based exporter both support well.
 ONNX_OPSET = 17
@@ -60,16 +48,6 @@ def require_onnx(packages: tuple[str, ...] = ONNX_PACKAGES) -> None:
         )
 
 
-def export_torchscript(net: nn.Module, example: torch.Tensor, path: str | os.PathLike) -> Path:
-    """Trace ``net`` (in eval mode) on ``example`` and save it as TorchScript at ``path``."""
-    net.eval()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # trace's deprecation and constant-shape warnings: the ROI is fixed
-        traced = torch.jit.trace(net, example)
-        torch.jit.save(traced, os.fspath(path))
-    return Path(path)
-
-
 def export_onnx(net: nn.Module, example: torch.Tensor, path: str | os.PathLike, verify: bool = True) -> Path:
     """Export ``net`` to ONNX at ``path`` with input ``image`` and output ``pred`` (dynamic batch), by MONAI's
     ``convert_to_onnx``; with ``verify`` it runs the file in onnxruntime and raises ``AssertionError`` when it differs
@@ -98,26 +76,6 @@ def export_onnx(net: nn.Module, example: torch.Tensor, path: str | os.PathLike, 
             dynamo=False,  # the TorchScript-based exporter handles timm's feature hooks
         )
     return Path(path)
-
-
-def _eager(net: nn.Module, x: torch.Tensor) -> np.ndarray:
-    net.eval()
-    with torch.no_grad():
-        return net(x).numpy()
-
-
-def max_abs_diff_torchscript(net: nn.Module, path: str | os.PathLike, x: torch.Tensor) -> float:
-    """Largest absolute difference between the eager ``net`` and the TorchScript file at ``path`` on ``x``."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        scripted = torch.jit.load(os.fspath(path))
-    with torch.no_grad():
-        return float(np.abs(scripted(x).numpy() - _eager(net, x)).max())
-
-
-def max_abs_diff_onnx(net: nn.Module, path: str | os.PathLike, x: torch.Tensor) -> float:
-    """Largest absolute difference between the eager ``net`` and the ONNX file at ``path`` (onnxruntime, CPU)."""
-    return float(np.abs(OnnxNetwork(path)(x).numpy() - _eager(net, x)).max())
 
 
 class OnnxModelMissingError(ConfigurationError, FileNotFoundError):

@@ -1,7 +1,7 @@
 # Copyright (c) AXUNet bundle developers. Licensed under the Apache License, Version 2.0.
-"""The names of everything the bundle writes, in one place: the code uses these constants and the configs refer to
-them (``"$axunet_bundle.outputs.WEIGHTS"``), so that renaming an output is a one-line change (the comparison's own
-files are named in :mod:`axunet_bundle.comparison.variants`)."""
+"""The names of everything the bundle writes, in one place: the code uses these constants (the configs spell their
+paths out, ``models/model.pt``, so that a reader sees where each file lands; the comparison's own files are named in
+:mod:`axunet_bundle.comparison.variants`)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ __all__ = [
     "ONNX",
     "OVERLAYS_DIR",
     "OVERLAY_SUFFIX",
-    "PREDICTIONS_DIR",
     "REPORT_SUFFIX",
     "RUNS_DIR",
     "SEGMENTATION_POSTFIX",
@@ -34,12 +33,10 @@ __all__ = [
     "segmentation_path",
 ]
 
-#: folders under ``bundle_root``: weights and checkpoints, TensorBoard logs, the evaluation's report, the label maps of
-#: inference
+#: folders under ``bundle_root``: weights and checkpoints, TensorBoard logs, the evaluation's report
 MODELS_DIR = "models"
 RUNS_DIR = "runs"
 EVAL_DIR = "eval"
-PREDICTIONS_DIR = "predictions"
 #: the best weights, a plain state dict: where the model zoo and MONAI Label look (``models/model.pt``)
 WEIGHTS = "model.pt"
 #: what inference needs to reproduce the training (slice size, modalities, network ...), beside the weights

@@ -33,6 +33,8 @@ __all__ = [
     "RUN_KEYS",
     "at_least",
     "fraction",
+    "is_integer",
+    "is_number",
     "check_resume",
     "check_setting",
     "check_settings",
@@ -57,30 +59,32 @@ PREFERRED_GRID_MODALITY = "t1ce"
 RUN_KEYS = ("dataset_dir", "datalist", "folds", "fold", "modalities", "roi_size", "network")
 
 
-def _integer(value: Any) -> bool:
+def is_integer(value: Any) -> bool:
+    """An ``int`` that is not a ``bool``."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """An ``int`` or ``float`` that is not a ``bool``."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def at_least(low: int) -> tuple[Callable[[Any], bool], str]:
     """The rule "an integer >= low": a test and its text."""
-    return (lambda v: _integer(v) and v >= low), f"an integer >= {low}"
+    return (lambda v: is_integer(v) and v >= low), f"an integer >= {low}"
 
 
 def fraction(low_open: bool, high_open: bool) -> tuple[Callable[[Any], bool], str]:
     """The rule "a number in [0, 1]", each end open or closed: a test and its text."""
 
     def ok(v: Any) -> bool:
-        return _number(v) and (v > 0 if low_open else v >= 0) and (v < 1 if high_open else v <= 1)
+        return is_number(v) and (v > 0 if low_open else v >= 0) and (v < 1 if high_open else v <= 1)
 
     return ok, f"a number in {'(' if low_open else '['}0, 1{')' if high_open else ']'}"
 
 
 def _slice_size(v: Any) -> bool:
-    return isinstance(v, (list, tuple)) and len(v) == 2 and all(_integer(s) and s >= MIN_SLICE_SIZE for s in v)
+    return isinstance(v, (list, tuple)) and len(v) == 2 and all(is_integer(s) and s >= MIN_SLICE_SIZE for s in v)
 
 
 def _names(v: Any) -> bool:
@@ -98,8 +102,8 @@ LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seed": at_least(0),
     "num_workers": at_least(0),
     "et_min_voxels": at_least(0),
-    "sw_batch_size": ((lambda v: v is None or (_integer(v) and v >= 1)), "an integer >= 1, or None"),
-    "learning_rate": ((lambda v: _number(v) and v > 0), "a number > 0"),
+    "sw_batch_size": ((lambda v: v is None or (is_integer(v) and v >= 1)), "an integer >= 1, or None"),
+    "learning_rate": ((lambda v: is_number(v) and v > 0), "a number > 0"),
     "tumour_slice_ratio": fraction(False, False),
     "val_cache_rate": fraction(False, False),
     "threshold": fraction(True, True),
@@ -110,45 +114,22 @@ LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
-def _expression(value: Any) -> bool:
-    # a MONAI expression, reference or macro: evaluated by the config parser, not checked here
-    return isinstance(value, str) and value[:1] in ("$", "@", "%")
-
-
-def _kind(default: Any) -> tuple[Callable[[Any], bool], str] | None:
-    """The rule a config default implies for its id: the same type (an integer for a number where the default is
-    one), a list of the same length for a list of numbers; ``None`` (no rule) for expressions, null and objects."""
-    if isinstance(default, bool):
-        return (lambda v: isinstance(v, bool)), "True or False"
-    if _integer(default):
-        return _integer, "an integer"
-    if isinstance(default, float):
-        return _number, "a number"
-    if isinstance(default, str) and not _expression(default):
-        return (lambda v: isinstance(v, str)), "a text"
-    if isinstance(default, list) and default and all(_integer(v) for v in default):
-        return (lambda v: isinstance(v, (list, tuple)) and len(v) == len(default) and all(map(_integer, v))), (
-            f"a list of {len(default)} integers"
-        )
-    return None
-
-
-def check_setting(name: str, value: Any, default: Any = None, option: str | None = None) -> None:
-    """Check one bundle id's value: its rule in :data:`LIMITS`, else the type of its config ``default``. Expressions
-    (``$...``, ``@...``) are left to MONAI's parser.
+def check_setting(
+    name: str, value: Any, rule: tuple[Callable[[Any], bool], str] | None = None, option: str | None = None
+) -> None:
+    """Check one bundle id's value against its rule in :data:`LIMITS`, else ``rule`` (the command line passes the one
+    the id's config default implies).
 
     Args:
         name: the bundle id, e.g. ``"epochs"``.
         value: its value (after the command line's literal parsing: ``"[64,64]"`` is a list).
-        default: its value in the config (its type is the rule for ids without a limit).
+        rule: a test and its text, for ids without a limit.
         option: how the message names it (``"--epochs"`` on the command line; default ``name``).
 
     Raises:
         ConfigurationError: ``"<option>: got <value>, expected <what is allowed>"``.
     """
-    if _expression(value):
-        return
-    rule = LIMITS.get(name) or _kind(default)
+    rule = LIMITS.get(name) or rule
     if rule is not None and not rule[0](value):
         raise ConfigurationError(f"{option or name}: got {value!r}, expected {rule[1]}")
 
@@ -190,7 +171,7 @@ def check_settings(**values: Any) -> None:
     for name, value in values.items():
         check_setting(name, value)
     folds, fold = values.get("folds"), values.get("fold")
-    if _integer(folds) and _integer(fold) and fold >= folds:
+    if is_integer(folds) and is_integer(fold) and fold >= folds:
         raise ConfigurationError(f"fold: got {fold}, expected a fold number in [0, {folds - 1}] (folds={folds})")
     if "grid_modality" in values and "modalities" in values:
         resolve_grid_modality(values["grid_modality"], values["modalities"])

@@ -19,7 +19,6 @@ from .atomic import atomic_path
 from .data.cases import case_id_from_path
 from .data.labels import REGIONS
 from .data.pipeline import CASE_ID_KEY
-from .errors import ConfigurationError
 from .settings import check_setting
 
 __all__ = [
@@ -63,8 +62,7 @@ class RemoveSmallEnhancingd(MapTransform):
 
     def __init__(self, keys: KeysCollection, min_voxels: int = 0, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
-        if min_voxels < 0:
-            raise ConfigurationError(f"et_min_voxels must be >= 0, got {min_voxels}")
+        check_setting("et_min_voxels", min_voxels)  # the bundle id's rule and message, as initialize checks it
         self.min_voxels = int(min_voxels)
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:

@@ -97,24 +97,22 @@ def check_plain_weights(path: str | os.PathLike, what: str = "weights file") -> 
 
 
 def check_checkpoint_loaders(handlers: Iterable[object]) -> None:
-    """Check the file of every MONAI ``CheckpointLoader`` among ``handlers`` before an engine runs (the first step of
-    the inference and evaluation configs' ``run``, so a workflow can be built before its weights exist), so that a
-    missing file is one line and a crafted checkpoint stops the run with :class:`UnsafeWeightsError`.
+    """Check that the file of every MONAI ``CheckpointLoader`` among ``handlers`` exists before an engine runs (the
+    first step of the inference and evaluation configs' ``run``, so a workflow can be built before its weights
+    exist), so that a missing file is one line. What the file holds is checked once, when the
+    :class:`~axunet_bundle.handlers.PlainCheckpointLoader` is attached to its engine (:func:`check_plain_weights`).
 
     Args:
         handlers: engine handlers, e.g. the bundle config's ``@handlers``.
 
     Raises:
         ConfigurationError: a checkpoint file does not exist.
-        UnsafeWeightsError: a checkpoint carries pickled objects that ``weights_only`` loading refuses.
     """
     from monai.handlers import CheckpointLoader
 
     for handler in handlers:
-        if isinstance(handler, CheckpointLoader):
-            if not os.path.isfile(handler.load_path):
-                raise ConfigurationError(f"no weights at {handler.load_path}: train first, or give --ckpt_path")
-            check_plain_weights(handler.load_path, what="checkpoint")
+        if isinstance(handler, CheckpointLoader) and not os.path.isfile(handler.load_path):
+            raise ConfigurationError(f"no weights at {handler.load_path}: train first, or give --ckpt_path")
 
 
 def load_plain_weights(path: str | os.PathLike, what: str = "checkpoint", **load_kwargs: object) -> object:

@@ -617,13 +617,14 @@ def _check_onnx(bundle: _Bundle) -> str:
     missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
     if missing:
         raise _Failed(f"{' and '.join(missing)} not installed: pip install -e .[test]")
-    from axunet_bundle.export import export_onnx, max_abs_diff_onnx  # the bundle's own copy: its root is on sys.path
+    from axunet_bundle.export import OnnxNetwork, export_onnx  # the bundle's own copy: its root is on sys.path
 
     ckpt, origin = bundle.ckpt_file()
     net = _eager_network(bundle, ckpt)
     x = torch.rand(*_fake_input_shape(bundle), generator=torch.Generator().manual_seed(SEED))
     path = export_onnx(net, x, bundle.work_dir / "verify_model.onnx")
-    diff = max_abs_diff_onnx(net, path, x)
+    with torch.no_grad():
+        diff = _max_abs_diff(OnnxNetwork(path)(x), net(x))
     if not diff <= EXPORT_ATOL:
         raise _Failed(f"ONNX Runtime differs from eager: max abs diff {diff:.2e} > {EXPORT_ATOL:g} ({origin})")
     return f"exported, run by onnxruntime (CPU) on {_shape(x.shape)}: max abs diff vs eager {diff:.2e}; {origin}"

@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from axunet_bundle import AXUNet
+from axunet_bundle.cli.exports import export_torchscript, max_abs_diff_onnx, max_abs_diff_torchscript
 from axunet_bundle.comparison.networks import NETWORKS, build_network
 from axunet_bundle.errors import ConfigurationError
-from axunet_bundle.export import export_onnx, export_torchscript, max_abs_diff_onnx, max_abs_diff_torchscript
+from axunet_bundle.export import export_onnx
 from axunet_bundle.networks import (
     ChannelAttention,
     DualAttention,

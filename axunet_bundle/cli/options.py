@@ -17,13 +17,14 @@ import json
 import os
 import re
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigurationError
 from ..outputs import MODEL_SETTINGS
-from ..settings import LIMITS, MIN_SLICE_SIZE, at_least, check_setting, fraction
+from ..settings import LIMITS, MIN_SLICE_SIZE, at_least, check_setting, fraction, is_integer, is_number
 from .configs import config_dir
 from .workflows import OPTION_CONFIGS, OPTION_WORKFLOWS, PICTURES_CONFIGS, WORKFLOW_CONFIGS
 
@@ -408,10 +409,35 @@ def parse_command(command: Command, argv: list[str], check_paths: bool = True) -
         else:
             options[p.name] = value
     for key, value in overrides.items():
-        check_setting(key, value, command.settings.get(key), option=f"axunet {command.name} --{key}")
+        if not _expression(value):  # evaluated by MONAI's config parser, not checked here
+            check_setting(key, value, _kind(command.settings.get(key)), option=f"axunet {command.name} --{key}")
         if check_paths:
             _check_input(command.name, key, value, f"--{key}")
     return positional, {**options, **overrides}
+
+
+def _expression(value: Any) -> bool:
+    """A MONAI expression, reference or macro (``$...``, ``@...``, ``%...``)."""
+    return isinstance(value, str) and value[:1] in ("$", "@", "%")
+
+
+def _kind(default: Any) -> tuple[Callable[[Any], bool], str] | None:
+    """The rule a config default implies for its id (:func:`~axunet_bundle.settings.check_setting`'s ``rule``): the
+    same type (an integer for a number where the default is one), a list of the same length for a list of numbers;
+    ``None`` (no rule) for expressions, null and objects."""
+    if isinstance(default, bool):
+        return (lambda v: isinstance(v, bool)), "True or False"
+    if is_integer(default):
+        return is_integer, "an integer"
+    if isinstance(default, float):
+        return is_number, "a number"
+    if isinstance(default, str) and not _expression(default):
+        return (lambda v: isinstance(v, str)), "a text"
+    if isinstance(default, list) and default and all(is_integer(v) for v in default):
+        return (lambda v: isinstance(v, (list, tuple)) and len(v) == len(default) and all(map(is_integer, v))), (
+            f"a list of {len(default)} integers"
+        )
+    return None
 
 
 def _known_id(command: Command, key: str) -> bool:

@@ -266,8 +266,9 @@ def export(
     import torch
     from monai.bundle import ckpt_export
 
-    from ..export import export_onnx, max_abs_diff_onnx, max_abs_diff_torchscript, require_onnx
+    from ..export import export_onnx, require_onnx
     from ..weights import load_plain_weights
+    from .exports import max_abs_diff_onnx, max_abs_diff_torchscript
 
     if onnx:
         require_onnx()

@@ -4,7 +4,6 @@ challenges' own metrics (:mod:`.challenge`), and the per-case report (:mod:`.rep
 
 from . import challenge, metrics, report
 from .challenge import resolve_challenge
-from .metrics import compute_brats_dice, compute_brats_hd95
 from .report import (
     CASE_ID,
     LEGACY_DICE,
@@ -14,7 +13,6 @@ from .report import (
     check_report_absent,
     evaluation_report,
     report_columns,
-    score_label_maps,
 )
 
 __all__ = [
@@ -25,12 +23,9 @@ __all__ = [
     "ReportExistsError",
     "challenge",
     "check_report_absent",
-    "compute_brats_dice",
-    "compute_brats_hd95",
     "evaluation_report",
     "metrics",
     "report",
     "report_columns",
     "resolve_challenge",
-    "score_label_maps",
 ]

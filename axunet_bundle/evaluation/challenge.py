@@ -70,10 +70,7 @@ DEFAULT_CHALLENGE = "gli"
 #: (NCR: necrotic / non-enhancing core, NETC; ED: edema, SNFH; ET); MenRT's one group (GTV) has no WT, TC or ET.
 CHALLENGE_LABELS: Mapping[str, Mapping[str, int]] = MappingProxyType(
     {
-        "gli": MappingProxyType({"NCR": 1, "ED": 2, "ET": 3}),
-        "mets": MappingProxyType({"NCR": 1, "ED": 2, "ET": 3}),
-        "MenPre": MappingProxyType({"NCR": 1, "ED": 2, "ET": 3}),
-        "GoAT": MappingProxyType({"NCR": 1, "ED": 2, "ET": 3}),
+        **dict.fromkeys(("gli", "mets", "MenPre", "GoAT"), MappingProxyType({"NCR": 1, "ED": 2, "ET": 3})),
         "ped": MappingProxyType({"ET": 1, "NCR": 2, "ED": 4}),
     }
 )

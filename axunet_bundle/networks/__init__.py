@@ -4,17 +4,14 @@
 from ..weights import PretrainedWeightsError
 from .attention import ChannelAttention, DualAttention, PositionAttention
 from .axunet import AXUNet
-from .decoder import DeBlock, SegmentationHead
 from .encoder import TimmEncoder, load_encoder_weights
 
 __all__ = [
     "AXUNet",
     "ChannelAttention",
-    "DeBlock",
     "DualAttention",
     "PositionAttention",
     "PretrainedWeightsError",
-    "SegmentationHead",
     "TimmEncoder",
     "load_encoder_weights",
 ]

@@ -28,7 +28,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ..atomic import write_bytes_atomic, write_json_atomic
+from ..atomic import atomic_path, write_json_atomic
 from ..data.cases import LABEL_SUFFIX, LAYOUT_2021, LAYOUT_2023, LAYOUT_MSD, MODALITIES
 from ..data.labels import LABEL_CONVENTIONS
 from ..errors import ConfigurationError
@@ -104,7 +104,8 @@ def _save_nifti_atomic(data: np.ndarray, affine: np.ndarray, path: Path) -> None
     img.header["descrip"] = GENERATED_DESCRIP
     img.set_data_dtype(data.dtype)
     # mtime=0: identical seeds give byte-identical files
-    write_bytes_atomic(path, gzip.compress(img.to_bytes(), compresslevel=GZIP_LEVEL, mtime=0))
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(gzip.compress(img.to_bytes(), compresslevel=GZIP_LEVEL, mtime=0))
 
 
 #: file-name suffixes of each layout's per-modality files, and its label convention
