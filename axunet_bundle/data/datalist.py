@@ -28,7 +28,6 @@ import numpy as np
 from monai.data import DataLoader, list_data_collate, load_decathlon_datalist
 from monai.utils import ensure_tuple
 
-from ..atomic import write_json_atomic
 from ..errors import CaseError, ConfigurationError, DatasetError, LeftOutCasesError, user_error
 from ..outputs import segmentation_path
 from ..settings import AUTO_GRID
@@ -43,7 +42,6 @@ __all__ = [
     "TESTING",
     "case_item",
     "make_datalist",
-    "write_datalist",
     "load_datalist",
     "CaseLoader",
     "CaseSelection",
@@ -200,27 +198,6 @@ def make_datalist(
     unlabelled = [c for c in usable if c.label is None]
     testing = sorted(items(test_ids) + [case_item(c, mods) for c in unlabelled], key=lambda i: i["case_id"])
     return {TRAINING: items(train_ids), VALIDATION: items(val_ids), TESTING: testing}
-
-
-def write_datalist(dataset_dir: str | os.PathLike, output: str | os.PathLike, **kwargs: Any) -> dict:
-    """
-    Build a datalist with :func:`make_datalist` and write it as JSON (indent 4), atomically: a reader never sees a
-    half-written file, and an existing file is kept if writing fails.
-
-    Args:
-        dataset_dir: BraTS dataset directory.
-        output: path of the JSON file; its directory is created if needed.
-        kwargs: passed to :func:`make_datalist`.
-
-    Returns:
-        the datalist written.
-
-    Raises:
-        the exceptions of :func:`make_datalist`, and ``OSError`` when the file cannot be written.
-    """
-    datalist = make_datalist(dataset_dir, **kwargs)
-    write_json_atomic(Path(output).expanduser(), datalist)
-    return datalist
 
 
 def load_datalist(

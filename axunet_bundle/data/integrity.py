@@ -36,14 +36,16 @@ from .labels import AUTO, RC_OR_ET, invalid_label_values, label_values, resolve_
 __all__ = [
     "AFFINE_TOLERANCE",
     "INVALID_AFFINE",
+    "channel_problems",
     "check_case",
     "dataset_problems",
+    "file_problems",
     "grid_of",
-    "ignored_file_problems",
-    "same_grid",
     "image_problems",
     "label_problems",
     "read_problem",
+    "same_grid",
+    "spatial_shape",
 ]
 
 #: Largest absolute difference between two files' affine entries (mm) that still counts as the same grid; a modality on
@@ -184,7 +186,7 @@ def _decompresses_to(path: Path, needed: int) -> bool:
         return False  # a damaged stream cannot hold the volume either
 
 
-def _spatial_shape(shape: tuple[int, ...]) -> tuple[tuple[int, ...] | None, str | None]:
+def spatial_shape(shape: tuple[int, ...]) -> tuple[tuple[int, ...] | None, str | None]:
     """3D shape of a volume, allowing trailing singleton dims (e.g. 240x240x155x1); else a reason."""
     dims = list(shape)
     while len(dims) > SPATIAL_DIMS and dims[-1] == 1:
@@ -249,11 +251,11 @@ def _read_voxels(img: Any) -> tuple[np.ndarray | None, str | None]:
         return None, f"voxel data unreadable ({_itk_reason(exc) if isinstance(img, ItkImage) else _first_line(exc)})"
 
 
-def read_problem(path: str | os.PathLike) -> str | None:
-    """Why an image file's voxels cannot be read (header, length, compressed data), or ``None`` when they can: what
-    names the file when a chain's loading fails (only then, so a sound case is read once)."""
+def read_problem(path: str | os.PathLike, voxels: bool = True) -> str | None:
+    """Why an image file cannot be read (header, length, compressed data; with `voxels`, the voxels too), or ``None``
+    when it can: what names the file when a chain's loading fails (only then, so a sound case is read once)."""
     img, reason = _open_header(Path(path))
-    return reason if img is None else _read_voxels(img)[1]
+    return reason if img is None or not voxels else _read_voxels(img)[1]
 
 
 _Geometry = tuple[str, tuple[int, ...], np.ndarray]  # (kind of file, 3D shape, affine)
@@ -306,11 +308,11 @@ def _spatial_and_channels(shape: tuple[int, ...], multichannel: bool) -> tuple[t
     C`` or ITK's vector layout ``X, Y, Z, 1, C``; any other file is 3D (trailing singleton dimensions allowed)."""
     if multichannel and len(shape) > SPATIAL_DIMS:
         return tuple(shape[:SPATIAL_DIMS]), math.prod(shape[SPATIAL_DIMS:]), ""
-    spatial, reason = _spatial_shape(shape)
+    spatial, reason = spatial_shape(shape)
     return spatial, 1, reason or ""
 
 
-def _channel_problems(channels: int, needed: Sequence[int] | None, modalities: Sequence[str]) -> list[str]:
+def channel_problems(channels: int, needed: Sequence[int] | None, modalities: Sequence[str]) -> list[str]:
     """Why a multi-channel file cannot give ``modalities`` (from ``needed`` channels, or in order)."""
     names = ", ".join(modalities)
     if needed is not None:
@@ -325,7 +327,7 @@ def _channel_problems(channels: int, needed: Sequence[int] | None, modalities: S
     return []
 
 
-def _check_file(
+def file_problems(
     path: Path,
     kind: str,
     read_voxels: bool,
@@ -354,7 +356,7 @@ def _check_file(
     if channels is not None:
         indices = list(channels.values())
         needed = None if any(i is None for i in indices) else [int(i) for i in indices]
-        reasons += _channel_problems(n_channels, needed, list(channels))
+        reasons += channel_problems(n_channels, needed, list(channels))
         if reasons:
             return reasons, None
     try:
@@ -436,7 +438,7 @@ def check_case(
     if case.label is not None:
         files.append((LABEL_SUFFIX, case.label, None))
     checked = [
-        (path, *_check_file(path, kind, read_voxels, convention, case.convention, channels))
+        (path, *file_problems(path, kind, read_voxels, convention, case.convention, channels))
         for kind, path, channels in files
     ]
     # the reference grid: the grid modality's file (a multi-channel case's one file); unreadable, it is the problem
@@ -456,7 +458,7 @@ def dataset_problems(found: Discovery, labels_needed: bool = True) -> list[CaseE
     a case's file that may be a misnamed label: never silently ignored), and, when labels are needed and some cases
     have one, every case without its label (not silently dropped from training) but those with a program's
     segmentation (:func:`~axunet_bundle.data.cases.automated_segmentation`: a collection that labels a subset by
-    hand, as UPenn-GBM; :func:`ignored_file_problems` warns of them)."""
+    hand, as UPenn-GBM; ``axunet check`` warns of them)."""
     problems = [CaseError(owner or "-", path, reason) for owner, path, reason in found.strays]
     labelled = sum(case.label is not None for case in found.cases)
     if labelled and labels_needed:
@@ -472,32 +474,4 @@ def dataset_problems(found: Discovery, labels_needed: bool = True) -> list[CaseE
             and case.layout != LAYOUT_MSD  # dataset.json lists its test cases as such
             and automated_segmentation(case) is None
         ]
-    return problems
-
-
-def ignored_file_problems(case: Case, read_voxels: bool = True) -> list[CaseError]:
-    """
-    The problems of a case's ignored files (:attr:`Case.ignored`): warnings, as the model does not read them (an
-    80-byte ``t1`` file where the model reads T1CE, T2, FLAIR). A modality's file is checked as a case's (the whole
-    volume with `read_voxels`); another file (diffusion, perfusion, masks: any shape) by its header. A case without
-    a label but with a program's segmentation (UPenn-GBM's cases without a manual one) is a warning too.
-
-    Args:
-        case: the case.
-        read_voxels: read a modality file's voxels too.
-
-    Returns:
-        one :class:`CaseError` per broken file; empty when none is.
-    """
-    automated = automated_segmentation(case)
-    problems = []
-    if case.label is None and automated is not None:
-        reason = "no label (this file is a program's segmentation, no reference): the case cannot train or be evaluated"
-        problems.append(CaseError(case.case_id, automated, reason))
-    for kind, path in case.ignored:
-        if kind in MODALITIES:
-            reasons = _check_file(path, kind, read_voxels, AUTO, case.convention)[0]
-        else:
-            reasons = [reason] if (reason := _open_header(path)[1]) else []
-        problems += [CaseError(case.case_id, path, f"{r} (a {kind} file the model does not use)") for r in reasons]
     return problems
