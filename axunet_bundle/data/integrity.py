@@ -107,9 +107,11 @@ def _open_header(path: Path) -> tuple[Any, str | None]:
         return _open_itk_header(path, size)
     compressed = path.name.lower().endswith(".gz")
     if compressed:
-        try:
+        try:  # the gzip magic and trailer in one open
             with open(path, "rb") as f:
                 magic = f.read(len(_GZIP_MAGIC))
+                f.seek(max(0, size - _GZIP_ISIZE_BYTES))
+                isize = int.from_bytes(f.read(_GZIP_ISIZE_BYTES), "little")
         except OSError as exc:
             return None, f"cannot read file ({exc.strerror or _first_line(exc)})"
         if magic != _GZIP_MAGIC:
@@ -129,7 +131,7 @@ def _open_header(path: Path) -> tuple[Any, str | None]:
     # or damaged file is refused here, from its length, without reading (or allocating) any voxels.
     if not compressed and size < expected:
         return None, f"truncated file: {size} bytes where the header needs {expected}"
-    if compressed and not _decompresses_to(path, expected):
+    if compressed and not _decompresses_to(path, expected, isize):
         return None, f"truncated file: the compressed data holds less than the {expected} bytes the header needs"
     return img, None
 
@@ -161,20 +163,17 @@ def _open_itk_header(path: Path, size: int) -> tuple[Any, str | None]:
     return img, None
 
 
-def _decompresses_to(path: Path, needed: int) -> bool:
+def _decompresses_to(path: Path, needed: int, isize: int) -> bool:
     """Whether a gzip file decompresses to at least ``needed`` bytes.
 
-    The gzip trailer's ISIZE (the uncompressed length modulo 2**32) answers without decompressing for a file of one
-    gzip member; otherwise (a short ISIZE, a claim of 4 GiB or more, several members) the data are decompressed in
-    chunks and counted, stopping at ``needed``, so memory stays small whatever the header claims.
+    The gzip trailer's ISIZE (`isize`: the uncompressed length modulo 2**32) answers without decompressing for a file
+    of one gzip member; otherwise (a short ISIZE, a claim of 4 GiB or more, several members) the data are decompressed
+    in chunks and counted, stopping at ``needed``, so memory stays small whatever the header claims.
     """
+    if needed < _GZIP_ISIZE_MODULUS and isize >= needed:
+        return True
+    remaining = needed
     try:
-        with open(path, "rb") as f:
-            f.seek(-_GZIP_ISIZE_BYTES, os.SEEK_END)
-            isize = int.from_bytes(f.read(_GZIP_ISIZE_BYTES), "little")
-        if needed < _GZIP_ISIZE_MODULUS and isize >= needed:
-            return True
-        remaining = needed
         with gzip.open(path, "rb") as f:
             while remaining > 0:
                 chunk = f.read(min(remaining, _COUNT_CHUNK_BYTES))

@@ -32,7 +32,7 @@ from .cases import (
     parse_file_name,
     validate_modalities,
 )
-from .integrity import image_problems, label_problems, same_grid
+from .integrity import channel_problems, image_problems, label_problems, same_grid, spatial_shape
 from .labels import AUTO, labels_to_regions, regions_to_labels, resolve_convention, validate_convention
 
 __all__ = [
@@ -40,7 +40,6 @@ __all__ = [
     "CHANNELS_KEY",
     "REFERENCE_KEY",
     "CONVENTION_KEY",
-    "SPATIAL_DIMS",
     "LabelsToRegionsd",
     "LoadCased",
     "RegionsToLabelsd",
@@ -55,7 +54,6 @@ CASE_ID_KEY = "case_id"
 CHANNELS_KEY = "channels"
 #: the item key of an evaluation case's reference label map (a path: the inference chain never loads it)
 REFERENCE_KEY = "reference"
-SPATIAL_DIMS = 3
 
 
 def _meta_files(meta: Mapping | None) -> list[str]:
@@ -294,31 +292,18 @@ class SelectModalitiesd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             image = d[key]
-            while image.ndim > 1 + SPATIAL_DIMS and image.shape[-1] == 1:
-                image = image[..., 0]
-            files = _meta_files(getattr(d[key], "meta", None))
-            case_id = _case_id(d, files)
+            files = _meta_files(getattr(image, "meta", None))
             where = files[0] if files else None
-            if image.ndim != 1 + SPATIAL_DIMS:
-                raise CaseError(
-                    case_id, where, f"image of shape {tuple(image.shape[1:])} where a 3D volume is expected"
-                )
+            # the case check's own rules: the same shapes and channel counts refused, in the same words
+            spatial, reason = spatial_shape(tuple(image.shape[1:]))
             channels = d.get(self.channels_key)
-            names = ", ".join(self.modalities)
-            if channels is not None:
-                channels = [int(c) for c in ensure_tuple(channels)]
-                if max(channels) >= image.shape[0]:
-                    raise CaseError(
-                        case_id, where, f"{image.shape[0]} channels, but dataset.json puts {names} in {channels}"
-                    )
-                image = image[torch.as_tensor(channels)] if isinstance(image, torch.Tensor) else image[channels]
-            elif image.shape[0] != len(self.modalities):
-                raise CaseError(
-                    case_id,
-                    where,
-                    f"{image.shape[0]} channels where {len(self.modalities)} are expected ({names}, in this order); "
-                    "a file of other channels needs a dataset.json naming them",
-                )
+            needed = None if channels is None else [int(c) for c in ensure_tuple(channels)]
+            reasons = [reason] if spatial is None else channel_problems(image.shape[0], needed, self.modalities)
+            if reasons:
+                raise CaseError(_case_id(d, files), where, reasons[0])
+            image = image.reshape(image.shape[0], *spatial)
+            if needed is not None:
+                image = image[torch.as_tensor(needed)] if isinstance(image, torch.Tensor) else image[needed]
             d[key] = image
         return d
 
