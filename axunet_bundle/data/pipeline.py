@@ -24,14 +24,7 @@ from monai.utils import ImageMetaKey, TransformBackends, convert_to_numpy, ensur
 
 from ..errors import CaseError
 from ..settings import AUTO_GRID, resolve_grid_modality
-from .cases import (
-    DEFAULT_MODALITIES,
-    case_id_from_path,
-    case_of_file,
-    convention_for_names,
-    parse_file_name,
-    validate_modalities,
-)
+from .cases import DEFAULT_MODALITIES, case_id_from_path, case_of_file, convention_for_names, validate_modalities
 from .integrity import channel_problems, image_problems, label_problems, same_grid, spatial_shape
 from .labels import AUTO, labels_to_regions, regions_to_labels, resolve_convention, validate_convention
 
@@ -69,26 +62,14 @@ def _case_id(d: Mapping, files: list[str]) -> str:
     return case_id_from_path(files[0]) if files else "<unknown case>"
 
 
-def _channel_file(files: list[str], channel: int, modality: str) -> str | None:
-    """
-    The file that `channel` was loaded from. MONAI ``LoadImage`` keeps only the first file of a stacked list in
-    ``filename_or_obj``; the other channels' files are then found next to it by their BraTS names.
-    """
-    if channel < len(files):
-        return files[channel]
-    if not files:
-        return None
-    first = Path(files[0])
-    parsed = parse_file_name(first)
-    if parsed is not None:
-        try:  # only reached when raising, so a directory listing is cheap
-            siblings = sorted(first.parent.iterdir())
-        except OSError:
-            siblings = []
-        for sibling in siblings:
-            if parse_file_name(sibling) == (parsed[0], modality):
-                return str(sibling)
-    return files[0]
+def _channel_file(files: list[str], channel: int, modality: str, modalities: Sequence[str]) -> str | None:
+    """The file that `channel` (`modality`) was loaded from. A stack keeps one file's metadata (``LoadCased`` the
+    reference modality's, MONAI's ``LoadImage`` the first's): the channel's own file is then found beside it by the
+    case discovery (only when raising, so the directory listing is cheap)."""
+    if len(files) != 1:
+        return files[channel] if channel < len(files) else None
+    case = case_of_file(files[0], modalities)
+    return str(case.images[modality]) if case is not None and modality in case.images else files[0]
 
 
 class LoadCased(LoadImaged):
@@ -240,7 +221,7 @@ class ValidateCased(MapTransform):
                 modality = self.modalities[channel] if channel < len(self.modalities) else f"channel {channel}"
                 reasons = image_problems(image[channel], modality)
                 if reasons:
-                    raise CaseError(case_id, _channel_file(files, channel, modality), reasons[0])
+                    raise CaseError(case_id, _channel_file(files, channel, modality, self.modalities), reasons[0])
         if self.label_key is not None and self.label_key in d:
             files = _meta_files(self._meta(d, self.label_key))
             case_id = _case_id(d, files)
