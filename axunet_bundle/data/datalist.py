@@ -428,15 +428,13 @@ def evaluation_cases(
         ConfigurationError: for an unknown split, or neither a folder nor a datalist.
         DatasetError: for a folder without labelled cases, or a datalist file that is missing.
     """
-    if datalist is not None:
+    if datalist is None and dataset_dir is not None:
+        selection = labelled_cases(dataset_dir, modalities, read_voxels, label_convention, grid_modality)
+    else:  # load_datalist refuses neither a folder nor a datalist
         items = load_datalist(dataset_dir, datalist)
         if split not in items:
             raise ConfigurationError(f"datalist split must be one of {sorted(items)}, got {split!r}")
         selection = CaseSelection(items=items[split])
-    else:
-        if dataset_dir is None:
-            raise ConfigurationError("give dataset_dir (a BraTS folder) or datalist (a datalist JSON file)")
-        selection = labelled_cases(dataset_dir, modalities, read_voxels, label_convention, grid_modality)
     unlabelled = [item[CASE_ID_KEY] for item in selection.items if "label" not in item]
     if unlabelled:
         raise DatasetError(f"datalist {split} items without a label to evaluate against: {unlabelled[0]}")

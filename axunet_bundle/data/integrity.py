@@ -332,7 +332,8 @@ def file_problems(
     read_voxels: bool,
     convention: str,
     dataset_convention: str,
-    channels: dict[str, int | None] | None = None,
+    modalities: Sequence[str] | None = None,
+    indices: Sequence[int] | None = None,
 ) -> tuple[list[str], _Geometry | None]:
     """Reasons why one file is unusable, and its geometry when the header could be read.
 
@@ -342,22 +343,19 @@ def file_problems(
         read_voxels: read the voxel data (else headers only).
         convention: the label convention setting (``"auto"`` or a name).
         dataset_convention: the case's dataset's convention.
-        channels: for a multi-channel file, modality -> channel index (``None`` values: the file's channels are the
-            modalities in order).
+        modalities: for a multi-channel file, the modalities it must give.
+        indices: their channels in the file (``dataset.json``'s); ``None``: the file's channels are `modalities`, in
+            order.
     """
     img, reason = _open_header(path)
     if img is None:
         return [reason or "unreadable"], None
-    shape, n_channels, reason = _spatial_and_channels(img.shape, channels is not None)
+    shape, n_channels, reason = _spatial_and_channels(img.shape, modalities is not None)
     if shape is None:
         return [reason or "no shape"], None
-    reasons = []
-    if channels is not None:
-        indices = list(channels.values())
-        needed = None if any(i is None for i in indices) else [int(i) for i in indices]
-        reasons += channel_problems(n_channels, needed, list(channels))
-        if reasons:
-            return reasons, None
+    reasons = [] if modalities is None else channel_problems(n_channels, indices, modalities)
+    if reasons:
+        return reasons, None
     try:
         # the geometry MONAI's NibabelReader will use: it swaps a sform that disagrees with pixdim for the qform
         img = img if isinstance(img, ItkImage) else correct_nifti_header_if_necessary(img)
@@ -373,10 +371,10 @@ def file_problems(
             return reasons + [reason or "no voxel data"], geometry
         if kind == LABEL_SUFFIX:
             reasons += label_problems(data, resolve_convention(convention, dataset_convention, data))
-        elif channels is not None:
+        elif modalities is not None:
             volumes = data.reshape(*shape, -1)
-            for position, (modality, index) in enumerate(channels.items()):
-                reasons += image_problems(volumes[..., position if index is None else index], modality)
+            for position, modality in enumerate(modalities):
+                reasons += image_problems(volumes[..., position if indices is None else indices[position]], modality)
         else:
             reasons += image_problems(data, kind)
     return reasons, geometry
@@ -427,17 +425,15 @@ def check_case(
         CaseError(case.case_id, case.directory / case.expected_file_name(m), f"missing {m} {what}")
         for m in case.missing_modalities(mods)
     ]
-    files: list[tuple[str, Path, dict | None]] = []
+    files: list[tuple[str, Path, tuple]] = []  # (kind, path, a multi-channel file's modalities and their indices)
     if case.multichannel and not problems:
-        indices = case.channel_indices(mods)
-        channels = dict(zip(mods, indices if indices is not None else [None] * len(mods)))
-        files = [("image", Path(case.image_files(mods)[0]), channels)]
+        files = [("image", Path(case.image_files(mods)[0]), (mods, case.channel_indices(mods)))]
     elif not case.multichannel:
-        files = [(m, case.images[m], None) for m in mods if m in case.images]
+        files = [(m, case.images[m], ()) for m in mods if m in case.images]
     if case.label is not None:
-        files.append((LABEL_SUFFIX, case.label, None))
+        files.append((LABEL_SUFFIX, case.label, ()))
     checked = [
-        (path, *file_problems(path, kind, read_voxels, convention, case.convention, channels))
+        (path, *file_problems(path, kind, read_voxels, convention, case.convention, *channels))
         for kind, path, channels in files
     ]
     # the reference grid: the grid modality's file (a multi-channel case's one file); unreadable, it is the problem

@@ -11,7 +11,7 @@ label convention (:class:`LabelsToRegionsd`, :class:`RegionsToLabelsd`).
 from __future__ import annotations
 
 import os
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -311,28 +311,18 @@ def item_convention(d: Mapping[Hashable, Any], convention: str, label: NdarrayOr
 
 
 class _ConventionMapd(MapTransform):
-    """
-    Base of the dictionary-based label/region converters: applies :attr:`function` with each item's convention.
-
-    Args:
-        keys: keys of the data to convert.
-        convention: label convention, a key of :data:`LABEL_CONVENTIONS`, or :data:`AUTO` for each item's own.
-        allow_missing_keys: don't raise if a key is missing.
-
-    Raises:
-        ConfigurationError: for an unknown convention.
-    """
+    """Base of the dictionary-based label/region converters (arguments: theirs): applies :attr:`function` with each
+    item's convention."""
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
     #: whether the converted data are label maps (that tell a BraTS 2024 case apart, see resolve_convention)
     reads_labels: bool
+    #: (data, convention) -> converted data
+    function: Callable[[NdarrayOrTensor, str], NdarrayOrTensor]
 
     def __init__(self, keys: KeysCollection, convention: str = AUTO, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.convention = validate_convention(convention, allow_auto=True)
-
-    def function(self, data: NdarrayOrTensor, convention: str) -> NdarrayOrTensor:
-        raise NotImplementedError
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
         d = dict(data)
@@ -356,9 +346,7 @@ class LabelsToRegionsd(_ConventionMapd):
     """
 
     reads_labels = True
-
-    def function(self, data: NdarrayOrTensor, convention: str) -> NdarrayOrTensor:
-        return labels_to_regions(data, convention)
+    function = staticmethod(labels_to_regions)
 
 
 class RegionsToLabelsd(_ConventionMapd):
@@ -376,6 +364,4 @@ class RegionsToLabelsd(_ConventionMapd):
     """
 
     reads_labels = False
-
-    def function(self, data: NdarrayOrTensor, convention: str) -> NdarrayOrTensor:
-        return regions_to_labels(data, convention)
+    function = staticmethod(regions_to_labels)
