@@ -23,7 +23,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 from monai.config.type_definitions import NdarrayOrTensor
-from monai.data.utils import correct_nifti_header_if_necessary
+from monai.data.utils import affine_to_spacing, correct_nifti_header_if_necessary
 from monai.utils import convert_to_numpy
 from nibabel.filebasedimages import ImageFileError
 
@@ -268,7 +268,7 @@ def same_grid(shape: Sequence[int], affine: NdarrayOrTensor, ref_shape: Sequence
 
 def grid_of(shape: Sequence[int], affine: NdarrayOrTensor) -> str:
     """A grid in words for the log: ``"240x240x52 voxels of 1x1x3 mm"``."""
-    spacing = np.linalg.norm(convert_to_numpy(affine, dtype=np.float64)[:SPATIAL_DIMS, :SPATIAL_DIMS], axis=0)
+    spacing = affine_to_spacing(convert_to_numpy(affine, dtype=np.float64), r=SPATIAL_DIMS)
     return f"{'x'.join(map(str, shape))} voxels of {'x'.join(f'{s:.3g}' for s in spacing)} mm"
 
 
