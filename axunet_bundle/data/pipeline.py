@@ -282,7 +282,8 @@ class SelectModalitiesd(MapTransform):
             reasons = [reason] if spatial is None else channel_problems(image.shape[0], needed, self.modalities)
             if reasons:
                 raise CaseError(_case_id(d, files), where, reasons[0])
-            image = image.reshape(image.shape[0], *spatial)
+            if tuple(image.shape[1:]) != spatial:  # ITK's vector layout (C, X, Y, Z, 1)
+                image = image.reshape(image.shape[0], *spatial)
             if needed is not None:
                 image = image[torch.as_tensor(needed)] if isinstance(image, torch.Tensor) else image[needed]
             d[key] = image
