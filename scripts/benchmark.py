@@ -638,7 +638,9 @@ def measure_loader(settings: BenchmarkSettings, data_dir: Path, cache_dir: Path)
     from torch.utils.data import DataLoader
 
     from axunet_bundle.cli.configs import read_config
-    from axunet_bundle.data import SliceCacheDataset, find_cases, prepare_slice_cache
+    from axunet_bundle.cli.slice_cache import prepare_slice_cache
+    from axunet_bundle.data.cases import find_cases
+    from axunet_bundle.data.slices import SliceCacheDataset
 
     parser = read_config("train.json", dataset_dir=str(data_dir), roi_size=list(settings.roi))
     modalities = parser.get_parsed_content("modalities")

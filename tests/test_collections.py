@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from conftest import TINY_SHAPE, raises_user_error
 
-from axunet_bundle.cli.data import run_check
+from axunet_bundle.cli.data import ignored_file_problems, run_check
 from axunet_bundle.data.cases import MODALITIES, UNPLACED_REASON, discover, find_cases
 from axunet_bundle.data.datalist import make_datalist
-from axunet_bundle.data.integrity import INVALID_AFFINE, check_case, dataset_problems, ignored_file_problems
+from axunet_bundle.data.integrity import INVALID_AFFINE, check_case, dataset_problems
 from axunet_bundle.data.pipeline import LoadCased
 from axunet_bundle.synthetic import write_synthetic_dataset
 

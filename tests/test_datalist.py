@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from monai.data import load_decathlon_datalist
 
+from axunet_bundle.cli.data import write_datalist
 from axunet_bundle.data.cases import DEFAULT_MODALITIES, DatasetPathError
-from axunet_bundle.data.datalist import make_datalist, write_datalist
+from axunet_bundle.data.datalist import make_datalist
 
 SHAPE = (8, 8, 4)
 SUFFIXES = {

@@ -15,7 +15,7 @@ from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 from axunet_bundle.cli.data import check_dataset, run_check
 from axunet_bundle.data.cases import DEFAULT_MODALITIES, MODALITIES, CaseError, find_cases
 from axunet_bundle.data.integrity import check_case
-from axunet_bundle.data.pipeline import ValidateCased
+from axunet_bundle.data.pipeline import LoadCased, ValidateCased
 from axunet_bundle.errors import DatasetError
 
 SHAPE = (16, 16, 8)
@@ -273,6 +273,20 @@ def test_validate_cased_names_the_bad_channel_file(tmp_path, modality, bad):
     assert Path(err.value.file).name == f"BraTS2021_00000_{modality}.nii.gz"
     assert str(err.value).startswith(f"BraTS2021_00000: BraTS2021_00000_{modality}.nii.gz: ")
     assert modality in err.value.reason
+
+
+@pytest.mark.parametrize("bad", ["t2", "flair", "t1ce"])
+def test_validate_cased_names_the_bad_file_when_the_reference_grid_is_not_the_first_channel(tmp_path, bad):
+    # LoadCased keeps the reference modality's metadata (T1CE's, here the last channel), not the first file's
+    d = write_case(tmp_path, "BraTS2021_00000")
+    data = np.ones(SHAPE, dtype=np.float32)
+    data[3, 3, 3] = np.nan
+    save(file_of(d, bad), data)
+    modalities = ("t2", "flair", "t1ce")
+    loaded = LoadCased("image", modalities=modalities)({"image": [str(file_of(d, m)) for m in modalities]})
+    with pytest.raises(CaseError) as err:
+        ValidateCased("image", label_key=None, modalities=modalities)(loaded)
+    assert Path(err.value.file).name == f"BraTS2021_00000_{bad}.nii.gz" and bad in err.value.reason
 
 
 def test_validate_cased_label_outside_convention(tmp_path):

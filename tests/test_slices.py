@@ -12,8 +12,9 @@ from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
 from axunet_bundle.atomic import PARTIAL_PREFIX
-from axunet_bundle.data import CaseError, SliceCacheDataset, prepare_slice_cache
-from axunet_bundle.errors import DatasetError
+from axunet_bundle.cli.slice_cache import prepare_slice_cache
+from axunet_bundle.data.slices import SliceCacheDataset
+from axunet_bundle.errors import CaseError, DatasetError
 
 
 def train_parser(dataset_dir, **overrides) -> ConfigParser:

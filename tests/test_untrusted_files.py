@@ -19,9 +19,10 @@ from monai.handlers import CheckpointLoader
 from test_bundle_workflows import CONSTANT_LOGIT, CONSTANT_NET, EVALUATION, INFERENCE, save_constant_net, workflow
 
 from axunet_bundle import AXUNet
+from axunet_bundle.cli.slice_cache import prepare_slice_cache
 from axunet_bundle.data.cases import DEFAULT_MODALITIES, CaseError, check_case_id, find_cases
 from axunet_bundle.data.datalist import load_datalist
-from axunet_bundle.data.slices import MANIFEST, prepare_slice_cache
+from axunet_bundle.data.slices import MANIFEST
 from axunet_bundle.errors import user_error
 from axunet_bundle.networks import PretrainedWeightsError
 from axunet_bundle.weights import UnsafeWeightsError, check_plain_weights

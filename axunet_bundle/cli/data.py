@@ -7,9 +7,12 @@ import os
 import sys
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-from ..data.cases import DEFAULT_MODALITIES, Case, discover
-from ..data.integrity import check_case, dataset_problems, ignored_file_problems
+from ..atomic import write_json_atomic
+from ..data.cases import DEFAULT_MODALITIES, MODALITIES, Case, automated_segmentation, discover
+from ..data.integrity import check_case, dataset_problems, file_problems, read_problem
 from ..data.labels import AUTO
 from ..errors import CaseError
 from ..progress import progress as show_progress
@@ -22,10 +25,12 @@ __all__ = [
     "check",
     "check_dataset",
     "datalist",
+    "ignored_file_problems",
     "prepare",
     "run_check",
     "split_names",
     "synth",
+    "write_datalist",
 ]
 
 EXIT_OK = 0
@@ -110,8 +115,6 @@ def datalist(
     Example:
         axunet datalist /data/BraTS2021 --output datalist.json --folds 5 --fold 0
     """
-    from ..data.datalist import write_datalist
-
     result = write_datalist(
         dataset_dir,
         output,
@@ -126,6 +129,30 @@ def datalist(
     )
     sizes = ", ".join(f"{len(v)} {k}" for k, v in result.items())
     print(f"wrote {output}: {sizes}")
+
+
+def write_datalist(dataset_dir: str | os.PathLike, output: str | os.PathLike, **kwargs: Any) -> dict:
+    """
+    Build a datalist with :func:`~axunet_bundle.data.datalist.make_datalist` and write it as JSON (indent 4),
+    atomically: a reader never sees a half-written file, and an existing file is kept if writing fails.
+
+    Args:
+        dataset_dir: BraTS dataset directory.
+        output: path of the JSON file; its directory is created if needed.
+        kwargs: passed to :func:`~axunet_bundle.data.datalist.make_datalist`.
+
+    Returns:
+        the datalist written.
+
+    Raises:
+        the exceptions of :func:`~axunet_bundle.data.datalist.make_datalist`, and ``OSError`` when the file cannot be
+        written.
+    """
+    from ..data.datalist import make_datalist
+
+    datalist = make_datalist(dataset_dir, **kwargs)
+    write_json_atomic(Path(output).expanduser(), datalist)
+    return datalist
 
 
 def prepare(dataset_dir: str, output: str, workers: int = 2, config_file: str | None = None, **overrides) -> None:
@@ -147,7 +174,7 @@ def prepare(dataset_dir: str, output: str, workers: int = 2, config_file: str | 
     from monai.transforms import Compose
 
     from ..data.datalist import labelled_cases
-    from ..data.slices import prepare_slice_cache
+    from .slice_cache import prepare_slice_cache
 
     # a config file of the user's own (an absolute path) or the bundle's train.json
     config = str(config_path(config_file)) if config_file is not None else "train.json"
@@ -173,6 +200,34 @@ def prepare(dataset_dir: str, output: str, workers: int = 2, config_file: str | 
     for problem in problems:
         print(problem)
     sys.exit(1 if problems else 0)
+
+
+def ignored_file_problems(case: Case, read_voxels: bool = True) -> list[CaseError]:
+    """
+    The problems of a case's ignored files (:attr:`Case.ignored`): warnings, as the model does not read them (an
+    80-byte ``t1`` file where the model reads T1CE, T2, FLAIR). A modality's file is checked as a case's (the whole
+    volume with `read_voxels`); another file (diffusion, perfusion, masks: any shape) by its header. A case without
+    a label but with a program's segmentation (UPenn-GBM's cases without a manual one) is a warning too.
+
+    Args:
+        case: the case.
+        read_voxels: read a modality file's voxels too.
+
+    Returns:
+        one :class:`CaseError` per broken file; empty when none is.
+    """
+    automated = automated_segmentation(case)
+    problems = []
+    if case.label is None and automated is not None:
+        reason = "no label (this file is a program's segmentation, no reference): the case cannot train or be evaluated"
+        problems.append(CaseError(case.case_id, automated, reason))
+    for kind, path in case.ignored:
+        if kind in MODALITIES:
+            reasons = file_problems(path, kind, read_voxels, AUTO, case.convention)[0]
+        else:
+            reasons = [reason] if (reason := read_problem(path, voxels=False)) else []
+        problems += [CaseError(case.case_id, path, f"{r} (a {kind} file the model does not use)") for r in reasons]
+    return problems
 
 
 def check_dataset(

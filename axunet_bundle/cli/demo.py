@@ -52,10 +52,10 @@ def demo(
     Example:
         axunet demo --output_dir demo_output --epochs 12
     """
-    from ..data.datalist import write_datalist
     from ..evaluation import LEGACY_DICE
     from ..evaluation.challenge import LESIONWISE_DSC
     from ..synthetic import write_synthetic_dataset
+    from .data import write_datalist
 
     started = time.perf_counter()
     out = Path(output_dir).resolve()

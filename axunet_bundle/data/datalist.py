@@ -1,13 +1,4 @@
-# Copyright (c) AXUNet bundle developers.
-# Licensed under the Apache License, Version 2.0 (the "License");
-# you may not use this file except in compliance with the License.
-# You may obtain a copy of the License at
-#     http://www.apache.org/licenses/LICENSE-2.0
-# Unless required by applicable law or agreed to in writing, software
-# distributed under the License is distributed on an "AS IS" BASIS,
-# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
-# See the License for the specific language governing permissions and
-# limitations under the License.
+# Copyright (c) AXUNet bundle developers. Licensed under the Apache License, Version 2.0.
 """
 MONAI decathlon-style datalists for a BraTS dataset directory, split by patient.
 
@@ -28,7 +19,6 @@ import numpy as np
 from monai.data import DataLoader, list_data_collate, load_decathlon_datalist
 from monai.utils import ensure_tuple
 
-from ..atomic import write_json_atomic
 from ..errors import CaseError, ConfigurationError, DatasetError, LeftOutCasesError, user_error
 from ..outputs import segmentation_path
 from ..settings import AUTO_GRID
@@ -43,7 +33,6 @@ __all__ = [
     "TESTING",
     "case_item",
     "make_datalist",
-    "write_datalist",
     "load_datalist",
     "CaseLoader",
     "CaseSelection",
@@ -200,27 +189,6 @@ def make_datalist(
     unlabelled = [c for c in usable if c.label is None]
     testing = sorted(items(test_ids) + [case_item(c, mods) for c in unlabelled], key=lambda i: i["case_id"])
     return {TRAINING: items(train_ids), VALIDATION: items(val_ids), TESTING: testing}
-
-
-def write_datalist(dataset_dir: str | os.PathLike, output: str | os.PathLike, **kwargs: Any) -> dict:
-    """
-    Build a datalist with :func:`make_datalist` and write it as JSON (indent 4), atomically: a reader never sees a
-    half-written file, and an existing file is kept if writing fails.
-
-    Args:
-        dataset_dir: BraTS dataset directory.
-        output: path of the JSON file; its directory is created if needed.
-        kwargs: passed to :func:`make_datalist`.
-
-    Returns:
-        the datalist written.
-
-    Raises:
-        the exceptions of :func:`make_datalist`, and ``OSError`` when the file cannot be written.
-    """
-    datalist = make_datalist(dataset_dir, **kwargs)
-    write_json_atomic(Path(output).expanduser(), datalist)
-    return datalist
 
 
 def load_datalist(
@@ -460,15 +428,13 @@ def evaluation_cases(
         ConfigurationError: for an unknown split, or neither a folder nor a datalist.
         DatasetError: for a folder without labelled cases, or a datalist file that is missing.
     """
-    if datalist is not None:
+    if datalist is None and dataset_dir is not None:
+        selection = labelled_cases(dataset_dir, modalities, read_voxels, label_convention, grid_modality)
+    else:  # load_datalist refuses neither a folder nor a datalist
         items = load_datalist(dataset_dir, datalist)
         if split not in items:
             raise ConfigurationError(f"datalist split must be one of {sorted(items)}, got {split!r}")
         selection = CaseSelection(items=items[split])
-    else:
-        if dataset_dir is None:
-            raise ConfigurationError("give dataset_dir (a BraTS folder) or datalist (a datalist JSON file)")
-        selection = labelled_cases(dataset_dir, modalities, read_voxels, label_convention, grid_modality)
     unlabelled = [item[CASE_ID_KEY] for item in selection.items if "label" not in item]
     if unlabelled:
         raise DatasetError(f"datalist {split} items without a label to evaluate against: {unlabelled[0]}")

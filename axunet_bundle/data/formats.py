@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from monai.data.utils import orientation_ras_lps
 from monai.utils import optional_import
 
 __all__ = ["IMAGE_SUFFIXES", "NIFTI_SUFFIXES", "ItkImage", "image_stem", "is_nifti", "voxel_location"]
@@ -26,7 +27,6 @@ __all__ = ["IMAGE_SUFFIXES", "NIFTI_SUFFIXES", "ItkImage", "image_stem", "is_nif
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 #: every image file-name ending a case's files may have, any letter case (".nii.gz" before ".nii")
 IMAGE_SUFFIXES = (*NIFTI_SUFFIXES, ".nrrd", ".nhdr", ".mha", ".mhd")
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _HEADER_BYTES = 1 << 16  # an NRRD or MetaImage header is text; it never comes near this
 
 
@@ -82,7 +82,7 @@ class ItkImage:
             if i < 3:  # the spatial axes; a 4th (time) axis has no place in the affine
                 lps[:3, i] = np.asarray(io.GetDirection(i), dtype=np.float64)[:3] * float(io.GetSpacing(i))
                 lps[i, 3] = float(io.GetOrigin(i))
-        self.affine = _LPS_TO_RAS @ lps
+        self.affine = orientation_ras_lps(lps)  # as MONAI's ITKReader turns it
 
     @property
     def dataobj(self) -> np.ndarray:

@@ -23,7 +23,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 from monai.config.type_definitions import NdarrayOrTensor
-from monai.data.utils import correct_nifti_header_if_necessary
+from monai.data.utils import affine_to_spacing, correct_nifti_header_if_necessary
 from monai.utils import convert_to_numpy
 from nibabel.filebasedimages import ImageFileError
 
@@ -36,14 +36,16 @@ from .labels import AUTO, RC_OR_ET, invalid_label_values, label_values, resolve_
 __all__ = [
     "AFFINE_TOLERANCE",
     "INVALID_AFFINE",
+    "channel_problems",
     "check_case",
     "dataset_problems",
+    "file_problems",
     "grid_of",
-    "ignored_file_problems",
-    "same_grid",
     "image_problems",
     "label_problems",
     "read_problem",
+    "same_grid",
+    "spatial_shape",
 ]
 
 #: Largest absolute difference between two files' affine entries (mm) that still counts as the same grid; a modality on
@@ -105,9 +107,11 @@ def _open_header(path: Path) -> tuple[Any, str | None]:
         return _open_itk_header(path, size)
     compressed = path.name.lower().endswith(".gz")
     if compressed:
-        try:
+        try:  # the gzip magic and trailer in one open
             with open(path, "rb") as f:
                 magic = f.read(len(_GZIP_MAGIC))
+                f.seek(max(0, size - _GZIP_ISIZE_BYTES))
+                isize = int.from_bytes(f.read(_GZIP_ISIZE_BYTES), "little")
         except OSError as exc:
             return None, f"cannot read file ({exc.strerror or _first_line(exc)})"
         if magic != _GZIP_MAGIC:
@@ -127,7 +131,7 @@ def _open_header(path: Path) -> tuple[Any, str | None]:
     # or damaged file is refused here, from its length, without reading (or allocating) any voxels.
     if not compressed and size < expected:
         return None, f"truncated file: {size} bytes where the header needs {expected}"
-    if compressed and not _decompresses_to(path, expected):
+    if compressed and not _decompresses_to(path, expected, isize):
         return None, f"truncated file: the compressed data holds less than the {expected} bytes the header needs"
     return img, None
 
@@ -159,20 +163,17 @@ def _open_itk_header(path: Path, size: int) -> tuple[Any, str | None]:
     return img, None
 
 
-def _decompresses_to(path: Path, needed: int) -> bool:
+def _decompresses_to(path: Path, needed: int, isize: int) -> bool:
     """Whether a gzip file decompresses to at least ``needed`` bytes.
 
-    The gzip trailer's ISIZE (the uncompressed length modulo 2**32) answers without decompressing for a file of one
-    gzip member; otherwise (a short ISIZE, a claim of 4 GiB or more, several members) the data are decompressed in
-    chunks and counted, stopping at ``needed``, so memory stays small whatever the header claims.
+    The gzip trailer's ISIZE (`isize`: the uncompressed length modulo 2**32) answers without decompressing for a file
+    of one gzip member; otherwise (a short ISIZE, a claim of 4 GiB or more, several members) the data are decompressed
+    in chunks and counted, stopping at ``needed``, so memory stays small whatever the header claims.
     """
+    if needed < _GZIP_ISIZE_MODULUS and isize >= needed:
+        return True
+    remaining = needed
     try:
-        with open(path, "rb") as f:
-            f.seek(-_GZIP_ISIZE_BYTES, os.SEEK_END)
-            isize = int.from_bytes(f.read(_GZIP_ISIZE_BYTES), "little")
-        if needed < _GZIP_ISIZE_MODULUS and isize >= needed:
-            return True
-        remaining = needed
         with gzip.open(path, "rb") as f:
             while remaining > 0:
                 chunk = f.read(min(remaining, _COUNT_CHUNK_BYTES))
@@ -184,7 +185,7 @@ def _decompresses_to(path: Path, needed: int) -> bool:
         return False  # a damaged stream cannot hold the volume either
 
 
-def _spatial_shape(shape: tuple[int, ...]) -> tuple[tuple[int, ...] | None, str | None]:
+def spatial_shape(shape: tuple[int, ...]) -> tuple[tuple[int, ...] | None, str | None]:
     """3D shape of a volume, allowing trailing singleton dims (e.g. 240x240x155x1); else a reason."""
     dims = list(shape)
     while len(dims) > SPATIAL_DIMS and dims[-1] == 1:
@@ -249,11 +250,11 @@ def _read_voxels(img: Any) -> tuple[np.ndarray | None, str | None]:
         return None, f"voxel data unreadable ({_itk_reason(exc) if isinstance(img, ItkImage) else _first_line(exc)})"
 
 
-def read_problem(path: str | os.PathLike) -> str | None:
-    """Why an image file's voxels cannot be read (header, length, compressed data), or ``None`` when they can: what
-    names the file when a chain's loading fails (only then, so a sound case is read once)."""
+def read_problem(path: str | os.PathLike, voxels: bool = True) -> str | None:
+    """Why an image file cannot be read (header, length, compressed data; with `voxels`, the voxels too), or ``None``
+    when it can: what names the file when a chain's loading fails (only then, so a sound case is read once)."""
     img, reason = _open_header(Path(path))
-    return reason if img is None else _read_voxels(img)[1]
+    return reason if img is None or not voxels else _read_voxels(img)[1]
 
 
 _Geometry = tuple[str, tuple[int, ...], np.ndarray]  # (kind of file, 3D shape, affine)
@@ -267,7 +268,7 @@ def same_grid(shape: Sequence[int], affine: NdarrayOrTensor, ref_shape: Sequence
 
 def grid_of(shape: Sequence[int], affine: NdarrayOrTensor) -> str:
     """A grid in words for the log: ``"240x240x52 voxels of 1x1x3 mm"``."""
-    spacing = np.linalg.norm(convert_to_numpy(affine, dtype=np.float64)[:SPATIAL_DIMS, :SPATIAL_DIMS], axis=0)
+    spacing = affine_to_spacing(convert_to_numpy(affine, dtype=np.float64), r=SPATIAL_DIMS)
     return f"{'x'.join(map(str, shape))} voxels of {'x'.join(f'{s:.3g}' for s in spacing)} mm"
 
 
@@ -306,11 +307,11 @@ def _spatial_and_channels(shape: tuple[int, ...], multichannel: bool) -> tuple[t
     C`` or ITK's vector layout ``X, Y, Z, 1, C``; any other file is 3D (trailing singleton dimensions allowed)."""
     if multichannel and len(shape) > SPATIAL_DIMS:
         return tuple(shape[:SPATIAL_DIMS]), math.prod(shape[SPATIAL_DIMS:]), ""
-    spatial, reason = _spatial_shape(shape)
+    spatial, reason = spatial_shape(shape)
     return spatial, 1, reason or ""
 
 
-def _channel_problems(channels: int, needed: Sequence[int] | None, modalities: Sequence[str]) -> list[str]:
+def channel_problems(channels: int, needed: Sequence[int] | None, modalities: Sequence[str]) -> list[str]:
     """Why a multi-channel file cannot give ``modalities`` (from ``needed`` channels, or in order)."""
     names = ", ".join(modalities)
     if needed is not None:
@@ -325,13 +326,14 @@ def _channel_problems(channels: int, needed: Sequence[int] | None, modalities: S
     return []
 
 
-def _check_file(
+def file_problems(
     path: Path,
     kind: str,
     read_voxels: bool,
     convention: str,
     dataset_convention: str,
-    channels: dict[str, int | None] | None = None,
+    modalities: Sequence[str] | None = None,
+    indices: Sequence[int] | None = None,
 ) -> tuple[list[str], _Geometry | None]:
     """Reasons why one file is unusable, and its geometry when the header could be read.
 
@@ -341,22 +343,19 @@ def _check_file(
         read_voxels: read the voxel data (else headers only).
         convention: the label convention setting (``"auto"`` or a name).
         dataset_convention: the case's dataset's convention.
-        channels: for a multi-channel file, modality -> channel index (``None`` values: the file's channels are the
-            modalities in order).
+        modalities: for a multi-channel file, the modalities it must give.
+        indices: their channels in the file (``dataset.json``'s); ``None``: the file's channels are `modalities`, in
+            order.
     """
     img, reason = _open_header(path)
     if img is None:
         return [reason or "unreadable"], None
-    shape, n_channels, reason = _spatial_and_channels(img.shape, channels is not None)
+    shape, n_channels, reason = _spatial_and_channels(img.shape, modalities is not None)
     if shape is None:
         return [reason or "no shape"], None
-    reasons = []
-    if channels is not None:
-        indices = list(channels.values())
-        needed = None if any(i is None for i in indices) else [int(i) for i in indices]
-        reasons += _channel_problems(n_channels, needed, list(channels))
-        if reasons:
-            return reasons, None
+    reasons = [] if modalities is None else channel_problems(n_channels, indices, modalities)
+    if reasons:
+        return reasons, None
     try:
         # the geometry MONAI's NibabelReader will use: it swaps a sform that disagrees with pixdim for the qform
         img = img if isinstance(img, ItkImage) else correct_nifti_header_if_necessary(img)
@@ -372,10 +371,10 @@ def _check_file(
             return reasons + [reason or "no voxel data"], geometry
         if kind == LABEL_SUFFIX:
             reasons += label_problems(data, resolve_convention(convention, dataset_convention, data))
-        elif channels is not None:
+        elif modalities is not None:
             volumes = data.reshape(*shape, -1)
-            for position, (modality, index) in enumerate(channels.items()):
-                reasons += image_problems(volumes[..., position if index is None else index], modality)
+            for position, modality in enumerate(modalities):
+                reasons += image_problems(volumes[..., position if indices is None else indices[position]], modality)
         else:
             reasons += image_problems(data, kind)
     return reasons, geometry
@@ -426,17 +425,15 @@ def check_case(
         CaseError(case.case_id, case.directory / case.expected_file_name(m), f"missing {m} {what}")
         for m in case.missing_modalities(mods)
     ]
-    files: list[tuple[str, Path, dict | None]] = []
+    files: list[tuple[str, Path, tuple]] = []  # (kind, path, a multi-channel file's modalities and their indices)
     if case.multichannel and not problems:
-        indices = case.channel_indices(mods)
-        channels = dict(zip(mods, indices if indices is not None else [None] * len(mods)))
-        files = [("image", Path(case.image_files(mods)[0]), channels)]
+        files = [("image", Path(case.image_files(mods)[0]), (mods, case.channel_indices(mods)))]
     elif not case.multichannel:
-        files = [(m, case.images[m], None) for m in mods if m in case.images]
+        files = [(m, case.images[m], ()) for m in mods if m in case.images]
     if case.label is not None:
-        files.append((LABEL_SUFFIX, case.label, None))
+        files.append((LABEL_SUFFIX, case.label, ()))
     checked = [
-        (path, *_check_file(path, kind, read_voxels, convention, case.convention, channels))
+        (path, *file_problems(path, kind, read_voxels, convention, case.convention, *channels))
         for kind, path, channels in files
     ]
     # the reference grid: the grid modality's file (a multi-channel case's one file); unreadable, it is the problem
@@ -456,7 +453,7 @@ def dataset_problems(found: Discovery, labels_needed: bool = True) -> list[CaseE
     a case's file that may be a misnamed label: never silently ignored), and, when labels are needed and some cases
     have one, every case without its label (not silently dropped from training) but those with a program's
     segmentation (:func:`~axunet_bundle.data.cases.automated_segmentation`: a collection that labels a subset by
-    hand, as UPenn-GBM; :func:`ignored_file_problems` warns of them)."""
+    hand, as UPenn-GBM; ``axunet check`` warns of them)."""
     problems = [CaseError(owner or "-", path, reason) for owner, path, reason in found.strays]
     labelled = sum(case.label is not None for case in found.cases)
     if labelled and labels_needed:
@@ -472,32 +469,4 @@ def dataset_problems(found: Discovery, labels_needed: bool = True) -> list[CaseE
             and case.layout != LAYOUT_MSD  # dataset.json lists its test cases as such
             and automated_segmentation(case) is None
         ]
-    return problems
-
-
-def ignored_file_problems(case: Case, read_voxels: bool = True) -> list[CaseError]:
-    """
-    The problems of a case's ignored files (:attr:`Case.ignored`): warnings, as the model does not read them (an
-    80-byte ``t1`` file where the model reads T1CE, T2, FLAIR). A modality's file is checked as a case's (the whole
-    volume with `read_voxels`); another file (diffusion, perfusion, masks: any shape) by its header. A case without
-    a label but with a program's segmentation (UPenn-GBM's cases without a manual one) is a warning too.
-
-    Args:
-        case: the case.
-        read_voxels: read a modality file's voxels too.
-
-    Returns:
-        one :class:`CaseError` per broken file; empty when none is.
-    """
-    automated = automated_segmentation(case)
-    problems = []
-    if case.label is None and automated is not None:
-        reason = "no label (this file is a program's segmentation, no reference): the case cannot train or be evaluated"
-        problems.append(CaseError(case.case_id, automated, reason))
-    for kind, path in case.ignored:
-        if kind in MODALITIES:
-            reasons = _check_file(path, kind, read_voxels, AUTO, case.convention)[0]
-        else:
-            reasons = [reason] if (reason := _open_header(path)[1]) else []
-        problems += [CaseError(case.case_id, path, f"{r} (a {kind} file the model does not use)") for r in reasons]
     return problems

@@ -11,7 +11,7 @@ label convention (:class:`LabelsToRegionsd`, :class:`RegionsToLabelsd`).
 from __future__ import annotations
 
 import os
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +24,8 @@ from monai.utils import ImageMetaKey, TransformBackends, convert_to_numpy, ensur
 
 from ..errors import CaseError
 from ..settings import AUTO_GRID, resolve_grid_modality
-from .cases import (
-    DEFAULT_MODALITIES,
-    case_id_from_path,
-    case_of_file,
-    convention_for_names,
-    parse_file_name,
-    validate_modalities,
-)
-from .integrity import image_problems, label_problems, same_grid
+from .cases import DEFAULT_MODALITIES, case_id_from_path, case_of_file, convention_for_names, validate_modalities
+from .integrity import channel_problems, image_problems, label_problems, same_grid, spatial_shape
 from .labels import AUTO, labels_to_regions, regions_to_labels, resolve_convention, validate_convention
 
 __all__ = [
@@ -40,7 +33,6 @@ __all__ = [
     "CHANNELS_KEY",
     "REFERENCE_KEY",
     "CONVENTION_KEY",
-    "SPATIAL_DIMS",
     "LabelsToRegionsd",
     "LoadCased",
     "RegionsToLabelsd",
@@ -55,7 +47,6 @@ CASE_ID_KEY = "case_id"
 CHANNELS_KEY = "channels"
 #: the item key of an evaluation case's reference label map (a path: the inference chain never loads it)
 REFERENCE_KEY = "reference"
-SPATIAL_DIMS = 3
 
 
 def _meta_files(meta: Mapping | None) -> list[str]:
@@ -71,26 +62,14 @@ def _case_id(d: Mapping, files: list[str]) -> str:
     return case_id_from_path(files[0]) if files else "<unknown case>"
 
 
-def _channel_file(files: list[str], channel: int, modality: str) -> str | None:
-    """
-    The file that `channel` was loaded from. MONAI ``LoadImage`` keeps only the first file of a stacked list in
-    ``filename_or_obj``; the other channels' files are then found next to it by their BraTS names.
-    """
-    if channel < len(files):
-        return files[channel]
-    if not files:
-        return None
-    first = Path(files[0])
-    parsed = parse_file_name(first)
-    if parsed is not None:
-        try:  # only reached when raising, so a directory listing is cheap
-            siblings = sorted(first.parent.iterdir())
-        except OSError:
-            siblings = []
-        for sibling in siblings:
-            if parse_file_name(sibling) == (parsed[0], modality):
-                return str(sibling)
-    return files[0]
+def _channel_file(files: list[str], channel: int, modality: str, modalities: Sequence[str]) -> str | None:
+    """The file that `channel` (`modality`) was loaded from. A stack keeps one file's metadata (``LoadCased`` the
+    reference modality's, MONAI's ``LoadImage`` the first's): the channel's own file is then found beside it by the
+    case discovery (only when raising, so the directory listing is cheap)."""
+    if len(files) != 1:
+        return files[channel] if channel < len(files) else None
+    case = case_of_file(files[0], modalities)
+    return str(case.images[modality]) if case is not None and modality in case.images else files[0]
 
 
 class LoadCased(LoadImaged):
@@ -242,7 +221,7 @@ class ValidateCased(MapTransform):
                 modality = self.modalities[channel] if channel < len(self.modalities) else f"channel {channel}"
                 reasons = image_problems(image[channel], modality)
                 if reasons:
-                    raise CaseError(case_id, _channel_file(files, channel, modality), reasons[0])
+                    raise CaseError(case_id, _channel_file(files, channel, modality, self.modalities), reasons[0])
         if self.label_key is not None and self.label_key in d:
             files = _meta_files(self._meta(d, self.label_key))
             case_id = _case_id(d, files)
@@ -294,31 +273,19 @@ class SelectModalitiesd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             image = d[key]
-            while image.ndim > 1 + SPATIAL_DIMS and image.shape[-1] == 1:
-                image = image[..., 0]
-            files = _meta_files(getattr(d[key], "meta", None))
-            case_id = _case_id(d, files)
+            files = _meta_files(getattr(image, "meta", None))
             where = files[0] if files else None
-            if image.ndim != 1 + SPATIAL_DIMS:
-                raise CaseError(
-                    case_id, where, f"image of shape {tuple(image.shape[1:])} where a 3D volume is expected"
-                )
+            # the case check's own rules: the same shapes and channel counts refused, in the same words
+            spatial, reason = spatial_shape(tuple(image.shape[1:]))
             channels = d.get(self.channels_key)
-            names = ", ".join(self.modalities)
-            if channels is not None:
-                channels = [int(c) for c in ensure_tuple(channels)]
-                if max(channels) >= image.shape[0]:
-                    raise CaseError(
-                        case_id, where, f"{image.shape[0]} channels, but dataset.json puts {names} in {channels}"
-                    )
-                image = image[torch.as_tensor(channels)] if isinstance(image, torch.Tensor) else image[channels]
-            elif image.shape[0] != len(self.modalities):
-                raise CaseError(
-                    case_id,
-                    where,
-                    f"{image.shape[0]} channels where {len(self.modalities)} are expected ({names}, in this order); "
-                    "a file of other channels needs a dataset.json naming them",
-                )
+            needed = None if channels is None else [int(c) for c in ensure_tuple(channels)]
+            reasons = [reason] if spatial is None else channel_problems(image.shape[0], needed, self.modalities)
+            if reasons:
+                raise CaseError(_case_id(d, files), where, reasons[0])
+            if tuple(image.shape[1:]) != spatial:  # ITK's vector layout (C, X, Y, Z, 1)
+                image = image.reshape(image.shape[0], *spatial)
+            if needed is not None:
+                image = image[torch.as_tensor(needed)] if isinstance(image, torch.Tensor) else image[needed]
             d[key] = image
         return d
 
@@ -345,28 +312,18 @@ def item_convention(d: Mapping[Hashable, Any], convention: str, label: NdarrayOr
 
 
 class _ConventionMapd(MapTransform):
-    """
-    Base of the dictionary-based label/region converters: applies :attr:`function` with each item's convention.
-
-    Args:
-        keys: keys of the data to convert.
-        convention: label convention, a key of :data:`LABEL_CONVENTIONS`, or :data:`AUTO` for each item's own.
-        allow_missing_keys: don't raise if a key is missing.
-
-    Raises:
-        ConfigurationError: for an unknown convention.
-    """
+    """Base of the dictionary-based label/region converters (arguments: theirs): applies :attr:`function` with each
+    item's convention."""
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
     #: whether the converted data are label maps (that tell a BraTS 2024 case apart, see resolve_convention)
     reads_labels: bool
+    #: (data, convention) -> converted data
+    function: Callable[[NdarrayOrTensor, str], NdarrayOrTensor]
 
     def __init__(self, keys: KeysCollection, convention: str = AUTO, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.convention = validate_convention(convention, allow_auto=True)
-
-    def function(self, data: NdarrayOrTensor, convention: str) -> NdarrayOrTensor:
-        raise NotImplementedError
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
         d = dict(data)
@@ -390,9 +347,7 @@ class LabelsToRegionsd(_ConventionMapd):
     """
 
     reads_labels = True
-
-    def function(self, data: NdarrayOrTensor, convention: str) -> NdarrayOrTensor:
-        return labels_to_regions(data, convention)
+    function = staticmethod(labels_to_regions)
 
 
 class RegionsToLabelsd(_ConventionMapd):
@@ -410,6 +365,4 @@ class RegionsToLabelsd(_ConventionMapd):
     """
 
     reads_labels = False
-
-    def function(self, data: NdarrayOrTensor, convention: str) -> NdarrayOrTensor:
-        return regions_to_labels(data, convention)
+    function = staticmethod(regions_to_labels)

@@ -1,8 +1,9 @@
 # Copyright (c) AXUNet bundle developers. Licensed under the Apache License, Version 2.0.
-"""Slice cache: preprocess each case once into memory-mappable arrays, then serve random 2D slices fast.
+"""Slice cache: each case preprocessed once into memory-mappable arrays, served as random 2D slices fast.
 
-Decoding gzipped NIfTI for every training slice would starve the network, so ``prepare_slice_cache`` runs the
-bundle's volume preprocessing (the ``volume_transforms`` of ``configs/train.json``) once per case and stores::
+Decoding gzipped NIfTI for every training slice would starve the network, so ``axunet prepare``
+(:func:`axunet_bundle.cli.slice_cache.prepare_slice_cache`) runs the bundle's volume preprocessing (the
+``volume_transforms`` of ``configs/train.json``) once per case and stores::
 
     CACHE_DIR/manifest.json          preprocessing parameters and their fingerprint
     CACHE_DIR/<case_id>/image.npy    float16 (D, C, H, W), channels in the configured modality order
@@ -11,23 +12,16 @@ bundle's volume preprocessing (the ``volume_transforms`` of ``configs/train.json
 
 The axial slice is the first axis, so a served slice is one contiguous block of the memory-mapped file: with the
 preprocessing's (C, H, W, D) order one slice touched every page of its case (46 MB of reads for a 300 kB slice at
-224 x 224 x 155). The operating system's page cache keeps the files in memory, shared by every loader worker.
-
-A case directory appears only by an atomic rename once all its files are written, so an interrupted run never
-leaves a half-written case that looks complete, and re-running continues with the cases still missing. A changed
-parameter changes the fingerprint and invalidates every cached case.
+224 x 224 x 155). The operating system's page cache keeps the files in memory, shared by every loader worker. A
+changed parameter changes the fingerprint: the dataset refuses the cache until it is prepared again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
-import shutil
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +30,9 @@ import torch
 from monai.data import get_track_meta, set_track_meta
 from torch.utils.data import Dataset
 
-from ..atomic import atomic_directory, remove_partials, write_json_atomic
-from ..errors import CaseError, ConfigurationError, DatasetError, user_error
-from ..progress import progress as show_progress
-from .cases import check_case_id
+from ..errors import ConfigurationError, DatasetError
 
-__all__ = ["prepare_slice_cache", "SliceCacheDataset", "CacheReport", "fingerprint", "loader_workers", "MANIFEST"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["SliceCacheDataset", "fingerprint", "loader_workers", "MANIFEST"]
 
 #: 2: axial slices first (format 1 kept the preprocessing's (C, H, W, D) order)
 CACHE_FORMAT = 2
@@ -72,137 +61,15 @@ def loader_workers() -> int:
 
 
 def fingerprint(params: Mapping[str, Any]) -> str:
-    """A stable hash of the preprocessing parameters (any JSON-serialisable mapping)."""
+    """A stable hash of the preprocessing parameters (string keys; a value JSON cannot hold counts by its ``str``)."""
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _slice_flags(image: np.ndarray, label: np.ndarray | None) -> dict[str, list[int]]:
-    """Axial slices (first axis) that contain brain (any non-zero channel) and tumour (any region)."""
-    brain = np.flatnonzero(np.any(image != 0, axis=(1, 2, 3)))
-    tumour = np.flatnonzero(np.any(label > 0, axis=(1, 2, 3))) if label is not None else np.array([], dtype=int)
-    return {"brain": brain.tolist(), "tumour": tumour.tolist()}
-
-
-def _prepare_case(args: tuple[Mapping[str, Any], str, Callable]) -> tuple[str, str | None]:
-    """Preprocess one case into ``output_dir/<case_id>``; returns ``(case_id, problem or None)``."""
-    item, output_dir, transform = args
-    case_id = str(item["case_id"])
-    try:
-        data = transform(dict(item))
-        slices_first = (3, 0, 1, 2)  # (C, H, W, D) -> (D, C, H, W): each slice contiguous on disk
-        image = np.ascontiguousarray(np.asarray(data["image"], dtype=np.float16).transpose(slices_first))
-        label = (
-            np.ascontiguousarray(np.asarray(data["label"], dtype=np.uint8).transpose(slices_first))
-            if "label" in data
-            else None
-        )
-        with atomic_directory(Path(output_dir) / case_id) as partial:  # the case becomes visible only when complete
-            np.save(partial / IMAGE_FILE, image)
-            if label is not None:
-                np.save(partial / LABEL_FILE, label)
-            write_json_atomic(partial / SLICES_FILE, _slice_flags(image, label))
-    except Exception as err:  # one bad case must not stop the others; report it precisely
-        error = user_error(err)  # a case's problem, also when MONAI's Compose wrapped it in a RuntimeError
-        if error is not None:
-            return case_id, str(error)
-        return case_id, f"{case_id}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-    return case_id, None
-
-
-@dataclass
-class CacheReport:
-    """What ``prepare_slice_cache`` did."""
-
-    prepared: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-    invalidated: bool = False
-
-
-def prepare_slice_cache(
-    items: Sequence[Mapping[str, Any]],
-    output_dir: str | os.PathLike,
-    transform: Callable,
-    params: Mapping[str, Any],
-    workers: int = 2,
-    progress: bool = True,
-) -> CacheReport:
-    """Preprocess every case of ``items`` once into ``output_dir`` (resumable; see the module docstring).
-
-    Args:
-        items: datalist items with ``case_id``, ``image`` (modality files) and optionally ``label``.
-        output_dir: the cache directory (created if missing).
-        transform: the volume preprocessing: item dict -> dict with ``image`` (C, H, W, D) and ``label``
-            (3, H, W, D) region masks.
-        params: preprocessing parameters recorded in the manifest; when they differ from the cached ones, the
-            cache is invalidated and rebuilt.
-        workers: processes preprocessing cases in parallel (1 runs in this process).
-        progress: show a progress bar when stderr is a terminal, log lines with rate and ETA otherwise.
-
-    Returns:
-        a :class:`CacheReport`; cases whose preprocessing fails are listed in ``problems``, the others are still
-        prepared.
-    """
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    manifest_path = out / MANIFEST
-    params = json.loads(json.dumps(dict(params), default=str))
-    wanted = fingerprint(params)
-    report = CacheReport()
-    if manifest_path.exists():
-        previous = json.loads(manifest_path.read_text())
-        if previous.get("fingerprint") != wanted or previous.get("format") != CACHE_FORMAT:
-            changed = sorted(
-                k
-                for k in set(params) | set(previous.get("params", {}))
-                if params.get(k) != previous.get("params", {}).get(k)
-            )
-            logger.warning(
-                "slice cache %s was prepared with other parameters (%s): rebuilding it", out, ", ".join(changed)
-            )
-            for child in out.iterdir():
-                if child.is_dir():
-                    shutil.rmtree(child)
-            report.invalidated = True
-    remove_partials(out)  # left by an interrupted run
-    write_json_atomic(manifest_path, {"format": CACHE_FORMAT, "fingerprint": wanted, "params": params})
-
-    todo = []
-    for item in items:
-        try:
-            check_case_id(item["case_id"])  # the id names the case's folder: it must not point outside the cache
-        except CaseError as err:
-            report.problems.append(str(err))
-            logger.error(err)
-            continue
-        if (out / str(item["case_id"]) / SLICES_FILE).exists():
-            report.skipped.append(str(item["case_id"]))
-        else:
-            todo.append((item, str(out), transform))
-    if workers > 1 and len(todo) > 1:
-        pool = get_context("spawn").Pool(min(workers, len(todo)))
-        results = pool.imap_unordered(_prepare_case, todo)
-    else:
-        pool, results = None, map(_prepare_case, todo)
-    try:
-        for case_id, problem in show_progress(results, total=len(todo), desc="prepare", unit="case", enabled=progress):
-            if problem is None:
-                report.prepared.append(case_id)
-            else:
-                report.problems.append(problem)
-                logger.error(problem)
-    finally:
-        if pool is not None:
-            pool.close()
-            pool.join()
-    return report
 
 
 class SliceCacheDataset(Dataset):
     """Random-access 2D axial slices from a slice cache, as dicts with ``image`` (C, H, W) and ``label`` (3, H, W).
 
     Args:
-        cache_dir: a directory written by :func:`prepare_slice_cache`.
+        cache_dir: a directory written by ``axunet prepare``.
         case_ids: the cases to serve (e.g. the datalist's training cases); all cached cases when None.
         tumour_slice_ratio: None serves every brain slice; a value r in (0, 1] serves every tumour slice plus
             randomly chosen tumour-free brain slices so that tumour slices make up a fraction r.
@@ -230,9 +97,7 @@ class SliceCacheDataset(Dataset):
                 f"slice cache {self.cache_dir} has format {manifest.get('format')}, this version reads {CACHE_FORMAT}: "
                 "re-run prepare"
             )
-        if params is not None and manifest.get("fingerprint") != fingerprint(
-            json.loads(json.dumps(dict(params), default=str))
-        ):
+        if params is not None and manifest.get("fingerprint") != fingerprint(params):
             raise DatasetError(
                 f"slice cache {self.cache_dir} was prepared with other preprocessing parameters: re-run prepare"
             )
