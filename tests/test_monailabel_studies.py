@@ -19,7 +19,7 @@ from conftest import CONFIGS, raises_user_error
 
 from axunet_bundle.cli import main
 from axunet_bundle.cli.studies import LABELS_FINAL, lay_out_studies
-from axunet_bundle.data.cases import DEFAULT_MODALITIES, case_of_file, discover, find_cases
+from axunet_bundle.data.cases import DEFAULT_MODALITIES, STRAY_REASON, case_of_file, discover, find_cases
 from axunet_bundle.data.integrity import label_problems
 from axunet_bundle.data.labels import AUTO, LABEL_CONVENTIONS, labels_to_regions, regions_to_labels
 from axunet_bundle.data.pipeline import CHANNELS_KEY, LoadCased, SelectModalitiesd, item_convention
@@ -217,16 +217,42 @@ def test_a_studies_folder_is_a_dataset_whose_saved_labels_are_its_cases_labels(l
         main(["check", str(found.root)])
     assert clean.value.code == 0, capsys.readouterr().out
 
-    stray = found.root / LABELS_FINAL / "BraTS2021_09999_t1ce.nii.gz"
+    stray = found.root / LABELS_FINAL / "BraTS2021_09999_t1ce.nii.gz"  # a saved label whose study is gone
     shutil.copy(final[0], stray)
-    assert discover(found.root).strays == [(None, stray, discover(found.root).strays[0][2])]
+    assert discover(found.root).strays == [(None, stray, STRAY_REASON)]
     with pytest.raises(SystemExit) as named:
         main(["check", str(found.root)])
     assert named.value.code != 0 and stray.name in capsys.readouterr().out
 
 
+def test_a_saved_label_of_no_study_is_named_not_read_as_a_case(layouts, tmp_path):
+    found = lay_out_studies(layouts["2021"], tmp_path / "studies")
+    for label in (found.root / LABELS_FINAL).iterdir():
+        label.unlink()
+    stray = found.root / LABELS_FINAL / "BraTS2021_09999_t1ce.nii.gz"
+    shutil.copy(next(found.root.glob("*_t1ce.nii.gz")), stray)
+    discovery = discover(found.root)
+    assert sorted(c.case_id for c in discovery.cases) == sorted(found.ids)
+    assert all(c.label is None for c in discovery.cases) and discovery.strays == [(None, stray, STRAY_REASON)]
+
+
+def test_a_broken_case_beside_does_not_stop_one_modality_file_loading_its_own(layouts, tmp_path):
+    """A flat folder of every case's files (a studies folder): another case's second T2 names that case only."""
+    dataset = shutil.copytree(layouts["2021"], tmp_path / "data")
+    first, second = find_cases(dataset)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for case in (first, second):
+        for path in case.images.values():
+            shutil.copy(path, flat / path.name)
+    shutil.copy(second.images["t2"], flat / f"{second.case_id}_T2w.nii.gz")
+    assert case_of_file(flat / first.images["t1ce"].name).images["t2"] == flat / first.images["t2"].name
+    with raises_user_error(CaseError, match=rf"^{second.case_id}: .*more than one t2 file"):
+        case_of_file(flat / second.images["t1ce"].name)
+
+
 def test_one_modality_file_finds_a_sibling_added_after_its_folder_was_read(layouts, tmp_path):
-    """case_of_file reads a folder once per change of it (a studies folder gives one file per item)."""
+    """case_of_file reads the folder as it is when asked (a studies folder changes while MONAI Label runs)."""
     dataset = shutil.copytree(layouts["2021"], tmp_path / "data")
     case = find_cases(dataset)[0]
     t2 = case.images["t2"]

@@ -26,7 +26,15 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ..data.cases import DEFAULT_MODALITIES, Case, convention_for_names, discover, validate_modalities
+from ..data.cases import (
+    DATASTORE_LABELS,
+    DATASTORE_REFERENCE_TAG,
+    DEFAULT_MODALITIES,
+    Case,
+    convention_for_names,
+    discover,
+    validate_modalities,
+)
 from ..data.formats import ItkImage, image_stem, is_nifti
 from ..data.integrity import same_grid
 from ..data.labels import labels_to_regions, regions_to_labels
@@ -38,7 +46,7 @@ from .zoo_bundle import BUNDLE_NAME
 __all__ = ["LABELS_FINAL", "StudiesFolder", "lay_out_studies", "monailabel_studies", "start_server_command"]
 
 #: where MONAI Label's local datastore keeps the finished labels, relative to the studies folder
-LABELS_FINAL = "labels/final"
+LABELS_FINAL = f"{DATASTORE_LABELS}/{DATASTORE_REFERENCE_TAG}"
 #: the ``monailabel start_server`` settings the bundle needs besides the app and studies: the one bundle to serve;
 #: no preloading; the sample app's SAM2 model off (it downloads its weights); the zoo source that lists local bundles
 #: first (the default, monaihosting, asks the online model zoo first)

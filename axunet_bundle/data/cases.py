@@ -51,7 +51,6 @@ label (the BraTS 2020 release keeps case 355's as ``W39_1998.09.19_Segm.nii``) i
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -110,11 +109,11 @@ LAYOUT_MSD = "msd"
 #: one multi-channel image per case, its channels the model's modalities in the model's order
 LAYOUT_MULTICHANNEL = "multichannel"
 LAYOUTS = (LAYOUT_2021, LAYOUT_2023, LAYOUT_MSD, LAYOUT_MULTICHANNEL)
-#: where MONAI Label's datastore keeps a study's label, relative to the study's folder
-LABEL_FOLDERS = ("labels", "labels/final")
 #: MONAI Label's local datastore keeps the labels of a study ``<studies>/<image id><ext>`` as
-#: ``<studies>/labels/<tag>/<image id><ext>``; the ``final`` tag's is the reference (Slicer's *Submit Label*)
+#: ``<studies>/labels/<tag>/<image id><ext>``; the ``final`` tag's is the reference (3D Slicer's *Submit Label*)
 DATASTORE_LABELS, DATASTORE_REFERENCE_TAG = "labels", "final"
+#: where a multi-channel image's label may lie, relative to its folder (MONAI Label's datastore)
+LABEL_FOLDERS = (DATASTORE_LABELS, f"{DATASTORE_LABELS}/{DATASTORE_REFERENCE_TAG}")
 
 LABEL_SUFFIX = "seg"
 #: what follows the case id in a label file's name (lower case, without ``_``/``-``): the names public collections
@@ -506,35 +505,35 @@ def _place_in_other_folders(found: Discovery) -> None:
     found.strays = strays
 
 
-def _place_datastore_labels(found: Discovery, directory: Path, file_names: Iterable[str]) -> bool:
-    """When ``directory`` is a label folder of MONAI Label's datastore (``<studies>/labels/<tag>/``, its files named
-    as studies of cases found in ``<studies>``, :data:`DATASTORE_LABELS`): the ``final`` tag's file of a case is its
-    label (unless another lies beside its images: then it is named), another tag's one of its ignored files, and a
-    file of no study a stray. Changes ``found`` in place; ``False`` (nothing changed) for any other folder."""
-    if directory.parent.name != DATASTORE_LABELS:
-        return False
+def _place_datastore_labels(found: Discovery, directory: Path, file_names: Iterable[str]) -> list[str]:
+    """Where ``directory`` is a label folder of MONAI Label's datastore (``<studies>/labels/<tag>/``, ``<studies>``
+    holding cases): a file named as a case's study is, of the ``final`` tag, its label (a second one is named),
+    of another tag one of its ignored files; a modality file's name of no study is a stray (a label whose study is
+    gone). Changes ``found`` in place; returns the names left to read as any folder's."""
     studies = directory.parent.parent
     by_stem = {
         image_stem(file.name): i
         for i, case in enumerate(found.cases)
-        if case.directory == studies
+        if directory.parent.name == DATASTORE_LABELS and case.directory == studies
         for file in (*case.images.values(), *(p for _, p in case.ignored))
     }
-    names = [n for n in sorted(file_names) if not n.startswith(".") and image_stem(n) is not None]
-    if not any(image_stem(n) in by_stem for n in names):
-        return False
-    for name in names:
-        path, index = directory / name, by_stem.get(image_stem(name))
+    if not by_stem:
+        return list(file_names)
+    rest = []
+    for name in sorted(file_names):
+        path, index, parsed = directory / name, by_stem.get(image_stem(name)), _split_file_name(name)
         case = found.cases[index] if index is not None else None
-        if case is None:
+        if case is None and parsed is not None and parsed[1] != LABEL_SUFFIX and not name.startswith("."):
             found.strays.append((None, path, STRAY_REASON))
+        elif case is None:
+            rest.append(name)
         elif directory.name != DATASTORE_REFERENCE_TAG:
             found.cases[index] = replace(case, ignored=case.ignored + ((f"{DATASTORE_LABELS}/{directory.name}", path),))
         elif case.label is None or case.label == path:
             found.cases[index] = replace(case, label=path)
         else:
             found.strays.append((case.case_id, path, SECOND_LABEL_REASON.format(case.label.name)))
-    return True
+    return rest
 
 
 def automated_segmentation(case: Case) -> Path | None:
@@ -611,22 +610,13 @@ def case_of_file(path: str | os.PathLike, modalities: Sequence[str] = MODALITIES
     if parsed is None or parsed[1] == LABEL_SUFFIX:
         return None
     try:
-        listed = path.parent.stat().st_mtime_ns  # a file added to or removed from the folder changes it
+        names = os.listdir(path.parent)
     except OSError:
         return None
-    return _cases_by_file(path.parent, listed, validate_modalities(modalities)).get(path)
-
-
-@functools.lru_cache(maxsize=16)
-def _cases_by_file(directory: Path, listed: int, modalities: tuple[str, ...]) -> dict[Path, Case]:
-    """Each file of the cases in ``directory`` -> its case, as the folder was at modification time ``listed`` (ns):
-    a MONAI Label studies folder gives one file per item, and training lists the folder once, not once per item."""
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return {}
-    cases, _ = _cases_in_directory(directory, names, modalities)
-    return {file: case for case in cases for file in (*case.images.values(), *(p for _, p in case.ignored))}
+    if parsed[0] is not None:  # the files of this case id only (a studies folder holds every case's)
+        names = [n for n in names if n.startswith(parsed[0]) and _SEPARATOR_RE.match(n, len(parsed[0]))]
+    cases, _ = _cases_in_directory(path.parent, names, validate_modalities(modalities))
+    return next((c for c in cases if path in c.images.values() or path in (p for _, p in c.ignored)), None)
 
 
 # the Medical Segmentation Decathlon's task folders
@@ -823,9 +813,8 @@ def discover(root: str | os.PathLike, modalities: Sequence[str] = MODALITIES) ->
                 continue
             seen.add(real)
             dir_names[:] = sorted(d for d in dir_names if not d.startswith("."))  # deterministic, no hidden dirs
-            if _place_datastore_labels(found, Path(dir_path), file_names):
-                continue
-            cases, strays = _cases_in_directory(Path(dir_path), file_names, mods)
+            names = _place_datastore_labels(found, Path(dir_path), file_names)
+            cases, strays = _cases_in_directory(Path(dir_path), names, mods)
             found.cases.extend(cases)
             owner = cases[0].case_id if len(cases) == 1 else None
             found.strays.extend((owner, path, reason) for path, reason in strays)
