@@ -129,6 +129,22 @@ def test_export_writes_torchscript_and_onnx_that_match(tmp_path, capsys):
     assert len(diffs) == 2 and max(diffs) <= 1e-4
 
 
+def test_export_refuses_an_export_that_differs_from_the_network(tmp_path, capsys, monkeypatch):
+    """An exported file whose outputs are off (a tracing that took another branch, a broken runtime) is refused in
+    one line, not printed as a number to be overlooked."""
+    monkeypatch.setattr("axunet_bundle.cli.exports.max_abs_diff_torchscript", lambda *_: 0.5)
+    torch.save(AXUNet().state_dict(), tmp_path / "model.pt")
+    with pytest.raises(SystemExit) as refused:
+        axunet(
+            "export", "--ckpt_path", tmp_path / "model.pt", "--output_dir", tmp_path, "--size", 64, "--onnx", "False"
+        )
+    assert refused.value.code != 0
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'model.ts'}: its outputs differ from the eager network's by 5.00e-01 (more than 0.0001): "
+        "do not use it"
+    )
+
+
 def test_export_builds_the_configured_network(tmp_path, capsys):
     """A model trained with four modalities exports with four input channels (the bundle's network_def)."""
     torch.manual_seed(0)

@@ -1,9 +1,7 @@
 # Copyright (c) AXUNet bundle developers. Licensed under the Apache License, Version 2.0.
 """The command line's checks of exported networks (``axunet export``): how far a TorchScript or ONNX file is from the
-eager network. Not in the zoo bundle: its configs run the ONNX network (:mod:`axunet_bundle.export`), never these.
-
-timm's ``features_only`` encoders cannot be compiled by ``torch.jit.script``, so TorchScript export traces the
-network at a fixed spatial size (the bundle's ROI).
+eager network, refused above :data:`EXPORT_TOLERANCE`. Not in the zoo bundle: its configs run the ONNX network
+(:mod:`axunet_bundle.export`), never these.
 """
 
 from __future__ import annotations
@@ -16,19 +14,37 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import AxunetError
 from ..export import OnnxNetwork
 
-__all__ = ["export_torchscript", "max_abs_diff_onnx", "max_abs_diff_torchscript"]
+__all__ = [
+    "EXPORT_TOLERANCE",
+    "ExportMismatchError",
+    "check_difference",
+    "max_abs_diff_onnx",
+    "max_abs_diff_torchscript",
+]
+
+#: the largest absolute difference from the eager network's logits an export may have (float32 round-off)
+EXPORT_TOLERANCE = 1e-4
 
 
-def export_torchscript(net: nn.Module, example: torch.Tensor, path: str | os.PathLike) -> Path:
-    """Trace ``net`` (in eval mode) on ``example`` and save it as TorchScript at ``path``."""
-    net.eval()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # trace's deprecation and constant-shape warnings: the ROI is fixed
-        traced = torch.jit.trace(net, example)
-        torch.jit.save(traced, os.fspath(path))
-    return Path(path)
+class ExportMismatchError(AxunetError):
+    """An exported network's outputs differ from the eager network's by more than :data:`EXPORT_TOLERANCE`."""
+
+
+def check_difference(kind: str, path: Path, difference: float) -> None:
+    """Print how far the exported file at ``path`` is from the eager network; refuse it above the tolerance.
+
+    Raises:
+        ExportMismatchError: when ``difference`` exceeds :data:`EXPORT_TOLERANCE`.
+    """
+    print(f"{kind} {path}: max |eager - exported| = {difference:.2e}")
+    if not difference <= EXPORT_TOLERANCE:  # NaN too
+        raise ExportMismatchError(
+            f"{path}: its outputs differ from the eager network's by {difference:.2e} (more than "
+            f"{EXPORT_TOLERANCE:g}): do not use it"
+        )
 
 
 def _eager(net: nn.Module, x: torch.Tensor) -> np.ndarray:

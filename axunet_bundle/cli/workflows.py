@@ -250,8 +250,9 @@ def export(
 ) -> None:
     """Export ./models/model.pt to TorchScript (MONAI's ckpt_export, by tracing: the timm encoder cannot be
     scripted) and ONNX; each is loaded back and compared with the eager network on the same input (max abs
-    difference). The network is configs/inference.json's network_def, so the overrides it was trained with apply
-    here too (e.g. --modalities "['t1','t1ce','t2','flair']" for a 4-channel model).
+    difference; refused above 1e-4, ExportMismatchError). The network is configs/inference.json's network_def, so
+    the overrides it was trained with apply here too (e.g. --modalities "['t1','t1ce','t2','flair']" for a 4-channel
+    model).
 
     Args:
         ckpt_path: plain state dict to export (default: ./models/model.pt).
@@ -268,7 +269,7 @@ def export(
 
     from ..export import export_onnx, require_onnx
     from ..weights import load_plain_weights
-    from .exports import max_abs_diff_onnx, max_abs_diff_torchscript
+    from .exports import check_difference, max_abs_diff_onnx, max_abs_diff_torchscript
 
     if onnx:
         require_onnx()
@@ -301,7 +302,7 @@ def export(
     net = config.get_parsed_content("network_def").eval()
     net.load_state_dict(load_plain_weights(ckpt, map_location="cpu"))
     x = torch.randn(1, channels, height, width)
-    print(f"TorchScript {ts_path}: max |eager - exported| = {max_abs_diff_torchscript(net, ts_path, x):.2e}")
+    check_difference("TorchScript", ts_path, max_abs_diff_torchscript(net, ts_path, x))
     if onnx:
         onnx_path = export_onnx(net, x, out / outputs.ONNX)
-        print(f"ONNX {onnx_path}: max |eager - exported| = {max_abs_diff_onnx(net, onnx_path, x):.2e}")
+        check_difference("ONNX", onnx_path, max_abs_diff_onnx(net, onnx_path, x))
