@@ -61,8 +61,10 @@ def loader_workers() -> int:
 
 
 def fingerprint(params: Mapping[str, Any]) -> str:
-    """A stable hash of the preprocessing parameters (string keys; a value JSON cannot hold counts by its ``str``)."""
-    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """A stable hash of the preprocessing parameters as a cache's manifest records them (JSON: keys as strings,
+    tuples as lists, a value JSON cannot hold by its ``str``), so the writer and the reader hash the same thing."""
+    recorded = json.loads(json.dumps(dict(params), default=str))
+    return hashlib.sha256(json.dumps(recorded, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class SliceCacheDataset(Dataset):
