@@ -84,9 +84,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-BRATS_VALUES = {0, 1, 2, 4}
 #: the label values channel_def names: the BraTS 2021 ones and 3, the enhancing tumour of a BraTS 2023+ case
 NAMED_VALUES = {1, 2, 3, 4}
+BRATS_VALUES = {0} | NAMED_VALUES
 DEFAULT_MODALITIES = ("t1ce", "t2", "flair")  # input channels, in order, when inference.json names none
 SAMPLE_APP = "monaibundle"
 

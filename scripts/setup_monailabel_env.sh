@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Creates (or refreshes) .venv-monailabel at the repository root: the real MONAI Label server package from PyPI
-# plus the packages the bundle's configs/metadata.json requires, in a virtual environment of its own, apart from
-# .venv. This package itself is NOT installed there: MONAI Label runs the model-zoo bundle folder that
+# plus the packages the bundle's configs/metadata.json requires, in a virtual environment of its own (reading the
+# packages it shares with .venv from there, see SHARED_VENV). This package itself is NOT installed there: MONAI Label runs the model-zoo bundle folder that
 # `axunet bundle` writes, which carries its own code, as a MONAI Label user would.
 #
 #   bash scripts/setup_monailabel_env.sh          # idempotent: a second run with nothing changed takes seconds
@@ -11,8 +11,9 @@
 # dicomweb-client, girder-client, sam2, mlflow, ...) that the bundle itself does not need, and one of them
 # (pydicom-seg) pins old numpy/jsonschema.  monailabel 0.8.5 needs monai>=1.4, as the bundle does.
 #
-# torch is NOT pinned: pip resolves torch and torchvision together from the registry (an exact torch pin can
-# select a torch for which no importable torchvision exists).  A CUDA build of torch runs fine on a CPU-only host.
+# torch is NOT pinned: it comes from the shared .venv, or else pip resolves torch and torchvision together from the
+# registry (an exact torch pin can select a torch for which no importable torchvision exists).  A CUDA build of
+# torch runs fine on a CPU-only host.
 #
 # Environment knobs:
 #   MONAILABEL_SPEC   pip requirement for monailabel (default below)
@@ -36,6 +37,10 @@ want_stamp="$(
         cat configs/metadata.json
         cat scripts/setup_monailabel_env.sh
         echo "$SHARED_VENV"
+        # what the shared environment holds (not this checkout's editable install, whose line names the commit)
+        if [ -n "$SHARED_VENV" ] && [ -x "$SHARED_VENV/bin/python" ]; then
+            "$SHARED_VENV/bin/python" -m pip list --format=freeze --exclude-editable 2>/dev/null
+        fi
     } | sha256sum | cut -d' ' -f1
 )"
 
@@ -76,7 +81,11 @@ if [ -n "$SHARED_VENV" ] && [ -x "$SHARED_VENV/bin/python" ]; then
     if [ "$(basename "$(dirname "$shared")")" = "$(basename "$(dirname "$site")")" ]; then  # same pythonX.Y
         echo "$shared" >"$site/axunet-shared-venv.pth"
         echo "setup_monailabel_env: reads the packages it shares with $SHARED_VENV from $shared"
+    else
+        echo "setup_monailabel_env: $SHARED_VENV has another Python than $VENV: sharing nothing (torch and the rest, ~8 GB)"
     fi
+elif [ -n "$SHARED_VENV" ]; then
+    echo "setup_monailabel_env: no $SHARED_VENV to share packages with: installing torch and the rest here (~8 GB)"
 fi
 # pip alone first: the venv's pip 23.2 prints a spurious "ERROR: Exception" when it also upgrades packaging/wheel.
 "$VENV/bin/python" -m pip install --upgrade pip
