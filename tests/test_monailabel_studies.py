@@ -225,6 +225,21 @@ def test_a_studies_folder_is_a_dataset_whose_saved_labels_are_its_cases_labels(l
     assert named.value.code != 0 and stray.name in capsys.readouterr().out
 
 
+def test_a_label_saved_from_slicer_is_the_cases_label(layouts, tmp_path, capsys):
+    """3D Slicer's *Submit Label* saves ``labels/final/<image id><ext>`` (the image id: the case id): that correction
+    is the case's label, the one laid out beside it an ignored file, and the folder checks clean."""
+    found = lay_out_studies(layouts["2021"], tmp_path / "studies")
+    case_id = found.ids[0]
+    laid_out = next((found.root / LABELS_FINAL).glob(f"{case_id}_*"))
+    saved = found.root / LABELS_FINAL / f"{case_id}.nii.gz"
+    shutil.copy(laid_out, saved)
+    case = next(c for c in discover(found.root).cases if c.case_id == case_id)
+    assert case.label == saved and laid_out in [p for _, p in case.ignored]
+    with pytest.raises(SystemExit) as clean:
+        main(["check", str(found.root)])
+    assert clean.value.code == 0, capsys.readouterr().out
+
+
 def test_a_saved_label_of_no_study_is_named_not_read_as_a_case(layouts, tmp_path):
     found = lay_out_studies(layouts["2021"], tmp_path / "studies")
     for label in (found.root / LABELS_FINAL).iterdir():

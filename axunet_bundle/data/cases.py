@@ -507,27 +507,33 @@ def _place_in_other_folders(found: Discovery) -> None:
 
 def _place_datastore_labels(found: Discovery, directory: Path, file_names: Iterable[str]) -> list[str]:
     """Where ``directory`` is a label folder of MONAI Label's datastore (``<studies>/labels/<tag>/``, ``<studies>``
-    holding cases): a file named as a case's study is, of the ``final`` tag, its label (a second one is named),
-    of another tag one of its ignored files; a modality file's name of no study is a stray (a label whose study is
-    gone). Changes ``found`` in place; returns the names left to read as any folder's."""
-    studies = directory.parent.parent
-    by_stem = {
-        image_stem(file.name): i
-        for i, case in enumerate(found.cases)
-        if directory.parent.name == DATASTORE_LABELS and case.directory == studies
-        for file in (*case.images.values(), *(p for _, p in case.ignored))
-    }
-    if not by_stem:
+    holding cases): a file named as a case's study (laid out by ``axunet monailabel-studies``) or as its image id, the
+    case id (3D Slicer's *Submit Label*), is, of the ``final`` tag, its label (a saved one before a laid-out one,
+    which is then an ignored file; any other second one is named), of another tag one of its ignored files; a
+    modality file's name of no study is a stray (a label whose study is gone). Changes ``found`` in place; returns
+    the names left to read as any folder's."""
+    if directory.parent.name != DATASTORE_LABELS:
         return list(file_names)
+    studies = directory.parent.parent
+    owners = [(i, case) for i, case in enumerate(found.cases) if case.directory == studies]
+    if not owners:
+        return list(file_names)
+    saved = {case.case_id: i for i, case in owners}
+    by_stem = {
+        image_stem(f.name): i for i, case in owners for f in (*case.images.values(), *(p for _, p in case.ignored))
+    }
     rest = []
-    for name in sorted(file_names):
-        path, index, parsed = directory / name, by_stem.get(image_stem(name)), _split_file_name(name)
+    for name in sorted(file_names, key=lambda n: (image_stem(n) not in saved, n)):  # saved labels first
+        path, stem, parsed = directory / name, image_stem(name), _split_file_name(name)
+        index = saved.get(stem, by_stem.get(stem))
         case = found.cases[index] if index is not None else None
         if case is None and parsed is not None and parsed[1] != LABEL_SUFFIX and not name.startswith("."):
             found.strays.append((None, path, STRAY_REASON))
         elif case is None:
             rest.append(name)
-        elif directory.name != DATASTORE_REFERENCE_TAG:
+        elif directory.name != DATASTORE_REFERENCE_TAG or (
+            case.label is not None and image_stem(case.label.name) == case.case_id != stem  # superseded by a save
+        ):
             found.cases[index] = replace(case, ignored=case.ignored + ((f"{DATASTORE_LABELS}/{directory.name}", path),))
         elif case.label is None or case.label == path:
             found.cases[index] = replace(case, label=path)
