@@ -103,9 +103,9 @@ def _header(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
     return tuple(image.shape[:3]), np.asarray(image.affine)
 
 
-def _saved_label(labels: Path, image_id: str) -> bool:
-    """Whether MONAI Label holds a label it saved for this image (from 3D Slicer: ``<image id><ext>``)."""
-    return labels.is_dir() and any(image_stem(p.name) == image_id for p in labels.iterdir())
+def _saved_labels(labels: Path) -> set[str]:
+    """The image ids MONAI Label holds a label it saved for (from 3D Slicer: ``<image id><ext>``)."""
+    return {image_stem(p.name) for p in labels.iterdir()} if labels.is_dir() else set()
 
 
 def _split_case(case: Case, modalities: tuple[str, ...], study: str, out: Path, found: StudiesFolder) -> str:
@@ -183,6 +183,7 @@ def lay_out_studies(
     out = Path(output_dir).absolute()
     labels = out / LABELS_FINAL
     found = StudiesFolder(out)
+    saved = _saved_labels(labels)  # before this run lays out any
     for case in discover(dataset_dir, mods).cases:
         missing = case.missing_modalities(mods)
         if missing:
@@ -210,7 +211,7 @@ def lay_out_studies(
         found.patterns.add(f"*{study_name[len(case.case_id) :]}")
         found.ids.append(case.case_id)
         if case.label is not None:
-            if _saved_label(labels, case.case_id):
+            if case.case_id in saved:
                 found.counts["kept labels"] += 1
             else:
                 found.patterns.add(f"*{_label(case, study_name, labels, found)[len(case.case_id) :]}")
