@@ -198,7 +198,7 @@ def test_failing_backend_falls_back(net, volume, monkeypatch, caplog):
     assert_same_segmentation(fast, plain(net, volume), [0, 1, 3, 4, 5])
 
 
-def test_wrong_prepared_network_is_caught_by_the_first_use_check(net, volume, monkeypatch, caplog):
+def test_wrong_prepared_network_is_caught_by_the_preparation_check(net, volume, monkeypatch, caplog):
     import axunet_bundle.inferers.slices as inference
 
     def wrong(network, **kwargs):
@@ -391,6 +391,33 @@ def test_auto_precision_runs_float32_where_bfloat16_labels_differ(native_bf16, n
     assert inferer.active_dtype is None
     assert "bfloat16 labels differ from float32 on 2 check slices" in caplog.text and "running float32" in caplog.text
     assert_same_segmentation(fast, plain(net, volume), [d for d in range(DEPTH) if d != EMPTY_SLICE])
+
+
+class CoarseOutput(torch.nn.Module):
+    """conv -> BN, then ``+ 1000 - 1000``: in bf16 (steps of 4-8 near 1000) the outputs of the folded and the plain
+    conv -> BN, a few bf16 units apart, end up a whole step apart; in float32 the two agree."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(5)
+        self.conv, self.bn = torch.nn.Conv2d(3, 3, 3, padding=1), torch.nn.BatchNorm2d(3)
+        randomise(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x)) * 40 + 1000 - 1000
+
+
+def test_bfloat16_rounding_does_not_make_the_preparation_check_refuse_the_fast_network(native_bf16, volume, caplog):
+    net = CoarseOutput().eval()
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):  # what a bf16 check would compare
+        x = volume[..., 0].as_tensor()
+        bf16_gap = (prepare_network(net, example=x)(x).float() - net(x).float()).abs().max()
+    assert bf16_gap >= 4  # a whole bf16 step near 1000, far over the check's tolerance
+    inferer = BrainSliceInferer(roi_size=(SIZE, SIZE), backend="torch", precision="bfloat16")
+    with caplog.at_level(logging.INFO, logger="axunet_bundle.inferers"):
+        inferer(volume, net)
+    assert (inferer.active_backend, inferer.active_dtype) == ("torch", torch.bfloat16)
+    assert "inference backend torch matches the plain network (float32" in caplog.text
 
 
 def test_auto_precision_is_float32_on_cpus_without_native_bfloat16(net, volume, onnx_cache, monkeypatch):

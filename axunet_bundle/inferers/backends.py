@@ -68,7 +68,7 @@ def fuse_batchnorm(module: nn.Module, example: torch.Tensor) -> int:
 
     The pairs are found by running ``example`` through ``module`` once: a BN is folded when its input is the very
     tensor a ``Conv2d``/``ConvTranspose2d`` returned and no other module reads that tensor, so no knowledge of the
-    modules' classes is needed (timm's Xception, MONAI's ``Convolution`` + ``ADN``). The first-use check of
+    modules' classes is needed (timm's Xception, MONAI's ``Convolution`` + ``ADN``). The preparation check of
     :class:`~axunet_bundle.inferers.BrainSliceInferer` catches a conv output that plain code (``x + y``) also reads.
     Each folded BN becomes ``Identity``.
 
