@@ -54,7 +54,7 @@ def test_help_prints_options_defaults_and_an_example_without_running_or_importin
     for param in spec.params:
         assert (param.name.upper() if param.positional else f"--{param.name} (") in result.stdout
     if spec.overrides:
-        assert re.search(r"--num_workers (2|\(from\s+the\s+CPUs)", result.stdout)  # the bundle ids with their defaults
+        assert re.search(r"--num_workers (2|\(from\s+the\s+CPUs|\(0\s+on\s+the\s+CPU)", result.stdout)  # ids, defaults
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 

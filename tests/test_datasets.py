@@ -24,9 +24,10 @@ from axunet_bundle import AXUNet
 from axunet_bundle.cli.data import check_dataset
 from axunet_bundle.cli.workflows import WORKFLOW_CONFIGS
 from axunet_bundle.data.cases import DEFAULT_MODALITIES, LAYOUT_MSD, discover, find_cases
-from axunet_bundle.data.datalist import CaseLoader, evaluation_cases, labelled_cases, make_datalist
+from axunet_bundle.data.datalist import CaseLoader, CaseSelection, evaluation_cases, labelled_cases, make_datalist
 from axunet_bundle.data.pipeline import ValidateCased
-from axunet_bundle.errors import LeftOutCasesError
+from axunet_bundle.data.slices import inference_workers, loader_workers
+from axunet_bundle.errors import CaseError, LeftOutCasesError
 from axunet_bundle.outputs import segmentation_path
 from axunet_bundle.synthetic.datasets import MSD_MODALITY, write_synthetic_dataset
 
@@ -328,3 +329,33 @@ def test_check_datalist_slice_cache_and_evaluation_refuse_the_same_cases_with_th
     loaded = list(CaseLoader(Dataset(selection.items, chain), selection, batch_size=1))
     assert len(loaded) == len(cases) - 2
     assert sorted(str(p) for p in selection.left_out) == checked
+
+
+def test_cases_that_fit_one_batch_load_in_the_calling_process_and_a_bad_one_is_still_left_out():
+    def load(item: dict) -> dict:
+        if item["case_id"] == "bad":
+            raise CaseError("bad", "bad_t1ce.nii.gz", "non-finite values (NaN or inf)")
+        return {"image": torch.zeros(1, 2, 2), "case_id": item["case_id"]}
+
+    def loader(ids: list[str], **kwargs) -> tuple[CaseLoader, CaseSelection]:
+        selection = CaseSelection(items=[{"case_id": i} for i in ids])
+        return CaseLoader(Dataset(selection.items, load), selection, **kwargs), selection
+
+    # a folder: workers load the next case while the network runs this one
+    assert loader(["a", "b"], batch_size=1, num_workers=2)[0].num_workers == 2
+    # one case (or one batch): no next case to load, so no worker to start
+    single, selection = loader(["bad"], batch_size=1, num_workers=2, persistent_workers=True, prefetch_factor=2)
+    assert single.num_workers == 0
+    assert list(single) == [] and [str(e) for e in selection.left_out] == [
+        "bad: bad_t1ce.nii.gz: non-finite values (NaN or inf)"
+    ]
+    assert loader(["a", "b"], batch_size=2, num_workers=2)[0].num_workers == 0
+
+
+def test_inference_loads_cases_in_the_main_process_on_the_cpu_and_with_workers_for_a_gpu():
+    assert inference_workers("cpu") == 0  # the network's threads use every core
+    assert inference_workers(torch.device("cuda:0")) == loader_workers() >= 2
+    parser = ConfigParser()
+    parser.read_config(CONFIGS / "inference.json")
+    parser["device"] = "$torch.device('cpu')"
+    assert parser.get_parsed_content("num_workers") == 0

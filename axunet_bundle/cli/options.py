@@ -267,6 +267,8 @@ def _setting(value: Any) -> str | None:
         return f"(the weights' {MODEL_SETTINGS}, else {_show(value.get('default'))})"
     if isinstance(value, dict) and value.get("_target_", "").endswith(".loader_workers"):
         return "(from the CPUs: their number less one, 2 to 32)"
+    if isinstance(value, dict) and value.get("_target_", "").endswith(".inference_workers"):
+        return "(0 on the CPU, else from the CPUs: their number less one, 2 to 32)"
     if isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value)):
         return None
     return _show(value)
