@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Creates (or refreshes) .venv-monailabel at the repository root: the real MONAI Label server package from PyPI
 # plus the packages the bundle's configs/metadata.json requires, in a virtual environment of its own (reading the
-# packages it shares with .venv from there, see SHARED_VENV). This package itself is NOT installed there: MONAI Label runs the model-zoo bundle folder that
-# `axunet bundle` writes, which carries its own code, as a MONAI Label user would.
+# packages it shares with .venv from there, see SHARED_VENV). This package itself is NOT installed there: MONAI Label
+# runs the model-zoo bundle folder that `axunet bundle` writes, which carries its own code, as a MONAI Label user would.
 #
 #   bash scripts/setup_monailabel_env.sh          # idempotent: a second run with nothing changed takes seconds
 #   .venv-monailabel/bin/python scripts/monailabel_check.py --bundle BUNDLE_FOLDER
