@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.6.1"
+__version__ = "0.6.2"
 __all__ = [
     "AXUNet",
     "__version__",

@@ -22,6 +22,7 @@ from axunet_bundle.networks import (
     PretrainedWeightsError,
     TimmEncoder,
 )
+from axunet_bundle.networks.attention import FUSED_CAM_MIN_CHANNELS_PER_PIXEL
 
 SIZES = (224, 240, 256, 160, 96)
 EXPORT_TOLERANCE = 1e-4
@@ -127,17 +128,44 @@ def test_pam_weights_are_non_negative_and_sum_to_one(kernel):
     torch.testing.assert_close(weights.sum(dim=-1), torch.ones(3, 36), rtol=1e-5, atol=1e-5)
 
 
-def test_cam_matches_danet_formula():
-    torch.manual_seed(3)
-    module = ChannelAttention()
-    x = torch.randn(2, 6, 4, 5)
+# (B, C, H, W): few channels per pixel (batched products) and many (the fused attention kernel), see
+# FUSED_CAM_MIN_CHANNELS_PER_PIXEL
+CAM_SHAPES = ((2, 6, 4, 5), (2, 4 * FUSED_CAM_MIN_CHANNELS_PER_PIXEL, 2, 2))
+
+
+def danet_cam(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """DANet's channel attention written out: weights ``softmax(max E - E)`` and the attended map ``A X``."""
     features = x.flatten(2)
     energy = features @ features.transpose(1, 2)
-    expected_weights = torch.softmax(energy.max(dim=-1, keepdim=True).values - energy, dim=-1)
+    weights = torch.softmax(energy.max(dim=-1, keepdim=True).values - energy, dim=-1)
+    return weights, (weights @ features).reshape(x.shape)
+
+
+@pytest.mark.parametrize("shape", CAM_SHAPES)
+def test_cam_matches_danet_formula(shape):
+    torch.manual_seed(3)
+    module = ChannelAttention()
+    x = torch.randn(shape)
+    expected_weights, expected_attended = danet_cam(x)
     with torch.no_grad():
         module.gamma.fill_(0.3)
         torch.testing.assert_close(module.attention_weights(x), expected_weights)
-        torch.testing.assert_close(module(x), x + 0.3 * (expected_weights @ features).reshape(x.shape))
+        torch.testing.assert_close(module(x), x + 0.3 * expected_attended)
+
+
+@pytest.mark.parametrize("shape", CAM_SHAPES)
+def test_cam_gradients_match_danet_formula(shape):
+    """Training differentiates whichever path CAM takes: both must give the formula's gradients."""
+    torch.manual_seed(5)
+    x = torch.randn(shape, dtype=torch.float64)
+    upstream = torch.randn(shape, dtype=torch.float64)
+    x_module, x_formula = x.clone().requires_grad_(), x.clone().requires_grad_()
+    module = ChannelAttention().double()
+    module.gamma.data.fill_(0.3)
+    (module(x_module) * upstream).sum().backward()
+    (x_formula + 0.3 * danet_cam(x_formula)[1]).mul(upstream).sum().backward()
+    torch.testing.assert_close(x_module.grad, x_formula.grad)
+    torch.testing.assert_close(module.gamma.grad, (danet_cam(x)[1] * upstream).sum().reshape(1))
 
 
 def test_dual_attention_adds_both_residuals_once():
